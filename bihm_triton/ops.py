@@ -1,0 +1,389 @@
+"""Public functional ops: stochastic binary layers and weight normalization, autograd-aware.
+
+Backends: ``backend="auto"`` runs the Triton kernels (:mod:`bihm_triton.kernels`) on CUDA tensors
+and the reference (:mod:`bihm_triton.reference`) on CPU tensors; ``"triton"`` or ``"reference"``
+forces one (the Triton backend accepts CPU tensors when ``TRITON_INTERPRET=1``, which is how the
+tests run it without a GPU). The Triton ops are registered with ``torch.library`` (namespace
+``bihm_triton``), with fake implementations and autograd formulas, so ``torch.compile(fullgraph=True)``
+traces code that calls them.
+
+Random numbers follow SPEC §5 (:mod:`bihm_triton.reference.philox`): the same ``(seed, offset)``
+gives the same sample on every backend, up to the rounding of the logits (a sample can differ only
+where ``u`` falls between two roundings of ``σ(a)``; with tf32 dots on a GPU that is roughly one
+element in 10⁴–10⁶).
+
+Gradients: the sample ``x`` is a constant; ``log_prob`` is differentiable in ``h`` (when floating),
+``weight`` (or ``weight_v`` and ``weight_g``) and ``bias``, with ``∂ log_prob_r / ∂a_rj = x_rj − σ(a_rj)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional
+
+import torch
+
+from . import reference as ref
+from .reference._checks import (
+    check_binary,
+    check_layer_args,
+    check_tensor,
+    check_weight_norm_args,
+    compute_dtype,
+)
+from .reference.philox import MAX_SEED, check_offset, check_seed
+
+__all__ = [
+    "sbn_sample",
+    "sbn_log_prob",
+    "sbn_sample_wn",
+    "sbn_log_prob_wn",
+    "weight_norm",
+    "resolve_backend",
+    "BACKENDS",
+]
+
+BACKENDS = ("auto", "triton", "reference")
+
+_TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
+def _kernels():
+    """Import the Triton launchers on first use (keeps ``import bihm_triton`` free of Triton)."""
+    from .kernels import sbn, weight_norm as wn
+
+    return sbn, wn
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``"auto"`` to ``"triton"`` (CUDA tensors) or ``"reference"`` (anything else); check the choice.
+
+    Raises:
+        ValueError: an unknown backend name.
+        RuntimeError: ``"triton"`` without Triton installed.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _TRITON_AVAILABLE else "reference"
+    if backend == "triton" and not _TRITON_AVAILABLE:
+        raise RuntimeError("backend='triton' needs the triton package (Linux); use backend='reference'")
+    return backend
+
+
+def _validating(validate: bool) -> bool:
+    return validate and not torch.compiler.is_compiling()
+
+
+def _seed_tensor(seed) -> torch.Tensor:
+    """A one-element int64 tensor for the op; ``None`` draws one from torch's default generator."""
+    if seed is None:
+        return torch.randint(0, MAX_SEED - 1, (), dtype=torch.int64)
+    check_seed(seed)
+    if isinstance(seed, torch.Tensor):
+        return seed.reshape(())
+    return torch.tensor(seed, dtype=torch.int64)
+
+
+def _out_dtype_of(*tensors) -> torch.dtype:
+    return compute_dtype(*tensors)
+
+
+# ============================================================================ torch.library ops
+
+
+@torch.library.custom_op("bihm_triton::sbn_sample", mutates_args=())
+def _sbn_sample_op(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_g: Optional[torch.Tensor],
+    seed: torch.Tensor, offset: int, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    sbn, _ = _kernels()
+    x, lp = sbn.sbn_forward(h, weight, bias, weight_g=weight_g, seed=seed, offset=offset, out_dtype=out_dtype)
+    return x, lp.to(_out_dtype_of(h, weight, bias, weight_g))
+
+
+@_sbn_sample_op.register_fake
+def _(h, weight, bias, weight_g, seed, offset, out_dtype):
+    R, M = h.shape[0], weight.shape[0]
+    return h.new_empty((R, M), dtype=out_dtype), h.new_empty((R,), dtype=_out_dtype_of(h, weight, bias, weight_g))
+
+
+@torch.library.custom_op("bihm_triton::sbn_log_prob", mutates_args=())
+def _sbn_log_prob_op(
+    h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_g: Optional[torch.Tensor],
+) -> torch.Tensor:
+    sbn, _ = _kernels()
+    _, lp = sbn.sbn_forward(h, weight, bias, weight_g=weight_g, x=x)
+    return lp.to(_out_dtype_of(h, weight, bias, weight_g))
+
+
+@_sbn_log_prob_op.register_fake
+def _(h, x, weight, bias, weight_g):
+    return h.new_empty((h.shape[0],), dtype=_out_dtype_of(h, weight, bias, weight_g))
+
+
+@torch.library.custom_op("bihm_triton::sbn_grad_logits", mutates_args=())
+def _sbn_grad_logits_op(
+    grad_log_prob: torch.Tensor, h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+    weight_g: Optional[torch.Tensor],
+) -> torch.Tensor:
+    sbn, _ = _kernels()
+    return sbn.sbn_grad_logits(grad_log_prob, h, x, weight, bias, weight_g=weight_g)
+
+
+@_sbn_grad_logits_op.register_fake
+def _(grad_log_prob, h, x, weight, bias, weight_g):
+    return h.new_empty((h.shape[0], weight.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("bihm_triton::weight_norm", mutates_args=())
+def _weight_norm_op(weight_v: torch.Tensor, weight_g: torch.Tensor) -> torch.Tensor:
+    _, wn = _kernels()
+    w, _ = wn.weight_norm_forward(weight_v, weight_g, out_dtype=torch.promote_types(weight_v.dtype, weight_g.dtype))
+    return w
+
+
+@_weight_norm_op.register_fake
+def _(weight_v, weight_g):
+    return weight_v.new_empty(weight_v.shape, dtype=torch.promote_types(weight_v.dtype, weight_g.dtype))
+
+
+@torch.library.custom_op("bihm_triton::weight_norm_backward", mutates_args=())
+def _weight_norm_backward_op(
+    grad_weight: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _, wn = _kernels()
+    gv, gg = wn.weight_norm_backward(grad_weight, weight_v, weight_g)
+    return gv, gg.to(weight_g.dtype).reshape(weight_g.shape)
+
+
+@_weight_norm_backward_op.register_fake
+def _(grad_weight, weight_v, weight_g):
+    return torch.empty_like(weight_v), torch.empty_like(weight_g)
+
+
+# ------------------------------------------------------------------------------------ autograd
+
+
+def _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h: bool):
+    """Gradients (h, weight_or_v, bias, g) of Σ_r grad_lp[r] · log_prob[r]; logits recomputed in the kernel."""
+    grad_a = _sbn_grad_logits_op(grad_lp, h, x, weight, bias, weight_g)  # (R, M) fp32
+    grad_bias = grad_a.sum(0).to(bias.dtype)
+    h32 = h.to(torch.float32)
+    grad_w = grad_a.t() @ h32  # ∂L/∂W_eff (M, N)
+    grad_g = None
+    if weight_g is not None:
+        grad_v, grad_g = _weight_norm_backward_op(grad_w, weight, weight_g)
+        grad_w = grad_v
+    grad_h = None
+    if need_h:
+        if weight_g is not None:
+            w_eff = _weight_norm_op(weight, weight_g).to(torch.float32)
+        else:
+            w_eff = weight.to(torch.float32)
+        grad_h = (grad_a @ w_eff).to(h.dtype)
+    return grad_h, grad_w.to(weight.dtype), grad_bias, grad_g
+
+
+def _sample_setup(ctx, inputs, output):
+    h, weight, bias, weight_g, seed, offset, out_dtype = inputs
+    x, _ = output
+    ctx.save_for_backward(h, x, weight, bias, weight_g)
+
+
+def _sample_backward(ctx, grad_x, grad_lp):
+    h, x, weight, bias, weight_g = ctx.saved_tensors
+    need_h = ctx.needs_input_grad[0] and h.is_floating_point()
+    gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h)
+    return gh, gw, gb, gg, None, None, None
+
+
+_sbn_sample_op.register_autograd(_sample_backward, setup_context=_sample_setup)
+
+
+def _log_prob_setup(ctx, inputs, output):
+    h, x, weight, bias, weight_g = inputs
+    ctx.save_for_backward(h, x, weight, bias, weight_g)
+
+
+def _log_prob_backward(ctx, grad_lp):
+    h, x, weight, bias, weight_g = ctx.saved_tensors
+    need_h = ctx.needs_input_grad[0] and h.is_floating_point()
+    gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h)
+    return gh, None, gw, gb, gg
+
+
+_sbn_log_prob_op.register_autograd(_log_prob_backward, setup_context=_log_prob_setup)
+
+
+def _wn_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _wn_backward(ctx, grad_w):
+    v, g = ctx.saved_tensors
+    gv, gg = _weight_norm_backward_op(grad_w, v, g)
+    return gv, gg
+
+
+_weight_norm_op.register_autograd(_wn_backward, setup_context=_wn_setup)
+
+
+# ================================================================================ public API
+
+
+def sbn_sample(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    seed: int | torch.Tensor | None = None,
+    offset: int = 0,
+    out_dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample a stochastic binary layer and score the sample, fused (SPEC §5).
+
+    ``a = h · Wᵀ + b`` (fp32 accumulation), ``x = 1[u < σ(a)]`` with ``u`` the ``(seed, offset)``
+    uniforms, ``log_prob_r = Σ_j x_rj · a_rj − softplus(a_rj)``. The logits never reach memory on
+    the Triton backend.
+
+    Args:
+        h: (R, N) input states: bool, uint8, or float16/bfloat16/float32/float64 (real values allowed).
+        weight: (M, N) weight, floating (fp16/bf16 are upcast after the load).
+        bias: (M,) bias, floating.
+        seed: Philox key, an int in ``[0, 2**63)`` or a one-element int64 tensor (a CUDA tensor is
+            read by the kernel, so a CUDA graph replays with its current value); ``None`` draws a
+            seed from torch's default generator (``torch.manual_seed`` reproduces the run).
+        offset: first Philox counter; the draw consumes ``ceil(R/4)·M`` counters.
+        out_dtype: dtype of the sample, e.g. ``torch.float32`` (default) or ``torch.uint8`` (fastest).
+        backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``(x, log_prob)``: x (R, M) ``out_dtype`` in {0, 1}, no gradient; log_prob (R,) float32
+        (float64 if an input is float64), nats, differentiable in h, weight, bias.
+
+    Raises:
+        ValueError: mismatched shapes (the message names the argument and the expected shape),
+            tensors on different devices, a seed outside ``[0, 2**63)``, a negative offset.
+        TypeError: unsupported dtypes.
+        RuntimeError: ``backend="triton"`` on CPU tensors without ``TRITON_INTERPRET=1``.
+    """
+    check_layer_args(h, weight, bias)
+    check_offset(offset)
+    backend = resolve_backend(backend, h.device)
+    if backend == "reference":
+        return ref.sbn_sample(h, weight, bias, seed=_seed_tensor(seed), offset=offset, out_dtype=out_dtype)
+    return _sbn_sample_op(h, weight, bias, None, _seed_tensor(seed), offset, out_dtype)
+
+
+def sbn_log_prob(
+    h: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    backend: str = "auto",
+    validate: bool = True,
+) -> torch.Tensor:
+    """Per-row log-likelihood ``Σ_j x_rj · a_rj − softplus(a_rj)`` of binary targets (SPEC §5), fused.
+
+    Args:
+        h: (R, N) input states; x: (R, M) targets in {0, 1} (bool, uint8 or float);
+        weight: (M, N); bias: (M,); backend: as in :func:`sbn_sample`.
+        validate: also check that x is binary (reads x: one device sync; skipped under
+            ``torch.compile``). Non-binary targets are otherwise read as ``x != 0``.
+
+    Returns:
+        (R,) float32 (float64 if an input is float64), nats, differentiable in h, weight, bias.
+
+    Raises:
+        ValueError / TypeError / RuntimeError: as :func:`sbn_sample`; ValueError for non-binary x.
+    """
+    check_layer_args(h, weight, bias, x)
+    if _validating(validate):
+        check_binary(x, "x")
+    backend = resolve_backend(backend, h.device)
+    if backend == "reference":
+        return ref.bernoulli_log_prob(ref.sbn_logits(h, weight, bias), x)
+    return _sbn_log_prob_op(h, x, weight, bias, None)
+
+
+def sbn_sample_wn(
+    h: torch.Tensor,
+    weight_v: torch.Tensor,
+    weight_g: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    seed: int | torch.Tensor | None = None,
+    offset: int = 0,
+    out_dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sbn_sample` with weight normalization folded in: ``a = (h · vᵀ) ⊙ (g / ‖v‖) + b``.
+
+    ``W = g · v / ‖v‖`` (Salimans & Kingma 2016) is never materialized: the kernel accumulates
+    ``‖v_j‖²`` from the same weight tiles it multiplies.
+
+    Args:
+        weight_v: (M, N) directions; weight_g: (M,) or (M, 1) magnitudes. The rest as
+            :func:`sbn_sample`. Gradients flow to weight_v and weight_g.
+    """
+    check_layer_args(h, weight_v, bias, weight_name="weight_v")
+    g = check_weight_norm_args(weight_v, weight_g, 0)
+    check_offset(offset)
+    backend = resolve_backend(backend, h.device)
+    if backend == "reference":
+        return ref.sbn_sample_wn(h, weight_v, g, bias, seed=_seed_tensor(seed), offset=offset, out_dtype=out_dtype)
+    return _sbn_sample_op(h, weight_v, bias, g, _seed_tensor(seed), offset, out_dtype)
+
+
+def sbn_log_prob_wn(
+    h: torch.Tensor,
+    x: torch.Tensor,
+    weight_v: torch.Tensor,
+    weight_g: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    backend: str = "auto",
+    validate: bool = True,
+) -> torch.Tensor:
+    """:func:`sbn_log_prob` with a weight-normalized weight (``weight_v`` (M, N), ``weight_g`` (M,) or (M, 1))."""
+    check_layer_args(h, weight_v, bias, x, weight_name="weight_v")
+    g = check_weight_norm_args(weight_v, weight_g, 0)
+    if _validating(validate):
+        check_binary(x, "x")
+    backend = resolve_backend(backend, h.device)
+    if backend == "reference":
+        return ref.bernoulli_log_prob(ref.sbn_logits(h, weight_v, bias, scale=ref.weight_norm_scale(weight_v, g)), x)
+    return _sbn_log_prob_op(h, x, weight_v, bias, g)
+
+
+def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int = 0, *, backend: str = "auto") -> torch.Tensor:
+    """Weight normalization ``W = g · v / ‖v‖`` (Salimans & Kingma 2016, eq. 2).
+
+    The semantics of ``torch.nn.utils.parametrizations.weight_norm(module, dim=dim)`` for a 2-D
+    weight: ``dim=0`` normalizes every row, ``dim=1`` every column.
+
+    Args:
+        weight_v: (M, N) floating directions.
+        weight_g: magnitudes, (M,) or (M, 1) for ``dim=0``; (N,) or (1, N) for ``dim=1``.
+        dim: 0 or 1 (−2 / −1 accepted).
+        backend: as in :func:`sbn_sample`.
+
+    Returns:
+        (M, N) weight in the promoted dtype of the inputs (fp32 arithmetic on the Triton backend),
+        differentiable in both inputs.
+
+    Raises:
+        ValueError: a bad dim or a weight_g shape that does not fit weight_v (named in the message).
+        TypeError: non-floating inputs.
+    """
+    check_tensor(weight_v, "weight_v", 2)
+    g = check_weight_norm_args(weight_v, weight_g, dim)
+    backend = resolve_backend(backend, weight_v.device)
+    if backend == "reference":
+        return ref.weight_norm(weight_v, weight_g, dim)
+    if dim % 2 == 0:
+        return _weight_norm_op(weight_v, g)
+    return _weight_norm_op(weight_v.t(), g).t()

@@ -1,0 +1,501 @@
+"""The Bidirectional Helmholtz Machine in plain PyTorch: the specification in code (SPEC §1–4, §6).
+
+Layout (SPEC §6) for ``sizes = [d_0, d_1, …, d_L]`` (``h_0 = x``):
+
+* ``p_layers[l]``, l = 0…L−1, generates ``h_l`` from ``h_{l+1}``: ``weight`` (d_l, d_{l+1}),
+  ``bias`` (d_l,);
+* ``p_top.logits`` (d_L,): the prior ``p(h_L) = Bern(σ(logits))``;
+* ``q_layers[l]``, l = 0…L−1, infers ``h_{l+1}`` from ``h_l``: ``weight`` (d_{l+1}, d_l),
+  ``bias`` (d_{l+1},);
+* with ``weight_norm=True`` every layer holds ``weight_v`` and ``weight_g`` and ``weight`` is the
+  derived ``g · v / ‖v‖``.
+
+States are lists ``[h_0, h_1, …, h_L]`` of (R, d_l) tensors with values in {0, 1}. When K samples
+are drawn per data point, row ``r = b·K + k`` holds sample k of data point b.
+
+**The random stream of a pass.** Every stochastic layer is one draw of the Philox stream
+(:mod:`~bihm_triton.reference.philox`). A pass over R rows with ``(seed, offset)`` gives its draws
+consecutive counter ranges in the order they happen:
+
+* the q pass (bottom-up): ``h_1, h_2, …, h_L``;
+* the p pass (ancestral): the prior ``h_L``, then ``h_{L−1}, …, h_0 = x``;
+
+draw i starts at ``offset + Σ_{i' < i} ceil(R/4)·d_{i'}`` (:func:`pass_offsets`). A caller that
+splits the R rows into chunks starting at multiples of 4 and gives each chunk the offsets of the
+whole pass (plus ``(r0 // 4)·d`` inside each draw) reproduces the unchunked pass exactly; the
+fast implementations rely on this.
+
+Methods that draw take ``seed=None`` (one fresh seed from torch's default generator per call) and
+``offset=0``.
+
+Source: Bornschein, Shabanian, Fischer, Bengio, "Bidirectional Helmholtz Machines", ICML 2016.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import estimators as est
+from ._checks import check_binary, check_positive_int, check_tensor
+from .layers import sbn_log_prob, sbn_log_prob_wn, sbn_sample, sbn_sample_wn
+from .philox import check_offset, check_seed, counters_used, draw_seed
+
+__all__ = [
+    "StochasticLayer",
+    "WeightNormStochasticLayer",
+    "PriorLayer",
+    "BiHM",
+    "PSample",
+    "QSample",
+    "LogLikelihood",
+    "EffectiveSampleSize",
+    "pass_offsets",
+    "check_sizes",
+]
+
+
+def check_sizes(sizes) -> list[int]:
+    """Validate layer widths ``[d_0, …, d_L]``: at least two positive ints. Returns them as a list.
+
+    Raises:
+        ValueError: empty or single-element list, or a width < 1 (the message names its index).
+        TypeError: not a sequence of ints.
+    """
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+        raise TypeError(f"sizes must be a sequence of ints [d_0, d_1, ..., d_L], got {sizes!r}")
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"sizes must list the data width and at least one latent width, got {sizes}")
+    for i, d in enumerate(sizes):
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise TypeError(f"sizes[{i}] must be an int, got {d!r}")
+        if d < 1:
+            raise ValueError(f"sizes[{i}] must be >= 1, got {d} (sizes = {sizes})")
+    return sizes
+
+
+def pass_offsets(rows: int, widths, offset: int) -> list[int]:
+    """Offsets of the consecutive draws of a pass: draw i over ``(rows, widths[i])`` starts after draws < i."""
+    out = []
+    for d in widths:
+        out.append(offset)
+        offset += counters_used(rows, d)
+    return out
+
+
+def authors_init_(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The authors' initialization ``U(−1, 1) · sqrt(6 / (d_in + d_out)) / d_in`` (SPEC §3), in place."""
+    d_out, d_in = weight.shape
+    scale = math.sqrt(6.0 / (d_in + d_out)) / d_in
+    with torch.no_grad():
+        weight.uniform_(-1.0, 1.0, generator=generator).mul_(scale)
+    return weight
+
+
+class StochasticLayer(nn.Module):
+    """A conditional Bernoulli layer ``x ~ Bern(σ(h · Wᵀ + b))`` with ``weight`` (d_out, d_in), ``bias`` (d_out,)."""
+
+    def __init__(self, d_in: int, d_out: int, *, device=None, dtype=torch.float32):
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.weight = nn.Parameter(torch.empty(d_out, d_in, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(d_out, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Authors' defaults (SPEC §3): uniform weights, every bias −1."""
+        authors_init_(self.weight, generator)
+        with torch.no_grad():
+            self.bias.fill_(-1.0)
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}"
+
+
+class WeightNormStochasticLayer(nn.Module):
+    """A :class:`StochasticLayer` with weight normalization over rows: parameters ``weight_v``
+    (d_out, d_in), ``weight_g`` (d_out,), ``bias``; ``weight`` is the derived ``g · v / ‖v‖``."""
+
+    def __init__(self, d_in: int, d_out: int, *, device=None, dtype=torch.float32):
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.weight_v = nn.Parameter(torch.empty(d_out, d_in, device=device, dtype=dtype))
+        self.weight_g = nn.Parameter(torch.empty(d_out, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(d_out, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """``v`` gets the authors' init and ``g = ‖v‖``, so the initial weight equals theirs."""
+        authors_init_(self.weight_v, generator)
+        with torch.no_grad():
+            self.weight_g.copy_(self.weight_v.norm(dim=1))
+            self.bias.fill_(-1.0)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_g.unsqueeze(1) * self.weight_v / self.weight_v.norm(dim=1, keepdim=True)
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}, weight_norm=True"
+
+
+class PriorLayer(nn.Module):
+    """The top prior ``p(h_L) = Bern(σ(logits))``, ``logits`` (d,), initialized to −1 (SPEC §3).
+
+    It behaves as a stochastic layer with no input: ``weight`` is an empty (d, 0) tensor and
+    ``bias`` is ``logits``.
+    """
+
+    def __init__(self, d: int, *, device=None, dtype=torch.float32):
+        super().__init__()
+        self.d_in, self.d_out = 0, d
+        self.logits = nn.Parameter(torch.full((d,), -1.0, device=device, dtype=dtype))
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            self.logits.fill_(-1.0)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.logits.new_zeros(self.d_out, 0)
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return self.logits
+
+    def extra_repr(self) -> str:
+        return f"d={self.d_out}"
+
+
+class PSample(NamedTuple):
+    """Ancestral sample of p: ``x`` (n, d_0), ``hidden`` [h_1 … h_L] each (n, d_l), ``log_p`` (n,) = log p(x, h)."""
+
+    x: torch.Tensor
+    hidden: list
+    log_p: torch.Tensor
+
+
+class QSample(NamedTuple):
+    """Bottom-up samples: ``hidden`` [h_1 … h_L] each (B·K, d_l) (row b·K + k), ``log_q`` (B, K) = log q(h | x)."""
+
+    hidden: list
+    log_q: torch.Tensor
+
+
+class LogLikelihood(NamedTuple):
+    """Per-data-point estimates (B,) in nats: the bound log p̃*(x), the IS estimate of log p(x), and
+    log p*(x) = log p̃*(x) − log Ẑ² (None unless ``log_z2`` was given)."""
+
+    log_p_tilde_star: torch.Tensor
+    log_p: torch.Tensor
+    log_p_star: torch.Tensor | None
+
+
+class EffectiveSampleSize(NamedTuple):
+    """Per-data-point effective sample sizes (B,) of the p-weights (∝ ω) and the p*-weights (∝ sqrt ω)."""
+
+    p: torch.Tensor
+    p_star: torch.Tensor
+
+
+class BiHM(nn.Module):
+    """Bidirectional Helmholtz Machine, reference implementation (SPEC §1–4, §6).
+
+    Args:
+        sizes: ``[d_0, d_1, …, d_L]``, the data width then the latent widths, bottom to top.
+        weight_norm: hold every weight as ``weight_v``, ``weight_g`` (Salimans & Kingma 2016).
+        device, dtype: of the parameters (float32 or float64).
+
+    Raises:
+        ValueError / TypeError: bad ``sizes`` (e.g. ``[]``, ``[784]``, ``[784, 0, 10]``).
+
+    The stochastic primitives are :meth:`_layer_sample` and :meth:`_layer_log_prob`; everything
+    else is written on top of them, so a subclass that replaces the two with faster kernels keeps
+    all the math here.
+    """
+
+    def __init__(self, sizes, *, weight_norm: bool = False, device=None, dtype=torch.float32):
+        super().__init__()
+        self.sizes = check_sizes(sizes)
+        self.weight_norm = bool(weight_norm)
+        Layer = WeightNormStochasticLayer if weight_norm else StochasticLayer
+        L = len(self.sizes) - 1
+        kw = dict(device=device, dtype=dtype)
+        self.p_layers = nn.ModuleList(Layer(self.sizes[l + 1], self.sizes[l], **kw) for l in range(L))
+        self.p_top = PriorLayer(self.sizes[-1], **kw)
+        self.q_layers = nn.ModuleList(Layer(self.sizes[l], self.sizes[l + 1], **kw) for l in range(L))
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def n_layers(self) -> int:
+        """L, the number of latent layers."""
+        return len(self.sizes) - 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.p_top.logits.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.p_top.logits.dtype
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Re-initialize every layer with the authors' defaults (SPEC §3)."""
+        for m in (*self.p_layers, self.p_top, *self.q_layers):
+            m.reset_parameters(generator)
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, weight_norm={self.weight_norm}"
+
+    # ------------------------------------------------------------- primitives
+    def _layer_sample(self, layer: nn.Module, h: torch.Tensor, seed, offset: int):
+        """Sample ``layer`` given inputs h (R, d_in): returns (x (R, d_out), log_prob (R,))."""
+        if isinstance(layer, WeightNormStochasticLayer):
+            return sbn_sample_wn(h, layer.weight_v, layer.weight_g, layer.bias, seed=seed, offset=offset,
+                                 out_dtype=self.dtype)
+        return sbn_sample(h, layer.weight, layer.bias, seed=seed, offset=offset, out_dtype=self.dtype)
+
+    def _layer_log_prob(self, layer: nn.Module, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-row log-likelihood (R,) of targets x (R, d_out) under ``layer`` given h (R, d_in)."""
+        if isinstance(layer, WeightNormStochasticLayer):
+            return sbn_log_prob_wn(h, x, layer.weight_v, layer.weight_g, layer.bias)
+        return sbn_log_prob(h, x, layer.weight, layer.bias)
+
+    def _empty_input(self, rows: int) -> torch.Tensor:
+        return torch.zeros(rows, 0, device=self.device, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ passes
+    def q_pass(self, x: torch.Tensor, seed, offset: int, *, total_rows: int | None = None, row_start: int = 0):
+        """Bottom-up sampling of h ~ q(h | x) for rows x (R, d_0).
+
+        ``total_rows``/``row_start`` place these rows inside a larger pass (see the module
+        docstring); by default the rows are the whole pass. Returns (states [x, h_1, …, h_L],
+        log q(h | x) (R,)).
+        """
+        R = x.shape[0]
+        total = R if total_rows is None else total_rows
+        offs = pass_offsets(total, self.sizes[1:], offset)
+        states, log_q = [x], 0.0
+        for l, layer in enumerate(self.q_layers):
+            d = self.sizes[l + 1]
+            h, lq = self._layer_sample(layer, states[-1], seed, offs[l] + (row_start // 4) * d)
+            states.append(h)
+            log_q = log_q + lq
+        return states, log_q
+
+    def p_pass(self, n: int, seed, offset: int, *, total_rows: int | None = None, row_start: int = 0):
+        """Ancestral sampling of (x, h) ~ p for n rows. Returns (states [x, h_1, …, h_L], log p(x, h) (n,))."""
+        total = n if total_rows is None else total_rows
+        widths = self.sizes[::-1]  # prior h_L, then h_{L-1} ... h_0
+        offs = pass_offsets(total, widths, offset)
+        shift = row_start // 4
+        h, log_p = self._layer_sample(self.p_top, self._empty_input(n), seed, offs[0] + shift * widths[0])
+        states = [h]
+        for i, l in enumerate(reversed(range(self.n_layers)), start=1):
+            h, lp = self._layer_sample(self.p_layers[l], states[0], seed, offs[i] + shift * widths[i])
+            states.insert(0, h)
+            log_p = log_p + lp
+        return states, log_p
+
+    def log_p_joint(self, states) -> torch.Tensor:
+        """``log p(x, h) = log p(h_L) + Σ_l log p(h_l | h_{l+1})`` (R,) for states [h_0 … h_L] (SPEC §1)."""
+        self._check_states(states)
+        R = states[0].shape[0]
+        out = self._layer_log_prob(self.p_top, self._empty_input(R), states[-1])
+        for l, layer in enumerate(self.p_layers):
+            out = out + self._layer_log_prob(layer, states[l + 1], states[l])
+        return out
+
+    def log_q_cond(self, states) -> torch.Tensor:
+        """``log q(h | x) = Σ_l log q(h_{l+1} | h_l)`` (R,) for states [h_0 = x, h_1 … h_L] (SPEC §1)."""
+        self._check_states(states)
+        out = 0.0
+        for l, layer in enumerate(self.q_layers):
+            out = out + self._layer_log_prob(layer, states[l], states[l + 1])
+        return out
+
+    def _check_states(self, states) -> None:
+        if len(states) != len(self.sizes):
+            raise ValueError(f"states must list {len(self.sizes)} tensors [h_0 ... h_L], got {len(states)}")
+        R = states[0].shape[0]
+        for l, (s, d) in enumerate(zip(states, self.sizes)):
+            if s.dim() != 2 or s.shape != (R, d):
+                raise ValueError(f"states[{l}] must have shape (R, d_{l}) = ({R}, {d}), got {tuple(s.shape)}")
+
+    # ------------------------------------------------------------ validation
+    def _check_x(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        check_tensor(x, name, 2)
+        if x.shape[1] != self.sizes[0]:
+            raise ValueError(f"{name} must have shape (B, d_0) = (B, {self.sizes[0]}), got {tuple(x.shape)}")
+        check_binary(x, name)
+        return x.to(device=self.device, dtype=self.dtype)
+
+    @staticmethod
+    def _seed(seed, offset):
+        if seed is None:
+            seed = draw_seed()
+        check_seed(seed)
+        check_offset(offset)
+        return seed
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False):
+        """Ancestral samples of the top-down model p (SPEC §4).
+
+        Args:
+            n: number of samples.
+            seed, offset: the random stream (module docstring).
+            return_hidden: also return the hidden states and log p(x, h).
+
+        Returns:
+            x (n, d_0) in the model's dtype, or a :class:`PSample` (x, hidden, log_p) when
+            ``return_hidden``.
+        """
+        check_positive_int(n, "n")
+        seed = self._seed(seed, offset)
+        states, log_p = self.p_pass(n, seed, offset)
+        if return_hidden:
+            return PSample(states[0], states[1:], log_p)
+        return states[0]
+
+    @torch.no_grad()
+    def sample_q(self, x: torch.Tensor, k: int = 1, *, seed=None, offset: int = 0) -> QSample:
+        """K bottom-up samples ``h ~ q(h | x)`` per data point (SPEC §4).
+
+        Args:
+            x: (B, d_0) binary data.
+            k: samples per data point (K >= 1).
+
+        Returns:
+            :class:`QSample`: hidden [h_1 … h_L] each (B·K, d_l), row b·K + k; log_q (B, K).
+        """
+        x = self._check_x(x)
+        check_positive_int(k, "k")
+        seed = self._seed(seed, offset)
+        states, log_q = self.q_pass(x.repeat_interleave(k, dim=0), seed, offset)
+        return QSample(states[1:], log_q.view(-1, k))
+
+    # ------------------------------------------------------------- estimators
+    def _log_weights_and_states(self, x: torch.Tensor, k: int, seed, offset: int):
+        states, log_q = self.q_pass(x.repeat_interleave(k, dim=0), seed, offset)
+        log_p = self.log_p_joint(states)
+        return log_p.view(-1, k), log_q.view(-1, k), states
+
+    @torch.no_grad()
+    def log_weights(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0) -> torch.Tensor:
+        """Importance log-weights ``log ω_k = log p(x, h^(k)) − log q(h^(k) | x)`` (B, K), ``h^(k) ~ q`` (SPEC §2)."""
+        x = self._check_x(x)
+        check_positive_int(k, "k")
+        seed = self._seed(seed, offset)
+        log_p, log_q, _ = self._log_weights_and_states(x, k, seed, offset)
+        return log_p - log_q
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, k: int, *, log_z2: float | None = None, seed=None,
+                       offset: int = 0) -> LogLikelihood:
+        """Per-data-point likelihood estimates from K importance samples (SPEC §2), in nats.
+
+        Args:
+            x: (B, d_0) binary data.
+            k: importance samples per data point.
+            log_z2: an estimate of log Z² (from :meth:`estimate_log_z2`); when given,
+                ``log_p_star = log_p_tilde_star − log_z2``.
+
+        Returns:
+            :class:`LogLikelihood` of (B,) tensors: log p̃*(x) (the bound, paper eq. 6),
+            the IS estimate of log p(x), and log p*(x) or None.
+        """
+        log_w = self.log_weights(x, k, seed=seed, offset=offset)
+        lpt = est.log_p_tilde_star_estimate(log_w)
+        return LogLikelihood(lpt, est.log_p_estimate(log_w), None if log_z2 is None else lpt - log_z2)
+
+    @torch.no_grad()
+    def estimate_log_z2(self, n_samples: int, *, n_inner: int = 1, seed=None, offset: int = 0) -> est.MeanWithSE:
+        """Unbiased importance estimate of Z² = Σ_x p̃*(x), reported as log Ẑ² ± standard error (SPEC §2).
+
+        Draws ``(x_n, h_n) ~ p`` and ``h'_ni ~ q(· | x_n)``, i = 1…n_inner; the n-th term is
+        ``sqrt(q(h_n|x_n) / p(x_n, h_n)) · mean_i sqrt(ω'_ni)``. Stream: the p pass over
+        ``n_samples`` rows, then the q pass over ``n_samples · n_inner`` rows.
+
+        Returns:
+            :class:`~bihm_triton.reference.estimators.MeanWithSE` (log Ẑ², se), Python floats in nats.
+        """
+        check_positive_int(n_samples, "n_samples", 2)
+        check_positive_int(n_inner, "n_inner")
+        seed = self._seed(seed, offset)
+        return est.log_mean_exp_with_se(self._log_z2_terms(n_samples, n_inner, seed, offset))
+
+    def _log_z2_terms(self, n: int, n_inner: int, seed, offset: int, *, total_rows: int | None = None,
+                      row_start: int = 0) -> torch.Tensor:
+        """Log of the Ẑ² terms (n,) for rows [row_start, row_start + n) of a pass of ``total_rows``."""
+        total = n if total_rows is None else total_rows
+        states, log_p = self.p_pass(n, seed, offset, total_rows=total, row_start=row_start)
+        log_q = self.log_q_cond(states)
+        q_offset = offset + sum(counters_used(total, d) for d in self.sizes)
+        inner, log_q2 = self.q_pass(states[0].repeat_interleave(n_inner, dim=0), seed, q_offset,
+                                    total_rows=total * n_inner, row_start=row_start * n_inner)
+        log_w2 = (self.log_p_joint(inner) - log_q2).view(n, n_inner)
+        return 0.5 * (log_q - log_p) + est.log_mean_exp(0.5 * log_w2, dim=-1)
+
+    @torch.no_grad()
+    def effective_sample_size(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0) -> EffectiveSampleSize:
+        """Effective sample sizes (B,) of the K importance weights: p-weights ∝ ω and p*-weights ∝ sqrt(ω) (SPEC §2)."""
+        log_w = self.log_weights(x, k, seed=seed, offset=offset)
+        return EffectiveSampleSize(est.effective_sample_size(log_w), est.effective_sample_size(0.5 * log_w))
+
+    @torch.no_grad()
+    def bhattacharyya_distance(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0) -> torch.Tensor:
+        """Estimate of the Bhattacharyya distance D_B(x) between p(h|x) and q(h|x) (B,), nats (SPEC §1)."""
+        return est.bhattacharyya_estimate(self.log_weights(x, k, seed=seed, offset=offset))
+
+    # ------------------------------------------------------------------ losses
+    def loss(self, x: torch.Tensor, k: int = 10, objective: str = "bihm", *, seed=None, offset: int = 0):
+        """Surrogate training loss summed over the batch, and statistics (SPEC §3).
+
+        ``objective="bihm"``: with ``w_k = softmax_k(½ log ω_k)`` (constants),
+        ``L_p = −Σ_k w_k log p(x, h^(k))`` and ``L_q = −Σ_k (w_k − 1/K) log q(h^(k) | x)``; the
+        expected gradient is ``−∇ log p̃*(x)`` as K grows.
+
+        ``objective="rws"`` (reweighted wake-sleep): p-weights ``w̃_k = softmax_k(log ω_k)``;
+        ``L_p = −Σ_k w̃_k log p(x, h^(k))``; q gets half the wake loss ``−Σ_k w̃_k log q(h^(k)|x)``
+        and half the sleep loss ``−log q(h | x)`` on B samples ``(x, h) ~ p`` (drawn after the
+        wake pass in the stream).
+
+        Args:
+            x: (B, d_0) binary data; k: samples per data point; objective: "bihm" or "rws".
+
+        Returns:
+            ``(loss, stats)``: a scalar tensor (sum over the batch) to call ``backward()`` on,
+            and a dict of floats: ``bound`` (mean log p̃*(x) estimate, nats), ``log_p`` (mean
+            IS log p(x)), ``ess`` (mean effective sample size of the weights the objective uses).
+        """
+        if objective not in ("bihm", "rws"):
+            raise ValueError(f"objective must be 'bihm' or 'rws', got {objective!r}")
+        x = self._check_x(x)
+        check_positive_int(k, "k")
+        seed = self._seed(seed, offset)
+        log_p, log_q, _ = self._log_weights_and_states(x, k, seed, offset)
+        B = x.shape[0]
+        log_w = (log_p - log_q).detach()
+        if objective == "bihm":
+            w = torch.softmax(0.5 * log_w, dim=-1)
+            loss = -(w * log_p).sum() - ((w - 1.0 / k) * log_q).sum()
+            ess = est.effective_sample_size(0.5 * log_w)
+        else:
+            w = torch.softmax(log_w, dim=-1)
+            sleep_offset = offset + sum(counters_used(B * k, d) for d in self.sizes[1:])
+            with torch.no_grad():
+                sleep_states, _ = self.p_pass(B, seed, sleep_offset)
+            loss = -(w * log_p).sum() - 0.5 * (w * log_q).sum() - 0.5 * self.log_q_cond(sleep_states).sum()
+            ess = est.effective_sample_size(log_w)
+        stats = {
+            "bound": float(est.log_p_tilde_star_estimate(log_w).mean()),
+            "log_p": float(est.log_p_estimate(log_w).mean()),
+            "ess": float(ess.mean()),
+        }
+        return loss, stats
