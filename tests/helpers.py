@@ -1,0 +1,45 @@
+"""Helpers shared by the tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+#: Where the Triton backend runs in the tests: the GPU, or the CPU under the interpreter (conftest decides).
+DEVICE = torch.device("cuda" if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else "cpu")
+MNIST_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
+
+
+def dyadic(t: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Round to multiples of 2**-bits: sums of such numbers with binary inputs are exact in fp32 (and tf32)
+    in any order, so kernel and reference logits agree bit for bit and so do their samples."""
+    return torch.round(t * 2**bits) / 2**bits
+
+
+def binary(*shape, p: float = 0.5, generator=None, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    return (torch.rand(*shape, generator=generator, device=device) < p).to(dtype)
+
+
+def random_model(sizes, *, seed: int = 0, scale: float = 1.5, weight_norm: bool = False, dtype=torch.float64,
+                 cls=None, **kwargs):
+    """A BiHM with random parameters far from the authors' (near-zero) init, so p and q differ."""
+    import bihm_triton.reference as ref
+
+    cls = cls or ref.BiHM
+    torch.manual_seed(seed)
+    model = cls(sizes, weight_norm=weight_norm, dtype=dtype, **kwargs)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight_g"):
+                p.uniform_(0.5, 2.0).mul_(scale)
+            else:
+                p.normal_(0.0, scale)
+    return model
+
+
+def exact_moments(enum, i: int, powers=(0.5, 1.0, 2.0)):
+    """``E_q[ω^m]`` for data vector ``enum.x[i]`` from the enumeration tables, float64, for each m in powers."""
+    log_q = enum.log_q_cond[i]
+    log_w = enum.log_p_joint[i] - log_q
+    return {m: float(torch.exp(torch.logsumexp(log_q + m * log_w, 0))) for m in powers}
