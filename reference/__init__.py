@@ -43,7 +43,7 @@ from .layers import (
     weight_norm,
     weight_norm_scale,
 )
-from .philox import MAX_SEED, counters_used, draw_seed, philox4x32, philox_uniform, uniform_from_uint32
+from .philox import MAX_SEED, RandomStream, counters_used, draw_seed, philox4x32, philox_uniform, uniform_from_uint32
 
 __all__ = [
     "BiHM", "EffectiveSampleSize", "LogLikelihood", "PriorLayer", "PSample", "QSample", "StochasticLayer",
@@ -53,5 +53,5 @@ __all__ = [
     "log_p_estimate", "log_p_tilde_star_estimate",
     "bernoulli_log_prob", "bernoulli_sample", "sbn_log_prob", "sbn_log_prob_wn", "sbn_logits", "sbn_sample",
     "sbn_sample_wn", "weight_norm", "weight_norm_scale",
-    "MAX_SEED", "counters_used", "draw_seed", "philox4x32", "philox_uniform", "uniform_from_uint32",
+    "MAX_SEED", "RandomStream", "counters_used", "draw_seed", "philox4x32", "philox_uniform", "uniform_from_uint32",
 ]

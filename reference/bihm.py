@@ -213,7 +213,7 @@ class BiHM(nn.Module):
     Raises:
         ValueError / TypeError: bad ``sizes`` (e.g. ``[]``, ``[784]``, ``[784, 0, 10]``).
 
-    The stochastic primitives are :meth:`_layer_sample` and :meth:`_layer_log_prob`; everything
+    The stochastic primitives are :meth:`layer_sample` and :meth:`layer_log_prob`; everything
     else is written on top of them, so a subclass that replaces the two with faster kernels keeps
     all the math here.
     """
@@ -252,20 +252,20 @@ class BiHM(nn.Module):
         return f"sizes={self.sizes}, weight_norm={self.weight_norm}"
 
     # ------------------------------------------------------------- primitives
-    def _layer_sample(self, layer: nn.Module, h: torch.Tensor, seed, offset: int):
+    def layer_sample(self, layer: nn.Module, h: torch.Tensor, seed, offset: int):
         """Sample ``layer`` given inputs h (R, d_in): returns (x (R, d_out), log_prob (R,))."""
         if isinstance(layer, WeightNormStochasticLayer):
             return sbn_sample_wn(h, layer.weight_v, layer.weight_g, layer.bias, seed=seed, offset=offset,
                                  out_dtype=self.dtype)
         return sbn_sample(h, layer.weight, layer.bias, seed=seed, offset=offset, out_dtype=self.dtype)
 
-    def _layer_log_prob(self, layer: nn.Module, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def layer_log_prob(self, layer: nn.Module, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-row log-likelihood (R,) of targets x (R, d_out) under ``layer`` given h (R, d_in)."""
         if isinstance(layer, WeightNormStochasticLayer):
             return sbn_log_prob_wn(h, x, layer.weight_v, layer.weight_g, layer.bias)
         return sbn_log_prob(h, x, layer.weight, layer.bias)
 
-    def _empty_input(self, rows: int) -> torch.Tensor:
+    def empty_input(self, rows: int) -> torch.Tensor:
         return torch.zeros(rows, 0, device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ passes
@@ -282,7 +282,7 @@ class BiHM(nn.Module):
         states, log_q = [x], 0.0
         for l, layer in enumerate(self.q_layers):
             d = self.sizes[l + 1]
-            h, lq = self._layer_sample(layer, states[-1], seed, offs[l] + (row_start // 4) * d)
+            h, lq = self.layer_sample(layer, states[-1], seed, offs[l] + (row_start // 4) * d)
             states.append(h)
             log_q = log_q + lq
         return states, log_q
@@ -293,10 +293,10 @@ class BiHM(nn.Module):
         widths = self.sizes[::-1]  # prior h_L, then h_{L-1} ... h_0
         offs = pass_offsets(total, widths, offset)
         shift = row_start // 4
-        h, log_p = self._layer_sample(self.p_top, self._empty_input(n), seed, offs[0] + shift * widths[0])
+        h, log_p = self.layer_sample(self.p_top, self.empty_input(n), seed, offs[0] + shift * widths[0])
         states = [h]
         for i, l in enumerate(reversed(range(self.n_layers)), start=1):
-            h, lp = self._layer_sample(self.p_layers[l], states[0], seed, offs[i] + shift * widths[i])
+            h, lp = self.layer_sample(self.p_layers[l], states[0], seed, offs[i] + shift * widths[i])
             states.insert(0, h)
             log_p = log_p + lp
         return states, log_p
@@ -305,9 +305,9 @@ class BiHM(nn.Module):
         """``log p(x, h) = log p(h_L) + Σ_l log p(h_l | h_{l+1})`` (R,) for states [h_0 … h_L] (SPEC §1)."""
         self._check_states(states)
         R = states[0].shape[0]
-        out = self._layer_log_prob(self.p_top, self._empty_input(R), states[-1])
+        out = self.layer_log_prob(self.p_top, self.empty_input(R), states[-1])
         for l, layer in enumerate(self.p_layers):
-            out = out + self._layer_log_prob(layer, states[l + 1], states[l])
+            out = out + self.layer_log_prob(layer, states[l + 1], states[l])
         return out
 
     def log_q_cond(self, states) -> torch.Tensor:
@@ -315,7 +315,7 @@ class BiHM(nn.Module):
         self._check_states(states)
         out = 0.0
         for l, layer in enumerate(self.q_layers):
-            out = out + self._layer_log_prob(layer, states[l], states[l + 1])
+            out = out + self.layer_log_prob(layer, states[l], states[l + 1])
         return out
 
     def _check_states(self, states) -> None:

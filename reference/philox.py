@@ -46,6 +46,7 @@ __all__ = [
     "draw_seed",
     "check_seed",
     "check_offset",
+    "RandomStream",
 ]
 
 #: Seeds are 64-bit keys; they must lie in ``[0, MAX_SEED)`` (= ``[0, 2**63)``).
@@ -214,3 +215,32 @@ def philox_uniform(
     # words[lane][g * cols + j] belongs to row 4 g + lane, column j.
     u = torch.stack([uniform_from_uint32(w).view(groups, cols) for w in words], dim=1)
     return u.reshape(groups * 4, cols)[:rows]
+
+
+class RandomStream:
+    """A cursor over the Philox stream: consecutive draws get consecutive counter ranges.
+
+    ``take(rows, cols)`` returns the offset of the next (rows, cols) draw and advances past it;
+    ``uniform(rows, cols)`` takes a draw and returns its uniforms (computed by the reference on the
+    stream's device). Samplers that make many draws (Gibbs sweeps, resampling) use one of these,
+    so a whole run is a function of ``(seed, offset)``.
+
+    Args:
+        seed: int in ``[0, 2**63)`` or a one-element int64 tensor.
+        offset: first counter.
+        device: where :meth:`uniform` computes.
+    """
+
+    def __init__(self, seed, offset: int = 0, device=None):
+        check_seed(seed)
+        check_offset(offset)
+        self.seed, self.offset, self.device = seed, offset, device
+
+    def take(self, rows: int, cols: int) -> int:
+        off = self.offset
+        self.offset += counters_used(rows, cols)
+        return off
+
+    def uniform(self, rows: int, cols: int) -> torch.Tensor:
+        """(rows, cols) float32 uniforms of the next draw."""
+        return philox_uniform(self.seed, self.take(rows, cols), rows, cols, device=self.device)

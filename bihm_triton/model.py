@@ -1,0 +1,278 @@
+"""The BiHM as an ``nn.Module`` on the fused ops: chunked estimators, samplers, checkpoints (SPEC §1–4, §6).
+
+:class:`BiHM` inherits every formula from :class:`bihm_triton.reference.BiHM` (the specification)
+and replaces only the two stochastic primitives with :mod:`bihm_triton.ops`, so its results equal
+the reference's for the same ``(seed, offset)``. On top it adds what large runs need: estimators
+that stream K up to 10⁵ per data point and N up to 10⁶ samples for Z through fixed-size row chunks
+(the chunking reproduces the unchunked random stream exactly), progress bars, the samplers of
+:mod:`bihm_triton.samplers`, and safetensors checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import torch
+from tqdm.auto import tqdm
+
+from . import ops, samplers
+from . import reference as ref
+from .reference._checks import check_positive_int
+from .reference.bihm import WeightNormStochasticLayer
+from .reference.estimators import MeanWithSE, log_mean_exp_with_se
+
+__all__ = ["BiHM", "parse_sizes"]
+
+_GEOMETRIC = re.compile(r"^\s*([0-9]*\.?[0-9]+)x-([0-9]+)l-([0-9]+)\s*$")
+
+
+def parse_sizes(spec: str, d0: int) -> list[int]:
+    """Layer widths ``[d_0, d_1, …, d_L]`` from ``"200,100,50"`` or the authors' ``"<f>x-<n>l-<last>"``.
+
+    ``"<f>x-<n>l-<last>"`` is a geometric progression of n latent widths from ``round(f·d_0)`` down
+    to ``last`` (SPEC §3), rounded: ``parse_sizes("0.5x-4l-10", 784) == [784, 392, 115, 34, 10]``.
+
+    Raises:
+        ValueError: an unparseable spec, or a width < 1 (e.g. ``"784,0,10"``).
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"sizes spec must be a string like '200,100,50', got {type(spec).__name__}")
+    m = _GEOMETRIC.match(spec)
+    if m:
+        f, n, last = float(m.group(1)), int(m.group(2)), int(m.group(3))
+        if n < 1:
+            raise ValueError(f"sizes spec {spec!r}: the number of layers must be >= 1")
+        first = max(1, round(f * d0))
+        if n == 1:
+            latent = [last]
+        else:
+            latent = [max(1, round(first * (last / first) ** (i / (n - 1)))) for i in range(n)]
+    else:
+        try:
+            latent = [int(t) for t in spec.replace(" ", "").split(",") if t != ""]
+        except ValueError:
+            raise ValueError(f"sizes spec {spec!r} is neither 'd1,d2,...' nor '<f>x-<n>l-<last>'") from None
+        if not latent:
+            raise ValueError(f"sizes spec {spec!r} lists no latent layer")
+    return ref.check_sizes([d0, *latent])
+
+
+class _SegmentLSE:
+    """Running per-data-point logsumexp over row chunks (rows of one data point may span chunks)."""
+
+    def __init__(self, B: int, device):
+        self.max = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
+        self.sum = torch.zeros(B, dtype=torch.float64, device=device)
+
+    def update(self, b_lo: int, seg: torch.Tensor, v: torch.Tensor) -> None:
+        """Add values v (rows,) whose data points are ``b_lo + seg`` (seg starts at 0, contiguous)."""
+        v = v.double()
+        n = int(seg[-1]) + 1
+        cm = torch.full((n,), -math.inf, dtype=v.dtype, device=v.device).scatter_reduce(0, seg, v, "amax")
+        cs = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, seg, torch.exp(v - cm[seg]))
+        m, s = self.max[b_lo:b_lo + n], self.sum[b_lo:b_lo + n]
+        new = torch.maximum(m, cm)
+        self.sum[b_lo:b_lo + n] = s * torch.exp(m - new) + cs * torch.exp(cm - new)
+        self.max[b_lo:b_lo + n] = new
+
+    def value(self) -> torch.Tensor:
+        return self.max + torch.log(self.sum)
+
+
+class BiHM(ref.BiHM):
+    """Bidirectional Helmholtz Machine on the fused Triton ops (reference ops on CPU).
+
+    Args:
+        sizes: ``[d_0, d_1, …, d_L]`` (data width, then latent widths bottom to top).
+        weight_norm: parameters ``weight_v``/``weight_g`` per layer (Salimans & Kingma 2016).
+        backend: ``"auto"`` (Triton on CUDA, reference on CPU), ``"triton"`` or ``"reference"``.
+        device, dtype: of the parameters (float32 default; float64 runs the reference math in float64).
+        chunk_rows: rows per chunk in the streaming estimators (memory ∝ chunk_rows × widest layer).
+
+    Parameter layout, initialization and every formula: :class:`bihm_triton.reference.BiHM`.
+
+    Raises:
+        ValueError / TypeError: bad sizes (``[]``, ``[784, 0, 10]``), backend or chunk_rows.
+    """
+
+    def __init__(self, sizes, *, weight_norm: bool = False, backend: str = "auto", device=None,
+                 dtype=torch.float32, chunk_rows: int = 1 << 16):
+        super().__init__(sizes, weight_norm=weight_norm, device=device, dtype=dtype)
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+        check_positive_int(chunk_rows, "chunk_rows", 4)
+        self.backend = backend
+        self.chunk_rows = chunk_rows - chunk_rows % 4
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
+    # ------------------------------------------------------------- primitives
+    def layer_sample(self, layer, h, seed, offset):
+        if isinstance(layer, WeightNormStochasticLayer):
+            return ops.sbn_sample_wn(h, layer.weight_v, layer.weight_g, layer.bias, seed=seed, offset=offset,
+                                     out_dtype=self.dtype, backend=self.backend)
+        return ops.sbn_sample(h, layer.weight, layer.bias, seed=seed, offset=offset, out_dtype=self.dtype,
+                              backend=self.backend)
+
+    def layer_log_prob(self, layer, h, x):
+        if isinstance(layer, WeightNormStochasticLayer):
+            return ops.sbn_log_prob_wn(h, x, layer.weight_v, layer.weight_g, layer.bias, backend=self.backend,
+                                       validate=False)
+        return ops.sbn_log_prob(h, x, layer.weight, layer.bias, backend=self.backend, validate=False)
+
+    # --------------------------------------------------------------- chunking
+    def _chunks(self, rows: int, chunk: int, progress: bool | None, desc: str):
+        starts = range(0, rows, chunk)
+        show = len(starts) > 8 if progress is None else progress
+        return tqdm(starts, desc=desc, disable=not show, leave=False)
+
+    @torch.no_grad()
+    def _importance_lse(self, x: torch.Tensor, k: int, seed, offset: int, progress) -> dict:
+        """Per-data-point ``logsumexp_k(m · log ω_k)`` for m = ½, 1, 2, streamed over row chunks."""
+        x = self._check_x(x)
+        check_positive_int(k, "k")
+        seed = self._seed(seed, offset)
+        B = x.shape[0]
+        R = B * k
+        acc = {m: _SegmentLSE(B, x.device) for m in (0.5, 1.0, 2.0)}
+        for r0 in self._chunks(R, self.chunk_rows, progress, "importance samples"):
+            r1 = min(R, r0 + self.chunk_rows)
+            b = torch.arange(r0, r1, device=x.device) // k
+            b_lo = r0 // k
+            states, log_q = self.q_pass(x[b], seed, offset, total_rows=R, row_start=r0)
+            log_w = self.log_p_joint(states) - log_q
+            for m, a in acc.items():
+                a.update(b_lo, b - b_lo, m * log_w)
+        return {m: a.value().to(self.dtype) for m, a in acc.items()}
+
+    # ------------------------------------------------------------- estimators
+    def log_likelihood(self, x: torch.Tensor, k: int, *, log_z2: float | None = None, seed=None, offset: int = 0,
+                       progress: bool | None = None) -> ref.LogLikelihood:
+        """Per-data-point log p̃*(x), log p(x) and (with ``log_z2``) log p*(x) from K importance samples (nats).
+
+        Same values as :meth:`bihm_triton.reference.BiHM.log_likelihood` for the same (seed, offset),
+        in memory bounded by ``chunk_rows`` for any K (SPEC §2).
+
+        Args:
+            x: (B, d_0) binary data. k: importance samples per data point (the authors used up to 10⁵).
+            log_z2: log Ẑ² from :meth:`estimate_log_z2`. progress: progress bar (default: long runs).
+
+        Returns:
+            :class:`~bihm_triton.reference.LogLikelihood` of (B,) tensors.
+        """
+        lse = self._importance_lse(x, k, seed, offset, progress)
+        log_k = math.log(k)
+        lpt = 2.0 * (lse[0.5] - log_k)
+        return ref.LogLikelihood(lpt, lse[1.0] - log_k, None if log_z2 is None else lpt - log_z2)
+
+    def effective_sample_size(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0,
+                              progress: bool | None = None) -> ref.EffectiveSampleSize:
+        """Effective sample sizes (B,) of the p-weights (∝ ω) and the p*-weights (∝ sqrt ω), streamed (SPEC §2)."""
+        lse = self._importance_lse(x, k, seed, offset, progress)
+        return ref.EffectiveSampleSize(torch.exp(2 * lse[1.0] - lse[2.0]), torch.exp(2 * lse[0.5] - lse[1.0]))
+
+    def bhattacharyya_distance(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0,
+                               progress: bool | None = None) -> torch.Tensor:
+        """Estimate of D_B(x) = ½(log p(x) − log p̃*(x)) (B,), nats (SPEC §1)."""
+        ll = self.log_likelihood(x, k, seed=seed, offset=offset, progress=progress)
+        return 0.5 * (ll.log_p - ll.log_p_tilde_star)
+
+    @torch.no_grad()
+    def estimate_log_z2(self, n_samples: int, *, n_inner: int = 1, seed=None, offset: int = 0,
+                        progress: bool | None = None) -> MeanWithSE:
+        """log Ẑ² ± standard error from ``n_samples`` draws of p (SPEC §2; the authors used 10⁶), streamed.
+
+        Same value as :meth:`bihm_triton.reference.BiHM.estimate_log_z2` for the same (seed, offset).
+
+        Returns:
+            :class:`~bihm_triton.reference.MeanWithSE` of Python floats (nats).
+        """
+        check_positive_int(n_samples, "n_samples", 2)
+        check_positive_int(n_inner, "n_inner")
+        seed = self._seed(seed, offset)
+        chunk = max(4, (self.chunk_rows // n_inner) // 4 * 4)
+        terms = []
+        for r0 in self._chunks(n_samples, chunk, progress, "log Z^2"):
+            n = min(chunk, n_samples - r0)
+            terms.append(self._log_z2_terms(n, n_inner, seed, offset, total_rows=n_samples, row_start=r0))
+        return log_mean_exp_with_se(torch.cat(terms))
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False):
+        """Ancestral samples of p (SPEC §4), streamed in chunks: x (n, d_0), or a
+        :class:`~bihm_triton.reference.PSample` with the hidden states and log p(x, h)."""
+        check_positive_int(n, "n")
+        seed = self._seed(seed, offset)
+        parts = [self.p_pass(min(self.chunk_rows, n - r0), seed, offset, total_rows=n, row_start=r0)
+                 for r0 in range(0, n, self.chunk_rows)]
+        states = [torch.cat([p[0][l] for p in parts]) for l in range(len(self.sizes))]
+        if return_hidden:
+            return ref.PSample(states[0], states[1:], torch.cat([p[1] for p in parts]))
+        return states[0]
+
+    def gibbs_sample(self, n: int, steps: int, k: int = 10, **kwargs) -> samplers.GibbsResult:
+        """Block Gibbs samples of p*(x, h): exact by default (see :func:`bihm_triton.samplers.gibbs_sample`)."""
+        return samplers.gibbs_sample(self, n, steps, k, **kwargs)
+
+    def sir_sample(self, n: int, oversample: int = 100, n_inner: int = 1, **kwargs) -> samplers.SIRResult:
+        """Sampling–importance–resampling from p* (see :func:`bihm_triton.samplers.sir_sample`)."""
+        return samplers.sir_sample(self, n, oversample, n_inner, **kwargs)
+
+    def inpaint(self, x: torch.Tensor, mask: torch.Tensor, steps: int, k: int = 10, **kwargs) -> samplers.GibbsResult:
+        """Fill in unobserved pixels by Gibbs sampling with the observed ones clamped (see
+        :func:`bihm_triton.samplers.inpaint`). mask: (B, d_0) bool, True = observed."""
+        return samplers.inpaint(self, x, mask, steps, k, **kwargs)
+
+    # ------------------------------------------------------------ checkpoints
+    def config(self) -> dict:
+        """Architecture as a JSON-able dict: what :meth:`from_config` needs."""
+        return {"sizes": list(self.sizes), "weight_norm": self.weight_norm,
+                "dtype": str(self.dtype).replace("torch.", "")}
+
+    @classmethod
+    def from_config(cls, config: dict, **kwargs) -> "BiHM":
+        return cls(config["sizes"], weight_norm=config["weight_norm"], dtype=getattr(torch, config["dtype"]),
+                   **kwargs)
+
+    def check_compatible(self, state_dict: dict, config: dict | None = None) -> None:
+        """Raise ValueError unless ``state_dict`` (and ``config``) fit this architecture, naming the first mismatch."""
+        if config is not None and (list(config["sizes"]) != self.sizes
+                                   or bool(config["weight_norm"]) != self.weight_norm):
+            raise ValueError(f"checkpoint is for sizes={config['sizes']}, weight_norm={config['weight_norm']}; "
+                             f"this model has sizes={self.sizes}, weight_norm={self.weight_norm}")
+        own = self.state_dict()
+        for name, t in own.items():
+            if name not in state_dict:
+                raise ValueError(f"checkpoint lacks parameter {name!r} {tuple(t.shape)}")
+            if tuple(state_dict[name].shape) != tuple(t.shape):
+                raise ValueError(f"checkpoint parameter {name!r} has shape {tuple(state_dict[name].shape)}, "
+                                 f"model expects {tuple(t.shape)}")
+        extra = sorted(set(state_dict) - set(own))
+        if extra:
+            raise ValueError(f"checkpoint has parameters this model lacks: {extra[:5]}")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the weights to ``path`` (safetensors, the config in its metadata), atomically."""
+        from .checkpoint import save_safetensors_atomic
+
+        save_safetensors_atomic({k: v.detach() for k, v in self.state_dict().items()}, path,
+                                metadata={"config": json.dumps(self.config())})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device=None, **kwargs) -> "BiHM":
+        """A model rebuilt from a file written by :meth:`save` (or a trainer checkpoint)."""
+        from .checkpoint import read_safetensors
+
+        tensors, metadata = read_safetensors(path)
+        if "config" not in metadata:
+            raise ValueError(f"{path} has no BiHM config in its metadata; was it written by BiHM.save?")
+        model = cls.from_config(json.loads(metadata["config"]), device=device, **kwargs)
+        weights = {k: v for k, v in tensors.items() if not k.startswith("trainer.")}
+        model.check_compatible(weights)
+        model.load_state_dict(weights)
+        return model

@@ -1,0 +1,279 @@
+"""Samplers of the BiHM distribution p*(x, h) (SPEC §4): block Gibbs, importance resampling, inpainting.
+
+Every function takes a model with the layout and primitives of :class:`bihm_triton.reference.BiHM`
+(``layer_sample``, ``layer_log_prob``, ``q_pass``, ``p_pass``, ``log_p_joint``, ``log_q_cond``),
+so it runs on the reference or on the Triton ops alike, and draws every random number from one
+Philox stream (:class:`~bihm_triton.reference.RandomStream`): a run is a function of
+``(seed, offset)``.
+
+**Block Gibbs (the paper's sampler, made exact).** A sweep updates the odd layers, then the even
+ones (x is layer 0); layers of one parity are conditionally independent. The conditional of a
+middle layer is ``∝ sqrt(p(h_l|h_{l+1}) p(h_{l−1}|h_l) q(h_l|h_{l−1}) q(h_{l+1}|h_l))``, of the top
+``∝ sqrt(p(h_L) p(h_{L−1}|h_L) q(h_L|h_{L−1}))``, and of x
+``∝ sqrt(p(x|h_1) q(h_1|x)) · sqrt(p̃*(x))``. Each is sampled by importance resampling:
+
+* hidden layers: 2K candidates; proposal ``r = ½ p(h_l|h_{l+1}) + ½ q(h_l|h_{l−1})`` (the
+  prior for the top layer), weights ``π̃(c) / r(c)`` (the balance heuristic);
+* x: K candidates from ``p(x|h_1)``, ``sqrt(p̃*(x))`` replaced by the unbiased estimate
+  ``Ŝ(x) = mean_i sqrt(ω(x, h'_i))`` with ``n_inner`` samples ``h'_i ~ q(h|x)``.
+
+*Exact mode* (default) is conditional importance resampling (i-SIR, Andrieu, Doucet & Holenstein
+2010): the current state is candidate 0 and the other candidates are fresh draws from ``r``, so
+each block update leaves p* invariant for any K ≥ 1 (x needs K ≥ 2 to move). For x the state
+carries its ``Ŝ`` (pseudo-marginal, Andrieu & Roberts 2009): the chain targets an extended
+distribution whose x-marginal is exactly p*(x).
+
+*Paper-compatible mode* is the authors' plain resampling: K fresh candidates from each proposal,
+no current state, ``Ŝ`` recomputed for every x candidate, and the top-layer conditional without
+the factor ``p(h_{L−1}|h_L)``; it is biased for finite K.
+
+**SIR** draws ``oversample·n`` pairs ``(x, h) ~ p`` and resamples n of them with weights
+``Ŝ(x) · sqrt(q(h|x) / p(x, h))`` (SPEC §4).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .reference import RandomStream
+from .reference._checks import check_binary, check_positive_int, check_tensor
+from .reference.estimators import effective_sample_size, log_mean_exp
+from .reference.philox import check_offset, check_seed, draw_seed
+
+__all__ = ["GibbsResult", "SIRResult", "gibbs_sample", "inpaint", "sir_sample", "log_sqrt_p_tilde_star"]
+
+
+class GibbsResult(NamedTuple):
+    """Final Gibbs states: ``x`` (n, d_0), ``hidden`` [h_1 … h_L] each (n, d_l), and ``chain``
+    (steps + 1, n, d_0): x after each sweep (index 0 is the initial state), or None."""
+
+    x: torch.Tensor
+    hidden: list
+    chain: torch.Tensor | None
+
+
+class SIRResult(NamedTuple):
+    """Resampled ``x`` (n, d_0), ``hidden`` [h_1 … h_L], and the effective sample size of the weights."""
+
+    x: torch.Tensor
+    hidden: list
+    ess: float
+
+
+def _select(log_w: torch.Tensor, stream: RandomStream) -> torch.Tensor:
+    """One index per row of ``log_w`` (R, N), drawn ∝ exp(log_w) by inverse CDF with the stream's uniforms."""
+    R, N = log_w.shape
+    p = torch.softmax(log_w.float(), dim=1)
+    cdf = torch.cumsum(p, dim=1)
+    u = stream.uniform(R, 1).to(cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).clamp_max(N - 1).squeeze(1)
+
+
+def _gather(candidates: torch.Tensor, idx: torch.Tensor, n_cand: int) -> torch.Tensor:
+    """Rows ``r·N + idx[r]`` of candidates (R·N, d) -> (R, d)."""
+    base = torch.arange(idx.shape[0], device=idx.device) * n_cand
+    return candidates[base + idx]
+
+
+def log_sqrt_p_tilde_star(model, x: torch.Tensor, n_inner: int, stream: RandomStream) -> torch.Tensor:
+    """``log Ŝ(x)`` (R,): the log of the unbiased estimate ``mean_i sqrt(ω(x, h'_i))`` of ``sqrt(p̃*(x))``."""
+    R = x.shape[0]
+    rows = R * n_inner
+    offset = stream.offset
+    for d in model.sizes[1:]:
+        stream.take(rows, d)
+    states, log_q = model.q_pass(x.repeat_interleave(n_inner, dim=0), stream.seed, offset)
+    log_w = (model.log_p_joint(states) - log_q).view(R, n_inner)
+    return log_mean_exp(0.5 * log_w, dim=1)
+
+
+def _sample_layer(model, layer, h, n_cand: int, stream: RandomStream):
+    """n_cand samples of ``layer`` for each row of h: (R·n_cand, d_out), rows chain-major."""
+    rep = h.repeat_interleave(n_cand, dim=0)
+    x, _ = model.layer_sample(layer, rep, stream.seed, stream.take(rep.shape[0], layer.d_out))
+    return x
+
+
+def _update_hidden(model, states, l: int, K: int, paper: bool, stream: RandomStream):
+    """Importance-resampling update of h_l (1 ≤ l ≤ L) given its neighbours; returns the new h_l."""
+    L = model.n_layers
+    R = states[0].shape[0]
+    N = 2 * K
+    top = l == L
+    p_layer = model.p_top if top else model.p_layers[l]
+    p_in = model.empty_input(R) if top else states[l + 1]
+    q_layer, q_in = model.q_layers[l - 1], states[l - 1]
+    from_p = _sample_layer(model, p_layer, p_in, N, stream)
+    from_q = _sample_layer(model, q_layer, q_in, N, stream)
+    slot = torch.arange(R * N, device=from_p.device) % N
+    if paper:
+        use_p = (slot < K).unsqueeze(1)
+    else:
+        use_p = (stream.uniform(R * N, 1).to(from_p.device) < 0.5)
+    cand = torch.where(use_p, from_p, from_q)
+    if not paper:  # candidate 0 of each chain is the current state
+        cand = torch.where((slot == 0).unsqueeze(1), states[l].repeat_interleave(N, dim=0), cand)
+
+    rep = lambda t: t.repeat_interleave(N, dim=0)  # noqa: E731
+    lp_prop = model.layer_log_prob(p_layer, rep(p_in), cand)
+    lq_prop = model.layer_log_prob(q_layer, rep(q_in), cand)
+    log_target = lp_prop + lq_prop
+    if not (paper and top):
+        log_target = log_target + model.layer_log_prob(model.p_layers[l - 1], cand, rep(states[l - 1]))
+    if not top:
+        log_target = log_target + model.layer_log_prob(model.q_layers[l], cand, rep(states[l + 1]))
+    log_w = 0.5 * log_target - (torch.logaddexp(lp_prop, lq_prop) - math.log(2.0))
+    idx = _select(log_w.view(R, N), stream)
+    return _gather(cand, idx, N)
+
+
+def _update_x(model, states, log_s, K: int, n_inner: int, paper: bool, stream: RandomStream, mask, x_obs):
+    """Importance-resampling update of x given h_1; returns (new x, its log Ŝ)."""
+    R = states[0].shape[0]
+    h1 = states[1]
+    cand = _sample_layer(model, model.p_layers[0], h1, K, stream)
+    slot = torch.arange(R * K, device=cand.device) % K
+    if mask is not None:
+        cand = torch.where(mask.repeat_interleave(K, dim=0), x_obs.repeat_interleave(K, dim=0), cand)
+    if not paper:
+        cand = torch.where((slot == 0).unsqueeze(1), states[0].repeat_interleave(K, dim=0), cand)
+    cand_log_s = log_sqrt_p_tilde_star(model, cand, n_inner, stream)
+    if not paper:
+        cand_log_s = torch.where(slot == 0, log_s.repeat_interleave(K), cand_log_s)
+    h1r = h1.repeat_interleave(K, dim=0)
+    lp = model.layer_log_prob(model.p_layers[0], h1r, cand)  # proposal density (observed part cancels)
+    lq = model.layer_log_prob(model.q_layers[0], cand, h1r)
+    log_w = 0.5 * (lq - lp) + cand_log_s
+    idx = _select(log_w.view(R, K), stream)
+    return _gather(cand, idx, K), cand_log_s.view(R, K).gather(1, idx[:, None]).squeeze(1)
+
+
+def _check_common(model, steps, k, n_inner, seed, offset, min_k):
+    check_positive_int(steps, "steps", 0)
+    check_positive_int(k, "k", min_k)
+    check_positive_int(n_inner, "n_inner")
+    if seed is None:
+        seed = draw_seed()
+    check_seed(seed)
+    check_offset(offset)
+    return RandomStream(seed, offset, device=model.device)
+
+
+def _run_gibbs(model, states, steps, K, n_inner, paper, stream, mask, x_obs, progress, return_chain):
+    log_s = None if paper else log_sqrt_p_tilde_star(model, states[0], n_inner, stream)
+    chain = [states[0].clone()] if return_chain else None
+    L = model.n_layers
+    for _ in tqdm(range(steps), desc="gibbs", disable=not progress, leave=False):
+        for parity in (1, 0):
+            for l in range(parity, L + 1, 2):
+                if l == 0:
+                    states[0], log_s = _update_x(model, states, log_s, K, n_inner, paper, stream, mask, x_obs)
+                else:
+                    states[l] = _update_hidden(model, states, l, K, paper, stream)
+        if return_chain:
+            chain.append(states[0].clone())
+    return GibbsResult(states[0], states[1:], torch.stack(chain) if return_chain else None)
+
+
+@torch.no_grad()
+def gibbs_sample(model, n: int, steps: int, k: int = 10, *, n_inner: int = 1, paper_compatible: bool = False,
+                 init=None, seed=None, offset: int = 0, progress: bool | None = None,
+                 return_chain: bool = False) -> GibbsResult:
+    """Block Gibbs sampling of p*(x, h) (SPEC §4; the paper's sampler, exact by default).
+
+    Args:
+        model: a BiHM (reference or Triton-backed).
+        n: number of chains.
+        steps: sweeps (the authors ran 100–250).
+        k: candidates per update: 2k for hidden layers, k for x (exact mode needs k >= 2 for x to move).
+        n_inner: q-samples per estimate of sqrt(p̃*(x)).
+        paper_compatible: the authors' plain resampling (biased; see the module docstring).
+        init: starting states [x, h_1, …, h_L] each (n, d_l); default an ancestral sample of p.
+        seed, offset: the random stream (``seed=None``: drawn from torch's generator).
+        progress: show a progress bar (default: when steps >= 20).
+        return_chain: also return x after every sweep.
+
+    Returns:
+        :class:`GibbsResult`.
+
+    Raises:
+        ValueError / TypeError: bad n, steps, k, n_inner, seed, or init shapes.
+    """
+    check_positive_int(n, "n")
+    stream = _check_common(model, steps, k, n_inner, seed, offset, 1)
+    if init is None:
+        states, _ = model.p_pass(n, stream.seed, stream.offset)
+        for d in model.sizes[::-1]:
+            stream.take(n, d)
+    else:
+        states = [s.to(device=model.device, dtype=model.dtype).clone() for s in init]
+        model._check_states(states)
+        if states[0].shape[0] != n:
+            raise ValueError(f"init must hold n = {n} chains, got {states[0].shape[0]}")
+    progress = steps >= 20 if progress is None else progress
+    return _run_gibbs(model, states, steps, k, n_inner, paper_compatible, stream, None, None, progress,
+                      return_chain)
+
+
+@torch.no_grad()
+def inpaint(model, x: torch.Tensor, mask: torch.Tensor, steps: int, k: int = 10, *, n_inner: int = 1,
+            paper_compatible: bool = False, seed=None, offset: int = 0, progress: bool | None = None,
+            return_chain: bool = False) -> GibbsResult:
+    """Fill in the unobserved pixels of x by Gibbs sampling p*(x_unobserved, h | x_observed) (SPEC §4).
+
+    Args:
+        x: (B, d_0) binary data; its values where ``mask`` is False are ignored (start from p(x|h)).
+        mask: (B, d_0) bool, True where a pixel is observed (clamped).
+        steps, k, n_inner, paper_compatible, seed, offset, progress, return_chain: as :func:`gibbs_sample`.
+
+    Returns:
+        :class:`GibbsResult` whose x equals the input on observed pixels.
+
+    Raises:
+        ValueError: mask shape differs from x, x not binary, bad k/steps.
+    """
+    x = model._check_x(x)
+    check_tensor(mask, "mask", 2)
+    if mask.shape != x.shape:
+        raise ValueError(f"mask must have the shape of x {tuple(x.shape)}, got {tuple(mask.shape)}")
+    check_binary(mask, "mask")
+    mask = mask.to(device=model.device, dtype=torch.bool)
+    stream = _check_common(model, steps, k, n_inner, seed, offset, 1)
+    B = x.shape[0]
+    # start: h ~ q(h | x) with the unobserved pixels zeroed, then x's free pixels from p(x | h_1)
+    x0 = torch.where(mask, x, torch.zeros_like(x))
+    states, _ = model.q_pass(x0, stream.seed, stream.offset)
+    for d in model.sizes[1:]:
+        stream.take(B, d)
+    fill = _sample_layer(model, model.p_layers[0], states[1], 1, stream)
+    states[0] = torch.where(mask, x, fill)
+    progress = steps >= 20 if progress is None else progress
+    return _run_gibbs(model, states, steps, k, n_inner, paper_compatible, stream, mask, x, progress, return_chain)
+
+
+@torch.no_grad()
+def sir_sample(model, n: int, oversample: int = 100, n_inner: int = 1, *, seed=None, offset: int = 0) -> SIRResult:
+    """Sampling–importance–resampling from p* (SPEC §4).
+
+    Draws ``M = n·oversample`` pairs ``(x, h) ~ p``, weights them by
+    ``log w = log Ŝ(x) + ½(log q(h|x) − log p(x, h))`` and resamples n with replacement.
+
+    Returns:
+        :class:`SIRResult` (x (n, d_0), hidden, ESS of the M weights).
+    """
+    check_positive_int(n, "n")
+    check_positive_int(oversample, "oversample")
+    stream = _check_common(model, 0, 1, n_inner, seed, offset, 1)
+    M = n * oversample
+    states, log_p = model.p_pass(M, stream.seed, stream.offset)
+    for d in model.sizes[::-1]:
+        stream.take(M, d)
+    log_w = log_sqrt_p_tilde_star(model, states[0], n_inner, stream) + 0.5 * (model.log_q_cond(states) - log_p)
+    cdf = torch.cumsum(torch.softmax(log_w.double(), dim=0), dim=0)
+    u = stream.uniform(n, 1).to(cdf.device).squeeze(1).double() * cdf[-1]
+    idx = torch.searchsorted(cdf, u).clamp_max(M - 1)
+    return SIRResult(states[0][idx], [h[idx] for h in states[1:]], float(effective_sample_size(log_w.view(1, M))))
