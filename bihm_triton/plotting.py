@@ -16,12 +16,12 @@ def image_shape(d: int) -> tuple[int, int]:
     return (s, s) if s * s == d else (1, d)
 
 
-def _grid(images: torch.Tensor, shape: tuple[int, int], cols: int, pad: float = 0.5) -> torch.Tensor:
-    """(n, h·w) images -> one (rows·(h+1)−1, cols·(w+1)−1) canvas with grey separators."""
+def _grid(images: torch.Tensor, shape: tuple[int, int], cols: int) -> torch.Tensor:
+    """(n, h·w) images -> one (rows·(h+1)−1, cols·(w+1)−1) canvas; separators are NaN (drawn light blue)."""
     h, w = shape
     n = images.shape[0]
     rows = max(1, math.ceil(n / cols))
-    canvas = torch.full((rows * (h + 1) - 1, cols * (w + 1) - 1), pad)
+    canvas = torch.full((rows * (h + 1) - 1, cols * (w + 1) - 1), float("nan"))
     for i in range(n):
         r, c = divmod(i, cols)
         canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[i].view(h, w)
@@ -52,8 +52,9 @@ def figure_panels(panels: list[tuple[str, torch.Tensor]], path: str | os.PathLik
     fig_w = 1.2 * cols
     fig, axes = plt.subplots(len(grids), 1, figsize=(fig_w, sum(heights) / grids[0][1].shape[1] * fig_w + 0.5 * len(grids)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="#cfe0f5")
     for ax, (cap, g) in zip(axes[:, 0], grids):
-        ax.imshow(g.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(g.numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(cap, fontsize=10, loc="left")
         ax.axis("off")
     if title:

@@ -107,8 +107,9 @@ class Trainer:
         for start in bar:
             xb = self.train_x[perm[start:start + cfg.batch_size]]
             loss, stats = self.model.loss(xb, cfg.k, cfg.objective, seed=_step_seed(cfg.seed, self.step))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {self.epoch + 1}, step {self.step}; "
+            loss_value = loss.detach()
+            if not torch.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value.item()} at epoch {self.epoch + 1}, step {self.step}; "
                                          f"the last checkpoint was left untouched")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -179,8 +180,10 @@ class Trainer:
 
     @classmethod
     def resume(cls, out_dir: str | os.PathLike, train_x: torch.Tensor, valid_x: torch.Tensor | None = None, *,
-               device=None, backend: str = "auto") -> "Trainer":
+               device=None, backend: str = "auto", max_epochs: int | None = None) -> "Trainer":
         """Continue the run in ``out_dir`` from ``last.safetensors`` (same data required).
+
+        ``max_epochs`` raises (or lowers) the run's epoch limit; every other setting is the run's own.
 
         Raises:
             FileNotFoundError: no checkpoint in out_dir.
@@ -195,7 +198,8 @@ class Trainer:
         weights = {k: v for k, v in tensors.items() if not k.startswith("trainer.")}
         model.check_compatible(weights)
         model.load_state_dict(weights)
-        trainer = cls(model, train_x, valid_x, TrainConfig(**state["train"]), out_dir=out_dir)
+        settings = dict(state["train"], **({} if max_epochs is None else {"max_epochs": max_epochs}))
+        trainer = cls(model, train_x, valid_x, TrainConfig(**settings), out_dir=out_dir)
         opt = trainer.optimizer.state_dict()
         for i, _ in enumerate(model.parameters()):
             prefix = f"trainer.adam.{i}."

@@ -1,0 +1,97 @@
+"""Trainer: learning on real data, exact resume, atomic checkpoints, failures that keep the last good one."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from bihm_triton import checkpoint
+from bihm_triton.data import load_digits
+from bihm_triton.model import BiHM
+from bihm_triton.train import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits("train")[:400], load_digits("valid")[:100]
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return BiHM([64, 16, 8])
+
+
+def test_training_improves_the_validation_bound(digits, tmp_path):
+    x, v = digits
+    t = Trainer(_model(), x, v, TrainConfig(max_epochs=6, lr=3e-3, valid_k=20), out_dir=tmp_path)
+    hist = t.fit(progress=False, verbose=False)
+    assert hist[-1]["valid_bound"] > hist[0]["valid_bound"] + 1.0
+    assert set(os.listdir(tmp_path)) >= {"config.json", "last.safetensors", "best.safetensors", "log.jsonl"}
+    lines = [json.loads(s) for s in open(tmp_path / "log.jsonl")]
+    assert [r["epoch"] for r in lines] == list(range(1, 7))
+    best = BiHM.load(tmp_path / "best.safetensors")
+    assert best.sizes == [64, 16, 8]
+
+
+@pytest.mark.parametrize("objective", ["bihm", "rws"])
+def test_resume_continues_the_same_run(digits, tmp_path, objective):
+    x, v = digits
+    cfg = TrainConfig(max_epochs=3, lr=3e-3, valid_k=10, objective=objective, batch_size=64)
+    straight = Trainer(_model(), x, v, cfg, out_dir=tmp_path / "a")
+    straight.fit(progress=False, verbose=False)
+    first = Trainer(_model(), x, v, cfg, out_dir=tmp_path / "b")
+    first.fit(1, progress=False, verbose=False)
+    resumed = Trainer.resume(tmp_path / "b", x, v)
+    resumed.fit(progress=False, verbose=False)
+    assert resumed.epoch == 3 and resumed.step == straight.step
+    for (n, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert [r["valid_bound"] for r in resumed.history] == [r["valid_bound"] for r in straight.history]
+
+
+def test_interrupted_save_keeps_the_last_good_checkpoint(digits, tmp_path, monkeypatch):
+    x, v = digits
+    t = Trainer(_model(), x, v, TrainConfig(max_epochs=3, valid_k=10), out_dir=tmp_path)
+    t.fit(1, progress=False, verbose=False)
+    good = (tmp_path / "last.safetensors").read_bytes()
+
+    def dying_save(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"partial")  # a crash in the middle of writing the temporary file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_file", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit(1, progress=False, verbose=False)
+    assert (tmp_path / "last.safetensors").read_bytes() == good
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    assert Trainer.resume(tmp_path, x, v).epoch == 1
+
+
+def test_nan_loss_stops_without_touching_the_checkpoint(digits, tmp_path):
+    x, v = digits
+    t = Trainer(_model(), x, v, TrainConfig(max_epochs=3, valid_k=10), out_dir=tmp_path)
+    t.fit(1, progress=False, verbose=False)
+    good = (tmp_path / "last.safetensors").read_bytes()
+    with torch.no_grad():
+        t.model.p_top.logits.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="last checkpoint was left untouched"):
+        t.fit(1, progress=False, verbose=False)
+    assert (tmp_path / "last.safetensors").read_bytes() == good
+
+
+def test_bad_data_and_settings(digits):
+    x, v = digits
+    with pytest.raises(ValueError, match=r"train_x must have shape \(B, d_0\) = \(B, 64\)"):
+        Trainer(_model(), x[:, :10], v)
+    with pytest.raises(ValueError, match="valid_x must be binary"):
+        Trainer(_model(), x, v * 0.5 + 0.25)
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="vae")
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(FileNotFoundError):
+        Trainer.resume("/nonexistent/run", x, v)
