@@ -202,14 +202,53 @@ class BiHM(ref.BiHM):
         return log_mean_exp_with_se(torch.cat(terms))
 
     # ---------------------------------------------------------------- sampling
+    def _uses_fused_sampler(self) -> bool:
+        return (ops.resolve_backend(self.backend, self.device) == "triton" and self.dtype != torch.float64
+                and (self.device.type == "cuda" or self.backend == "triton"))
+
+    def _packed_p_network(self):
+        """The p network packed for the fused sampler, rebuilt only when a parameter changed."""
+        from .kernels.ancestral import PackedNetwork
+
+        params = [self.p_top.logits, *[p for layer in self.p_layers for p in layer.parameters()]]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if getattr(self, "_packed_key", None) != key:
+            order = [self.p_top, *reversed(self.p_layers)]
+            self._packed = PackedNetwork([m.weight for m in order], [m.bias for m in order])
+            self._packed_key = key
+        return self._packed
+
     @torch.no_grad()
-    def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False):
-        """Ancestral samples of p (SPEC §4), streamed in chunks: x (n, d_0), or a
-        :class:`~bihm_triton.reference.PSample` with the hidden states and log p(x, h)."""
+    def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False,
+                 out_dtype: torch.dtype | None = None):
+        """Ancestral samples of p (SPEC §4), in chunks of ``chunk_rows``.
+
+        On the Triton backend every chunk is one launch of the fused whole-network sampler
+        (:mod:`bihm_triton.kernels.ancestral`); its samples equal the per-layer path's.
+
+        Args:
+            n: number of samples. seed, offset: the random stream (the p pass of the reference).
+            return_hidden: also return the hidden states and log p(x, h).
+            out_dtype: dtype of the states (default the model's; ``torch.uint8`` skips a conversion).
+
+        Returns:
+            x (n, d_0), or a :class:`~bihm_triton.reference.PSample` (x, hidden, log_p (n,) float32).
+        """
         check_positive_int(n, "n")
         seed = self._seed(seed, offset)
-        parts = [self.p_pass(min(self.chunk_rows, n - r0), seed, offset, total_rows=n, row_start=r0)
-                 for r0 in range(0, n, self.chunk_rows)]
+        out_dtype = out_dtype or self.dtype
+        parts = []
+        for r0 in range(0, n, self.chunk_rows):
+            rows = min(self.chunk_rows, n - r0)
+            if self._uses_fused_sampler():
+                from .kernels.ancestral import ancestral_sample
+
+                top_down, log_p = ancestral_sample(self._packed_p_network(), rows, seed=seed, offset=offset,
+                                                   total_rows=n, row_start=r0)
+                states = top_down[::-1]
+            else:
+                states, log_p = self.p_pass(rows, seed, offset, total_rows=n, row_start=r0)
+            parts.append(([s.to(out_dtype) for s in states], log_p))
         states = [torch.cat([p[0][l] for p in parts]) for l in range(len(self.sizes))]
         if return_hidden:
             return ref.PSample(states[0], states[1:], torch.cat([p[1] for p in parts]))
