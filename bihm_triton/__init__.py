@@ -1,10 +1,24 @@
 """bihm_triton: Triton kernels for Bidirectional Helmholtz Machines (Bornschein et al., ICML 2016).
 
+* :mod:`bihm_triton.ops` — autograd-aware fused ops (Triton on CUDA tensors, the reference on CPU):
+  :func:`sbn_sample`, :func:`sbn_log_prob`, their weight-normalized forms, :func:`weight_norm`;
+* :class:`BiHM` — the model on those ops: training losses, likelihood estimators, samplers;
+* :class:`Trainer` — the authors' training recipe with checkpoints;
 * :mod:`bihm_triton.reference` — the pure-PyTorch specification (no Triton needed);
-* :mod:`bihm_triton.kernels` — the Triton kernels and their launchers;
-* :mod:`bihm_triton.ops` — the autograd-aware public ops (Triton on CUDA, reference on CPU).
+* :mod:`bihm_triton.kernels` — the Triton kernels and launchers;
+* :mod:`bihm_triton.data`, :mod:`bihm_triton.samplers`, :mod:`bihm_triton.cli`.
 
 Importing this package does not import Triton; the kernels load on first use.
 """
 
+from . import ops, reference
+from .model import BiHM, parse_sizes
+from .ops import sbn_log_prob, sbn_log_prob_wn, sbn_sample, sbn_sample_wn, weight_norm
+from .train import TrainConfig, Trainer
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "BiHM", "TrainConfig", "Trainer", "ops", "parse_sizes", "reference",
+    "sbn_log_prob", "sbn_log_prob_wn", "sbn_sample", "sbn_sample_wn", "weight_norm",
+]

@@ -113,7 +113,7 @@ def print_evaluation(r: dict) -> None:
 # ---------------------------------------------------------------------------------- commands
 
 
-def _train(args, *, demo: bool = False) -> int:
+def _train(args) -> int:
     from .model import BiHM, parse_sizes
     from .train import TrainConfig, Trainer
 
@@ -189,7 +189,7 @@ def _demo(args) -> int:
     from .plotting import figure_panels
 
     args.data = "digits"
-    _train(args, demo=True)
+    _train(args)
     device = _device(args.device)
     model = _load_model(args.out, device, args.backend)
     test_x = load_split("digits", "test").to(device)

@@ -272,8 +272,9 @@ def sbn_forward(
         )
     else:
         partial.zero_()
-    log_prob = partial[0] if n_m == 1 else partial.sum(0)
-    return x_out, log_prob
+    if n_m == 0:
+        return x_out, torch.zeros(R, device=h.device, dtype=torch.float32)
+    return x_out, partial[0] if n_m == 1 else partial.sum(0)
 
 
 def sbn_grad_logits(

@@ -87,6 +87,11 @@ def pass_offsets(rows: int, widths, offset: int) -> list[int]:
     return out
 
 
+def _check_row_start(row_start: int) -> None:
+    if row_start % 4:
+        raise ValueError(f"row_start must be a multiple of 4 (rows share Philox calls in groups of 4), got {row_start}")
+
+
 def authors_init_(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """The authors' initialization ``U(−1, 1) · sqrt(6 / (d_in + d_out)) / d_in`` (SPEC §3), in place."""
     d_out, d_in = weight.shape
@@ -278,6 +283,7 @@ class BiHM(nn.Module):
         """
         R = x.shape[0]
         total = R if total_rows is None else total_rows
+        _check_row_start(row_start)
         offs = pass_offsets(total, self.sizes[1:], offset)
         states, log_q = [x], 0.0
         for l, layer in enumerate(self.q_layers):
@@ -290,6 +296,7 @@ class BiHM(nn.Module):
     def p_pass(self, n: int, seed, offset: int, *, total_rows: int | None = None, row_start: int = 0):
         """Ancestral sampling of (x, h) ~ p for n rows. Returns (states [x, h_1, …, h_L], log p(x, h) (n,))."""
         total = n if total_rows is None else total_rows
+        _check_row_start(row_start)
         widths = self.sizes[::-1]  # prior h_L, then h_{L-1} ... h_0
         offs = pass_offsets(total, widths, offset)
         shift = row_start // 4
