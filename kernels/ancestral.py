@@ -23,16 +23,16 @@ import triton.language as tl
 
 from ._config import check_device, dot_precision, interpreting
 from .philox import group_uniforms, load_seed, seed_args
-from .sbn import _bernoulli_epilogue, _tile_logits
+from .sbn import _bernoulli_epilogue, tile_affine
 
 TABLE_COLS = 8  # w_off, b_off, N, M, in_off, out_off, rng_off, unused
 
 
 @triton.jit
-def _store_lane(acc, bias, u, rows, cols, R, M, out_ptr):
+def _store_lane(a, u, rows, cols, R, M, out_ptr):
     col_ok = cols < M
     row_ok = rows < R
-    x, lp = _bernoulli_epilogue(acc + bias[None, :], u, u, col_ok, True)
+    x, lp = _bernoulli_epilogue(a, u, u, col_ok, True)
     ptrs = out_ptr + rows.to(tl.int64)[:, None] * M + cols[None, :]
     tl.store(ptrs, x.to(tl.uint8), mask=row_ok[:, None] & col_ok[None, :])
     return lp
@@ -63,14 +63,13 @@ def _ancestral_kernel(
         rng_off = tl.load(t + 6)
         for m0 in range(0, M, BLOCK_M):
             cols = m0 + tl.arange(0, BLOCK_M)
-            acc0, acc1, acc2, acc3, _ = _tile_logits(in_ptr, w_ptr + w_off, R, N, N, N, groups, cols, M,
-                                                     False, BLOCK_G, BLOCK_M, BLOCK_K, PRECISION)
-            bias = tl.load(b_ptr + b_off + cols, mask=cols < M, other=0).to(tl.float32)
+            a0, a1, a2, a3 = tile_affine(in_ptr, w_ptr + w_off, b_ptr + b_off, b_ptr, R, N, M, N, N, groups, cols,
+                                         False, BLOCK_G, BLOCK_M, BLOCK_K, PRECISION)
             u0, u1, u2, u3 = group_uniforms(key, rng_off, groups, cols, M)
-            lp0 += _store_lane(acc0, bias, u0, rows0 + 0, cols, R, M, out_ptr)
-            lp1 += _store_lane(acc1, bias, u1, rows0 + 1, cols, R, M, out_ptr)
-            lp2 += _store_lane(acc2, bias, u2, rows0 + 2, cols, R, M, out_ptr)
-            lp3 += _store_lane(acc3, bias, u3, rows0 + 3, cols, R, M, out_ptr)
+            lp0 += _store_lane(a0, u0, rows0 + 0, cols, R, M, out_ptr)
+            lp1 += _store_lane(a1, u1, rows0 + 1, cols, R, M, out_ptr)
+            lp2 += _store_lane(a2, u2, rows0 + 2, cols, R, M, out_ptr)
+            lp3 += _store_lane(a3, u3, rows0 + 3, cols, R, M, out_ptr)
         # the next layer reads the states this program's threads just wrote
         tl.debug_barrier()
     tl.store(lp_ptr + rows0 + 0, lp0, mask=rows0 + 0 < R)

@@ -57,14 +57,11 @@ def _bernoulli_epilogue(a, u, x_in, col_ok, SAMPLE: tl.constexpr):
 
 
 @triton.jit
-def _lane_out(acc, scale, bias, u, rows, cols, R, M, x_ptr, stride_x, lp_ptr, pid_m,
-              SAMPLE: tl.constexpr, WRITE_X: tl.constexpr, HAS_SCALE: tl.constexpr, X_DTYPE: tl.constexpr):
+def _lane_out(a, u, rows, cols, R, M, x_ptr, stride_x, lp_ptr, pid_m,
+              SAMPLE: tl.constexpr, WRITE_X: tl.constexpr, X_DTYPE: tl.constexpr):
+    """Epilogue of one row lane: sample (or read) x for logits a, write x and the partial log-likelihood."""
     col_ok = cols < M
     row_ok = rows < R
-    if HAS_SCALE:
-        a = acc * scale[None, :] + bias[None, :]
-    else:
-        a = acc + bias[None, :]
     x_ptrs = x_ptr + rows.to(tl.int64)[:, None] * stride_x + cols[None, :]
     mask = row_ok[:, None] & col_ok[None, :]
     if SAMPLE:
@@ -78,13 +75,10 @@ def _lane_out(acc, scale, bias, u, rows, cols, R, M, x_ptr, stride_x, lp_ptr, pi
 
 
 @triton.jit
-def _lane_grad(acc, scale, bias, rows, cols, R, M, x_ptr, stride_x, g_ptr, ga_ptr, HAS_SCALE: tl.constexpr):
+def _lane_grad(a, rows, cols, R, M, x_ptr, stride_x, g_ptr, ga_ptr):
+    """``∂L/∂a = g_r · (x − σ(a))`` for one row lane."""
     col_ok = cols < M
     row_ok = rows < R
-    if HAS_SCALE:
-        a = acc * scale[None, :] + bias[None, :]
-    else:
-        a = acc + bias[None, :]
     mask = row_ok[:, None] & col_ok[None, :]
     offs = rows.to(tl.int64)[:, None] * stride_x + cols[None, :]
     x = (tl.load(x_ptr + offs, mask=mask, other=0) != 0).to(tl.float32)
@@ -119,6 +113,24 @@ def _tile_logits(h_ptr, w_ptr, R, N, stride_h, stride_w, groups, cols, M,
     return acc0, acc1, acc2, acc3, sumsq
 
 
+@triton.jit
+def tile_affine(h_ptr, w_ptr, b_ptr, g_ptr, R, N, M, stride_h, stride_w, groups, cols,
+                WN: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """Logits of the four row lanes of a tile: ``h · Wᵀ + b``, or ``(h · vᵀ) ⊙ g/‖v‖ + b`` when WN."""
+    acc0, acc1, acc2, acc3, sumsq = _tile_logits(h_ptr, w_ptr, R, N, stride_h, stride_w, groups, cols, M,
+                                                 WN, BLOCK_G, BLOCK_M, BLOCK_K, PRECISION)
+    col_ok = cols < M
+    bias = tl.load(b_ptr + cols, mask=col_ok, other=0).to(tl.float32)[None, :]
+    if WN:
+        scale = tl.load(g_ptr + cols, mask=col_ok, other=0).to(tl.float32) / tl.sqrt(tl.where(col_ok, sumsq, 1.0))
+        acc0 = acc0 * scale[None, :]
+        acc1 = acc1 * scale[None, :]
+        acc2 = acc2 * scale[None, :]
+        acc3 = acc3 * scale[None, :]
+    return acc0 + bias, acc1 + bias, acc2 + bias, acc3 + bias
+
+
 # --------------------------------------------------------------------------------- kernels
 
 
@@ -130,34 +142,24 @@ def _sbn_fwd_kernel(
     X_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_r = tl.program_id(0)
     pid_m = tl.program_id(1)
-    groups = pid_r * BLOCK_G + tl.arange(0, BLOCK_G)
+    groups = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
     cols = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    col_ok = cols < M
-    acc0, acc1, acc2, acc3, sumsq = _tile_logits(h_ptr, w_ptr, R, N, stride_h, stride_w, groups, cols, M,
-                                                 WN, BLOCK_G, BLOCK_M, BLOCK_K, PRECISION)
-    bias = tl.load(b_ptr + cols, mask=col_ok, other=0).to(tl.float32)
-    scale = bias
-    if WN:
-        scale = tl.load(g_ptr + cols, mask=col_ok, other=0).to(tl.float32) / tl.sqrt(tl.where(col_ok, sumsq, 1.0))
+    a0, a1, a2, a3 = tile_affine(h_ptr, w_ptr, b_ptr, g_ptr, R, N, M, stride_h, stride_w, groups, cols,
+                                 WN, BLOCK_G, BLOCK_M, BLOCK_K, PRECISION)
     if SAMPLE:
         key = load_seed(seed_ptr, seed, SEED_FROM_PTR)
         u0, u1, u2, u3 = group_uniforms(key, offset, groups, cols, M)
-    else:
-        u0 = acc0
-        u1 = acc0
-        u2 = acc0
-        u3 = acc0
+    else:  # placeholders, unused in score mode
+        u0 = a0
+        u1 = a0
+        u2 = a0
+        u3 = a0
     rows0 = 4 * groups
-    _lane_out(acc0, scale, bias, u0, rows0 + 0, cols, R, M, x_ptr, stride_x, lp_ptr, pid_m, SAMPLE, WRITE_X, WN,
-              X_DTYPE)
-    _lane_out(acc1, scale, bias, u1, rows0 + 1, cols, R, M, x_ptr, stride_x, lp_ptr, pid_m, SAMPLE, WRITE_X, WN,
-              X_DTYPE)
-    _lane_out(acc2, scale, bias, u2, rows0 + 2, cols, R, M, x_ptr, stride_x, lp_ptr, pid_m, SAMPLE, WRITE_X, WN,
-              X_DTYPE)
-    _lane_out(acc3, scale, bias, u3, rows0 + 3, cols, R, M, x_ptr, stride_x, lp_ptr, pid_m, SAMPLE, WRITE_X, WN,
-              X_DTYPE)
+    _lane_out(a0, u0, rows0 + 0, cols, R, M, x_ptr, stride_x, lp_ptr, pid_m, SAMPLE, WRITE_X, X_DTYPE)
+    _lane_out(a1, u1, rows0 + 1, cols, R, M, x_ptr, stride_x, lp_ptr, pid_m, SAMPLE, WRITE_X, X_DTYPE)
+    _lane_out(a2, u2, rows0 + 2, cols, R, M, x_ptr, stride_x, lp_ptr, pid_m, SAMPLE, WRITE_X, X_DTYPE)
+    _lane_out(a3, u3, rows0 + 3, cols, R, M, x_ptr, stride_x, lp_ptr, pid_m, SAMPLE, WRITE_X, X_DTYPE)
 
 
 @triton.jit
@@ -167,22 +169,15 @@ def _sbn_grad_logits_kernel(
     WN: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_r = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    groups = pid_r * BLOCK_G + tl.arange(0, BLOCK_G)
-    cols = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    col_ok = cols < M
-    acc0, acc1, acc2, acc3, sumsq = _tile_logits(h_ptr, w_ptr, R, N, stride_h, stride_w, groups, cols, M,
-                                                 WN, BLOCK_G, BLOCK_M, BLOCK_K, PRECISION)
-    bias = tl.load(b_ptr + cols, mask=col_ok, other=0).to(tl.float32)
-    scale = bias
-    if WN:
-        scale = tl.load(wg_ptr + cols, mask=col_ok, other=0).to(tl.float32) / tl.sqrt(tl.where(col_ok, sumsq, 1.0))
+    groups = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    a0, a1, a2, a3 = tile_affine(h_ptr, w_ptr, b_ptr, wg_ptr, R, N, M, stride_h, stride_w, groups, cols,
+                                 WN, BLOCK_G, BLOCK_M, BLOCK_K, PRECISION)
     rows0 = 4 * groups
-    _lane_grad(acc0, scale, bias, rows0 + 0, cols, R, M, x_ptr, stride_x, g_ptr, ga_ptr, WN)
-    _lane_grad(acc1, scale, bias, rows0 + 1, cols, R, M, x_ptr, stride_x, g_ptr, ga_ptr, WN)
-    _lane_grad(acc2, scale, bias, rows0 + 2, cols, R, M, x_ptr, stride_x, g_ptr, ga_ptr, WN)
-    _lane_grad(acc3, scale, bias, rows0 + 3, cols, R, M, x_ptr, stride_x, g_ptr, ga_ptr, WN)
+    _lane_grad(a0, rows0 + 0, cols, R, M, x_ptr, stride_x, g_ptr, ga_ptr)
+    _lane_grad(a1, rows0 + 1, cols, R, M, x_ptr, stride_x, g_ptr, ga_ptr)
+    _lane_grad(a2, rows0 + 2, cols, R, M, x_ptr, stride_x, g_ptr, ga_ptr)
+    _lane_grad(a3, rows0 + 3, cols, R, M, x_ptr, stride_x, g_ptr, ga_ptr)
 
 
 # ------------------------------------------------------------------------------- launchers
