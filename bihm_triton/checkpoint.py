@@ -6,7 +6,6 @@ import json
 import os
 import tempfile
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -20,7 +19,10 @@ def _atomic_write(path: str | os.PathLike, write) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -63,7 +65,3 @@ def write_json_atomic(obj, path: str | os.PathLike) -> None:
 
     _atomic_write(path, write)
 
-
-def rng_state_tensor() -> torch.Tensor:
-    """torch's CPU generator state as a uint8 tensor (to store beside the weights)."""
-    return torch.get_rng_state().clone()
