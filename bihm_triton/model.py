@@ -248,11 +248,16 @@ class BiHM(ref.BiHM):
                 states = top_down[::-1]
             else:
                 states, log_p = self.p_pass(rows, seed, offset, total_rows=n, row_start=r0)
-            parts.append(([s.to(out_dtype) for s in states], log_p))
-        states = [torch.cat([p[0][l] for p in parts]) for l in range(len(self.sizes))]
+            parts.append((states, log_p))
+
+        def joined(l: int) -> torch.Tensor:  # one chunk: no copy beyond the dtype conversion
+            chunks = [p[0][l] for p in parts]
+            return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).to(out_dtype)
+
         if return_hidden:
-            return ref.PSample(states[0], states[1:], torch.cat([p[1] for p in parts]))
-        return states[0]
+            log_p = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
+            return ref.PSample(joined(0), [joined(l) for l in range(1, len(self.sizes))], log_p)
+        return joined(0)
 
     def gibbs_sample(self, n: int, steps: int, k: int = 10, **kwargs) -> samplers.GibbsResult:
         """Block Gibbs samples of p*(x, h): exact by default (see :func:`bihm_triton.samplers.gibbs_sample`)."""

@@ -21,9 +21,13 @@ def check_tensor(t, name: str, ndim: int, dtypes=None) -> None:
 
 
 def check_shape(t: torch.Tensor, name: str, shape: tuple, symbols: str) -> None:
-    """``t.shape == shape``; ``symbols`` spells the expected shape, e.g. ``"(M, N) = (3, 5)"``."""
+    """``t.shape == shape``; ``symbols`` names the dimensions, e.g. ``"(R, M)"``.
+
+    The message is formatted only on failure, so under ``torch.compile`` with dynamic shapes the
+    check does not specialize the graph on the sizes.
+    """
     if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {symbols}, got {tuple(t.shape)}")
+        raise ValueError(f"{name} must have shape {symbols} = {tuple(int(d) for d in shape)}, got {tuple(t.shape)}")
 
 
 def check_same_device(**tensors) -> torch.device:
@@ -77,11 +81,11 @@ def check_layer_args(h, weight, bias, x=None, *, weight_name: str = "weight") ->
             f"{weight_name} must have shape (M, N) with N = h.shape[1] = {N}, got {tuple(weight.shape)}"
         )
     check_tensor(bias, "bias", 1, FLOAT_DTYPES)
-    check_shape(bias, "bias", (M,), f"(M,) = ({M},)")
+    check_shape(bias, "bias", (M,), "(M,)")
     tensors = dict(h=h, **{weight_name: weight}, bias=bias)
     if x is not None:
         check_tensor(x, "x", 2, STATE_DTYPES)
-        check_shape(x, "x", (R, M), f"(R, M) = ({R}, {M})")
+        check_shape(x, "x", (R, M), "(R, M)")
         tensors["x"] = x
     check_same_device(**tensors)
     return R, N, M

@@ -1,0 +1,532 @@
+"""Shared machinery of the benchmark suites: size tiers, the three providers, input sets, the
+correctness guard, timing and what each result records.
+
+Providers (every case runs for all three, side by side):
+
+* ``reference`` — eager PyTorch from :mod:`bihm_triton.reference`: the layer sample
+  :func:`ref_sample` (the body of ``sbn_sample``: ``sbn_logits``, ``bernoulli_sample``,
+  ``bernoulli_log_prob``) and the layer score :func:`ref_score`
+  (``bernoulli_log_prob(sbn_logits(h, W, b), x)``), i.e. the reference layer functions without
+  their host-side argument checks; the reference
+  :class:`~bihm_triton.reference.BiHM` on those two primitives (:class:`RefBiHM`).
+* ``compile`` — ``torch.compile(fullgraph=True)`` of exactly those two functions, and the same
+  reference BiHM calling the compiled primitives. The passes, the loss formula and the Gibbs
+  resampling between the layers stay eager: compiling a whole pass would build one Philox graph
+  per layer, and inductor needs 15–45 s of code generation per Philox graph (measured on the
+  2-core CPU), i.e. minutes per network. ``fullgraph=True`` and
+  ``torch._dynamo.config.fail_on_recompile_limit_hit`` make sure a compiled call never falls back
+  to eager silently. Shapes are dynamic by default (one graph per primitive and variant, shared by
+  all cases); ``BIHM_BENCH_COMPILE_DYNAMIC=0`` compiles a static graph per shape instead.
+* ``triton`` — :mod:`bihm_triton.ops` with ``backend="triton"`` and the product
+  :class:`bihm_triton.model.BiHM` with ``backend="triton"`` (its ``sample_p`` is one launch of the
+  fused ancestral kernel).
+
+Parameters are random and *dyadic* (multiples of 2⁻⁸, |w| < 4): with binary inputs every logit is
+then exact in fp32 and in tf32 whatever the summation order, so the providers' samples agree
+element for element (a sample can still flip where ``u`` falls between two roundings of ``σ(a)``,
+which the guard tolerates below 1e-3), and the weights give logits of order 1 (non-degenerate
+samples) instead of the authors' near-zero initialization.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import itertools
+import json
+import math
+import os
+import platform
+import time
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import bihm_triton.reference as ref
+
+PROVIDERS = ("reference", "compile", "triton")
+TIER_NAMES = ("tiny", "cpu", "full")
+
+ON_GPU = os.environ.get("BIHM_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu") != "cpu"
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+COMPILE_DYNAMIC = os.environ.get("BIHM_BENCH_COMPILE_DYNAMIC", "1") not in ("0", "", "false", "False")
+
+MNIST_SIZES = [784, 300, 200, 100, 75, 50, 35, 30, 25, 20, 15, 10, 10]  # the paper's best MNIST model (SPEC §3)
+SMALL_SIZES = [784, 200, 100, 50]
+TRAIN_K = 10
+GIBBS_K = 10
+MNIST_DIR = os.environ.get(
+    "BIHM_MNIST_DIR",
+    os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")),
+)
+
+#: Row counts per tier. ``full`` is the issue's sizes (for a GPU); ``cpu`` scales the row counts
+#: down so the eager reference (Philox as int64 torch ops) finishes in about a second per call on
+#: a 2-core CPU; ``tiny`` is for CI (``--benchmark-disable``): every case once, correctness only.
+TIERS = {
+    "full": dict(
+        layer=[(65536, 784, 300), (65536, 300, 200), (65536, 50, 35), (1000, 784, 300)],
+        nets={"mnist": MNIST_SIZES, "784-200-100-50": SMALL_SIZES},
+        ancestral=[2**10, 2**13, 2**17],
+        train=[100, 1000],
+        gibbs=1024,
+    ),
+    "cpu": dict(
+        layer=[(4096, 784, 300), (4096, 300, 200), (4096, 50, 35), (1000, 784, 300)],
+        nets={"mnist": MNIST_SIZES, "784-200-100-50": SMALL_SIZES},
+        ancestral=[2**8, 2**10, 2**12],
+        train=[100, 1000],
+        gibbs=128,
+    ),
+    "tiny": dict(
+        layer=[(64, 20, 12), (37, 9, 5)],
+        # stand-ins with the layer counts of the real networks (12 and 3 latent layers)
+        nets={"mnist": [24, 12, 10, 8, 7, 6, 5, 4, 4, 3, 3, 2, 2], "784-200-100-50": [24, 8, 4, 2]},
+        ancestral=[8, 37],
+        train=[3, 10],
+        gibbs=8,
+    ),
+}
+
+LAYER_VARIANTS = [("sample", "fwd"), ("sample", "fwd_bwd"), ("score", "fwd"), ("score", "fwd_bwd")]
+
+#: Tolerated fraction of sample elements that differ from the reference (σ rounding flips).
+MAX_SAMPLE_MISMATCH = 1e-3
+
+
+class _State:
+    tier: str = "cpu"
+    benchmark_disabled: bool = False
+    matmul_precision: str = "highest"
+    configured: bool = False
+
+
+STATE = _State()
+
+
+def configure(benchmark_disabled: bool) -> None:
+    """Fix the tier and the global torch settings for this session (called by ``bench/conftest.py``)."""
+    STATE.benchmark_disabled = benchmark_disabled
+    tier = os.environ.get("BIHM_BENCH_SIZE", "")
+    if not tier:
+        tier = "tiny" if benchmark_disabled else ("full" if ON_GPU else "cpu")
+    if tier not in TIER_NAMES:
+        raise pytest.UsageError(f"BIHM_BENCH_SIZE must be one of {TIER_NAMES}, got {tier!r}")
+    STATE.tier = tier
+    if ON_GPU:
+        # tf32 for every provider (torch matmuls and the Triton kernels' tl.dot follow this setting)
+        torch.set_float32_matmul_precision("high")
+    STATE.matmul_precision = torch.get_float32_matmul_precision()
+
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.force_parameter_static_shapes = False  # one graph for every layer width
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
+            break
+    for name in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit"):
+        if hasattr(dynamo_config, name):  # never fall back to eager silently
+            setattr(dynamo_config, name, True)
+            break
+    if not ON_GPU and benchmark_disabled and tier == "tiny":
+        # CI mode times nothing; inductor's C++ vectorization doubles the code-generation time of
+        # the Philox graphs (about 30 s -> 15 s each on the 2-core CPU), so it is turned off here.
+        import torch._inductor.config as inductor_config
+
+        if hasattr(inductor_config, "cpp") and hasattr(inductor_config.cpp, "vec_isa_ok"):
+            inductor_config.cpp.vec_isa_ok = False
+    STATE.configured = True
+
+
+def tier() -> dict:
+    return TIERS[STATE.tier]
+
+
+def device_name() -> str:
+    if ON_GPU:
+        return torch.cuda.get_device_name(DEVICE)
+    return f"cpu: {cpu_model()} ({os.cpu_count()} cores)"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(pkg: str) -> str:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_info() -> dict:
+    info = {
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "device": device_name(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "tier": STATE.tier,
+        "matmul_precision": STATE.matmul_precision,
+        "benchmark_disabled": STATE.benchmark_disabled,
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+        "compile_dynamic": COMPILE_DYNAMIC,
+    }
+    if ON_GPU:
+        info["cuda"] = torch.version.cuda
+        props = torch.cuda.get_device_properties(DEVICE)
+        info["sm_count"] = props.multi_processor_count
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+    return info
+
+
+# ------------------------------------------------------------------------------ providers
+
+
+def ref_sample(h, weight, bias, seed, offset, out_dtype):
+    """The body of ``ref.sbn_sample`` without its argument checks: ``(x, log_prob)`` of one layer (SPEC §5).
+
+    The checks are host-side Python (no tensor work) and are left out of what is timed. Both the
+    ``reference`` and the ``compile`` providers run this function, so ``compile`` is the compiled
+    form of exactly what ``reference`` runs.
+    """
+    a = ref.sbn_logits(h, weight, bias)
+    x = ref.bernoulli_sample(a, seed=seed, offset=offset)
+    return x.to(out_dtype), ref.bernoulli_log_prob(a, x)
+
+
+def ref_score(h, x, weight, bias):
+    """The reference layer log-likelihood ``Σ_j x·a − softplus(a)`` (R,): ``sbn_log_prob`` without its
+    checks (its binary check reads the data: a device sync), like ``ops.sbn_log_prob(validate=False)``."""
+    return ref.bernoulli_log_prob(ref.sbn_logits(h, weight, bias), x)
+
+
+_COMPILED: dict = {}
+
+
+def compiled_primitives() -> dict:
+    """``torch.compile`` of :func:`ref_sample` and :func:`ref_score`, built once per session."""
+    if not _COMPILED:
+        opts = dict(fullgraph=True, dynamic=True if COMPILE_DYNAMIC else False)
+        _COMPILED["sample"] = torch.compile(ref_sample, **opts)
+        _COMPILED["score"] = torch.compile(ref_score, **opts)
+    return _COMPILED
+
+
+def layer_primitives(provider: str):
+    """``(sample(h, W, b, seed, offset, out_dtype) -> (x, log_prob), score(h, x, W, b) -> log_prob)`` of a provider."""
+    if provider == "reference":
+        return ref_sample, ref_score
+    if provider == "compile":
+        c = compiled_primitives()
+
+        return c["sample"], c["score"]
+    if provider == "triton":
+        from bihm_triton import ops
+
+        def sample(h, w, b, seed, offset, out_dtype):
+            return ops.sbn_sample(h, w, b, seed=seed, offset=offset, out_dtype=out_dtype, backend="triton")
+
+        def score(h, x, w, b):
+            return ops.sbn_log_prob(h, x, w, b, backend="triton", validate=False)
+
+        return sample, score
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+class RefBiHM(ref.BiHM):
+    """The reference BiHM on a provider's layer primitives (eager for ``reference``, compiled for ``compile``).
+
+    Only ``layer_sample``/``layer_log_prob`` are replaced; every formula is the reference's.
+    ``layer_log_prob`` does not re-validate the states (as :class:`bihm_triton.model.BiHM` does not).
+    """
+
+    def __init__(self, sizes, *, provider: str = "reference", **kwargs):
+        super().__init__(sizes, **kwargs)
+        self.provider = provider
+        self._sample_fn, self._score_fn = layer_primitives(provider)
+
+    def layer_sample(self, layer, h, seed, offset):
+        return self._sample_fn(h, layer.weight, layer.bias, seed, offset, self.dtype)
+
+    def layer_log_prob(self, layer, h, x):
+        return self._score_fn(h, x, layer.weight, layer.bias)
+
+
+_STATE_DICTS: dict = {}
+
+
+def dyadic_state_dict(sizes) -> dict:
+    """Random dyadic parameters for a BiHM of ``sizes`` (deterministic; cached), on the CPU."""
+    key = tuple(sizes)
+    if key not in _STATE_DICTS:
+        gen = torch.Generator().manual_seed(1234 + sum(sizes) + len(sizes))
+        m = ref.BiHM(list(sizes))
+        sd = {}
+        for name, p in m.state_dict().items():
+            if p.dim() == 2:  # weight (d_out, d_in): logits of order 1 for binary inputs
+                v = torch.randn(p.shape, generator=gen) * (2.0 / math.sqrt(max(1, p.shape[1])))
+            else:  # biases and the top prior's logits
+                v = torch.randn(p.shape, generator=gen) * 0.5 - 0.5
+            sd[name] = (torch.round(v * 256) / 256).clamp_(-3.99, 3.99)
+        _STATE_DICTS[key] = sd
+    return _STATE_DICTS[key]
+
+
+def make_model(provider: str, sizes):
+    """The BiHM a provider benchmarks, with the shared dyadic parameters, on the bench device."""
+    sizes = list(sizes)
+    if provider == "triton":
+        from bihm_triton.model import BiHM
+
+        model = BiHM(sizes, backend="triton", device=DEVICE, chunk_rows=1 << 22)
+    elif provider in ("reference", "compile"):
+        model = RefBiHM(sizes, provider=provider, device=DEVICE)
+    else:
+        raise ValueError(f"unknown provider {provider!r}")
+    model.load_state_dict(dyadic_state_dict(sizes))
+    return model
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def n_input_sets() -> int:
+    """Input sets cycled through while timing (so the L2 cache does not flatter): 4 on a GPU."""
+    if STATE.benchmark_disabled:
+        return 1
+    default = 4 if ON_GPU else 2
+    return max(1, int(os.environ.get("BIHM_BENCH_SETS", default)))
+
+
+def seed_tensor(i: int) -> torch.Tensor:
+    """A one-element int64 seed on the bench device: no recompiles, no host reads."""
+    return torch.tensor(1_000_003 * (i + 1) + 17, dtype=torch.int64, device=DEVICE)
+
+
+def device_generator(seed: int) -> torch.Generator:
+    return torch.Generator(device=DEVICE).manual_seed(seed)
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+_INPUTS = _LRU(2)  # input sets are shared by the three providers of a case
+
+
+def cached_inputs(key, make):
+    return _INPUTS.get_or((key, n_input_sets(), str(DEVICE)), make)
+
+
+_MNIST: dict = {}
+
+
+def data_batch(d0: int, batch: int, i: int) -> tuple[torch.Tensor, str]:
+    """Binary data (batch, d0) for input set i: MNIST test images when present and d0 == 784, else random."""
+    if d0 == 784 and os.path.isdir(MNIST_DIR):
+        if "x" not in _MNIST:
+            from bihm_triton.data import load_mnist_idx
+
+            try:
+                _MNIST["x"] = load_mnist_idx(MNIST_DIR, split="test")
+            except (OSError, ValueError):
+                _MNIST["x"] = None
+        x = _MNIST["x"]
+        if x is not None and len(x) >= batch:
+            start = (i * batch) % (len(x) - batch + 1)
+            return x[start:start + batch].to(DEVICE), "mnist"
+    g = device_generator(50_000 + i)
+    return (torch.rand(batch, d0, device=DEVICE, generator=g) < 0.2).float(), "random"
+
+
+# ------------------------------------------------------------------------------ guard
+
+
+def sample_mismatch(got, want) -> float:
+    """Fraction of elements that differ between two lists of 0/1 tensors."""
+    diff = total = 0
+    for g, w in zip(got, want):
+        assert tuple(g.shape) == tuple(w.shape), f"shape {tuple(g.shape)} != reference {tuple(w.shape)}"
+        diff += int((g.float() != w.float()).sum())
+        total += w.numel()
+    return diff / max(1, total)
+
+
+def assert_samples(got, want, what: str) -> float:
+    frac = sample_mismatch(got, want)
+    assert frac < MAX_SAMPLE_MISMATCH, f"{what}: {frac:.3g} of the sample elements differ from the reference"
+    return frac
+
+
+def rows_equal(got, want) -> torch.Tensor:
+    """(R,) bool: rows where every tensor of the two lists agrees."""
+    ok = None
+    for g, w in zip(got, want):
+        e = (g.float() == w.float()).all(dim=1)
+        ok = e if ok is None else ok & e
+    return ok
+
+
+def assert_log_probs(got: torch.Tensor, want: torch.Tensor, rows_ok: torch.Tensor | None, what: str,
+                     rtol: float = 1e-4) -> float:
+    """Log-likelihoods agree (relative to 1 + |want|) on the rows whose samples agree."""
+    g, w = got.detach().double().flatten(), want.detach().double().flatten()
+    if rows_ok is not None:
+        g, w = g[rows_ok], w[rows_ok]
+    if w.numel() == 0:
+        return 0.0
+    assert torch.isfinite(g).all(), f"{what}: non-finite log-likelihoods"
+    err = float(((g - w).abs() / (1 + w.abs())).max())
+    assert err < rtol, f"{what}: log-likelihoods differ from the reference by {err:.3g} (relative)"
+    return err
+
+
+def assert_grads(got: dict, want: dict, what: str, rtol: float = 2e-2) -> float:
+    """Gradients agree in relative norm, ‖g − w‖ / ‖w‖ (tf32 matmuls on a GPU: ~1e-3)."""
+    worst = 0.0
+    for name, w in want.items():
+        g = got.get(name)
+        assert g is not None, f"{what}: no gradient for {name}"
+        w, g = w.detach().double(), g.detach().double()
+        err = float((g - w).norm() / w.norm().clamp_min(1e-30))
+        assert err < rtol, f"{what}: gradient of {name} differs from the reference by {err:.3g} (relative norm)"
+        worst = max(worst, err)
+    return worst
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def sync() -> None:
+    if ON_GPU:
+        torch.cuda.synchronize()
+
+
+def skip_unless_measurable(provider: str) -> None:
+    if provider == "triton" and not ON_GPU and not STATE.benchmark_disabled:
+        pytest.skip("the Triton interpreter measures Python, not the kernel: the triton provider is timed on a "
+                    "GPU only (use --benchmark-disable for a correctness run under TRITON_INTERPRET=1)")
+
+
+def _compile_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _gpu_median_seconds(fn, warm_s: float) -> float:
+    """Median of CUDA-event timings (``triton.testing.do_bench``, L2 flushed before every call)."""
+    from triton.testing import do_bench
+
+    est_ms = max(warm_s * 1e3, 1e-3)
+    rep = min(max(100.0, 10 * est_ms), 1500.0)  # at least ~10 timed calls, at most ~1.5 s
+    return do_bench(fn, warmup=min(25.0, 2 * est_ms), rep=rep, return_mode="median") / 1e3
+
+
+def record_jsonl(info: dict) -> None:
+    path = os.environ.get("BIHM_BENCH_JSONL")
+    if not path:
+        return
+    line = dict(info, nodeid=os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0])
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def run_benchmark(benchmark, *, provider: str, case: str, name: str, shape: str, params: dict, items: int,
+                  unit: str, sets: list, call, check=None, extra: dict | None = None):
+    """Guard, warm up, time and record one (case, provider).
+
+    Args:
+        benchmark: the pytest-benchmark fixture.
+        provider: "reference" | "compile" | "triton".
+        case: the case kind ("layer", "ancestral", "train_step", "gibbs_sweep"): what
+            :mod:`roofline` needs, with ``params``, to count the work.
+        name, shape: the case's name and shape (the table's first two columns).
+        items: samples (rows, importance samples, chains) one call produces, for items/s.
+        unit: what ``items`` counts.
+        sets: input sets; ``call(set)`` runs the provider once on one of them.
+        check: ``check(output, set)`` compares the provider's output on ``sets[0]`` with the
+            reference and returns a dict of agreement statistics (raises AssertionError if wrong).
+            Not run for the reference provider.
+    """
+    skip_unless_measurable(provider)
+    info = dict(
+        provider=provider, case=case, name=name, shape=shape, case_id=f"{name}[{shape}]", params=params,
+        items=items, unit=unit, tier=STATE.tier, device=device_name(), matmul_precision=STATE.matmul_precision,
+        input_sets=len(sets), torch=torch.__version__, triton=_version("triton"),
+    )
+    if provider == "compile":
+        info["compile"] = dict(fullgraph=True, dynamic=COMPILE_DYNAMIC, scope="layer primitives",
+                               cpp_vectorized=not (not ON_GPU and STATE.benchmark_disabled and STATE.tier == "tiny"))
+    if extra:
+        info.update(extra)
+    graphs0 = _compile_graphs()
+    it = itertools.cycle(sets)
+
+    def once():
+        return call(next(it))
+
+    if STATE.benchmark_disabled:
+        out = benchmark(once)  # runs once, on sets[0]
+        if check is not None and provider != "reference":
+            info["guard"] = check(out, sets[0])
+        info["timer"] = "none (--benchmark-disable: one correctness run)"
+        info["median_s"] = None
+        info["items_per_s"] = None
+    else:
+        out = once()  # sets[0]: compiles, autotunes
+        if check is not None and provider != "reference":
+            info["guard"] = check(out, sets[0])
+        del out
+        t0 = time.perf_counter()
+        for _ in range(len(sets)):
+            once()
+        sync()
+        warm_s = (time.perf_counter() - t0) / len(sets)
+        if ON_GPU:
+            median = _gpu_median_seconds(once, warm_s)
+
+            def once_synced():
+                once()
+                torch.cuda.synchronize()
+
+            # pytest-benchmark's own wall-clock stats (synchronized calls) go into the JSON too
+            benchmark.pedantic(once_synced, rounds=3, iterations=1)
+            info["timer"] = "cuda events (triton.testing.do_bench median, L2 flushed)"
+        else:
+            benchmark(once)
+            median = benchmark.stats.stats.median
+            info["timer"] = "wall clock (pytest-benchmark median)"
+        info["median_s"] = median
+        info["items_per_s"] = items / median if median > 0 else None
+    info["compile_graphs_built"] = _compile_graphs() - graphs0
+    benchmark.extra_info.update(info)
+    record_jsonl(info)
+    return info
+
+
+def inputs_namespace(**kw) -> SimpleNamespace:
+    return SimpleNamespace(**kw)

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# One GPU session, about 8 minutes at most on an H200, whatever hangs:
+#   1. versions (GPU, driver, torch, triton)
+#   2. the kernel tests compiled on the GPU (no interpreter)
+#   3. the benchmark suite (pytest-benchmark; JSON per part and one JSONL log written as it goes)
+#   4. roofline.py --measure (HBM copy, matmuls, Philox/epilogue kernels) and the floors
+#   5. the compact table, LAST.
+# Every step runs under `timeout`, clipped to what is left of BIHM_GPU_BUDGET_S (default 470 s),
+# and a failing or timed-out step does not stop the next one (the JSONL keeps partial results).
+#
+# Usage, from any folder:  bash bench/gpu.sh
+# Output: $OUT if set (the device runner's folder), else bench/results/gpu-<UTC time>/:
+#   versions.txt, *.log, kernel_tests.xml, bench_<part>.json (pytest-benchmark), bench.jsonl,
+#   ceilings.json, roofline.txt, table.txt, table.md
+# Knobs: BIHM_GPU_BUDGET_S, BIHM_GPU_SKIP_TESTS=1, BIHM_BENCH_SIZE (default full), PYTHON.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+BUDGET_S=${BIHM_GPU_BUDGET_S:-470}
+T0=$(date +%s)
+DEST=${OUT:-$ROOT/bench/results/gpu-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$DEST"
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET BIHM_BENCH_DEVICE BIHM_TEST_DEVICE
+
+log() { echo "[gpu.sh +$(( $(date +%s) - T0 ))s] $*" | tee -a "$DEST/gpu.log"; }
+left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
+STEPS=()
+# step NAME LIMIT_S RESERVE_S CMD...: run CMD for at most min(LIMIT_S, time left - RESERVE_S)
+# seconds (RESERVE_S is kept for the steps after it), tee its output into $DEST/NAME.log.
+step() {
+  local name=$1 limit=$2 reserve=$3; shift 3
+  local avail=$(( $(left) - reserve ))
+  local lim=$(( limit < avail ? limit : avail ))
+  if (( lim < 10 )); then
+    log "SKIP $name: out of time"
+    STEPS+=("$name=skipped")
+    return 124
+  fi
+  log "START $name (limit ${lim}s): $*"
+  timeout -k 5 "$lim" "$@" 2>&1 | tee "$DEST/$name.log"
+  local rc=${PIPESTATUS[0]}
+  log "END $name: rc=$rc$( ((rc == 124 || rc == 137)) && echo ' (timed out)')"
+  STEPS+=("$name=$rc")
+  return "$rc"
+}
+
+# ---------------------------------------------------------------------------------- 1. versions
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "repo: $ROOT ($(git rev-parse --short HEAD 2>/dev/null || echo 'no git'))"
+  timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv 2>&1
+  timeout 60 "$PY" - <<'EOF' 2>&1
+import platform, torch
+print("python", platform.python_version())
+print("torch", torch.__version__, "cuda", torch.version.cuda)
+try:
+    import triton
+    print("triton", triton.__version__)
+except Exception as e:  # noqa: BLE001
+    print("triton import failed:", e)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("gpu", torch.cuda.get_device_name(0), f"sm_{p.major}{p.minor}", p.multi_processor_count, "SMs",
+          round(p.total_memory / 2**30, 1), "GiB")
+else:
+    print("NO CUDA DEVICE: the benchmarks will run the CPU tier")
+EOF
+  timeout 20 "$PY" -m pip list 2>/dev/null | grep -i -E '^(torch|triton|pytest|pytest-benchmark|numpy|setuptools) ' || true
+} | tee "$DEST/versions.txt"
+
+# ------------------------------------------------------------------------- the package, importable
+check_import() {
+  timeout 60 "$PY" - <<'EOF'
+import os, bihm_triton, bihm_triton.kernels, bihm_triton.reference  # noqa: E401
+here = os.path.realpath(os.getcwd())
+where = os.path.realpath(bihm_triton.__file__)
+assert where.startswith(here + os.sep), f"bihm_triton comes from {where}, not from {here}"
+print("bihm_triton from", where)
+EOF
+}
+if ! check_import >/dev/null 2>&1; then
+  # an editable install needs no network with --no-index and the image's setuptools
+  step install 90 400 "$PY" -m pip install --no-deps --no-index --no-build-isolation -q -e .
+  if ! check_import >/dev/null 2>&1; then
+    # last resort: a shadow package of symlinks (kernels/ and reference/ are subpackages of bihm_triton)
+    SHADOW=$(mktemp -d)/pkg
+    mkdir -p "$SHADOW/bihm_triton"
+    for f in "$ROOT"/bihm_triton/*; do ln -s "$f" "$SHADOW/bihm_triton/"; done
+    ln -s "$ROOT/kernels" "$SHADOW/bihm_triton/kernels"
+    ln -s "$ROOT/reference" "$SHADOW/bihm_triton/reference"
+    export PYTHONPATH="$SHADOW${PYTHONPATH:+:$PYTHONPATH}"
+    log "pip install failed: using a symlinked package at $SHADOW"
+  fi
+fi
+check_import 2>&1 | tee -a "$DEST/versions.txt" || log "WARNING: bihm_triton is not importable from $ROOT"
+
+# ------------------------------------------------------------------------------ 2. kernel tests
+if [[ "${BIHM_GPU_SKIP_TESTS:-0}" != 1 ]]; then
+  BIHM_TEST_DEVICE=cuda step kernel_tests 100 330 "$PY" -m pytest -q -p no:cacheprovider \
+    --junitxml="$DEST/kernel_tests.xml" \
+    tests/test_kernels.py tests/test_philox.py tests/test_ancestral.py tests/test_compile.py
+fi
+
+# ------------------------------------------------------------------------------ 3. benchmarks
+# Each part is its own pytest run (a hang costs one part); every result is also appended to
+# bench.jsonl as soon as it is measured. The reserves keep time for the later parts, the roofline
+# and the table.
+export BIHM_BENCH_JSONL="$DEST/bench.jsonl"
+BENCH_OPTS=(--benchmark-only -q -p no:cacheprovider -rs --benchmark-columns=median,rounds --benchmark-sort=name)
+step bench_ancestral 90 250 "$PY" -m pytest "${BENCH_OPTS[@]}" --benchmark-json="$DEST/bench_ancestral.json" \
+  bench/test_bench_ancestral.py
+step bench_layer 150 160 "$PY" -m pytest "${BENCH_OPTS[@]}" --benchmark-json="$DEST/bench_layer.json" \
+  bench/test_bench_layer.py
+step bench_train_gibbs 100 60 "$PY" -m pytest "${BENCH_OPTS[@]}" --benchmark-json="$DEST/bench_train_gibbs.json" \
+  bench/test_bench_train.py bench/test_bench_gibbs.py
+
+# --------------------------------------------------------------------------- 4. roofline --measure
+RESULTS=()
+[[ -s "$DEST/bench.jsonl" ]] && RESULTS=("$DEST/bench.jsonl")
+if step roofline_measure 45 15 "$PY" bench/roofline.py --measure --save-ceilings "$DEST/ceilings.json" \
+     "${RESULTS[@]/#/--json=}"; then
+  cp "$DEST/roofline_measure.log" "$DEST/roofline.txt"
+fi
+
+# ------------------------------------------------------------------------------ 5. the table, last
+log "steps: ${STEPS[*]}"
+if ((${#RESULTS[@]})); then
+  CEIL=()
+  [[ -s "$DEST/ceilings.json" ]] && CEIL=(--ceilings "$DEST/ceilings.json")
+  timeout 30 "$PY" bench/report.py "${RESULTS[@]}" "${CEIL[@]}" --markdown > "$DEST/table.md" 2>&1
+  echo "================================ bihm_triton benchmarks ($(date -u +%Y-%m-%dT%H:%MZ))"
+  timeout 30 "$PY" bench/report.py "${RESULTS[@]}" "${CEIL[@]}" 2>&1 | tee "$DEST/table.txt"
+else
+  echo "no benchmark results were written (see $DEST/*.log)"
+fi

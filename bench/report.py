@@ -1,0 +1,101 @@
+"""The compact benchmark table: samples per second of each provider, the speed-ups, the fraction of the floor.
+
+Reads pytest-benchmark JSON files (``--benchmark-json``) and/or the suites' JSONL logs
+(``BIHM_BENCH_JSONL``) and prints one row per case::
+
+    case | shape | reference | compile | triton (samples/s) | triton/compile | triton/reference | floor
+
+"samples" is what each case counts (rows of a layer, ancestral samples, importance samples of a
+training step, Gibbs chains swept); "floor" is the triton provider's fraction of the roofline
+floor (:mod:`roofline`; GPU results only), with the ceilings from ``--ceilings`` (saved by
+``roofline.py --measure --save-ceilings``) or else nominal H200 figures (marked "nominal").
+
+Usage::
+
+    python bench/report.py bench/results/*.json [--ceilings ceilings.json] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import roofline  # noqa: E402
+
+PROVIDERS = ("reference", "compile", "triton")
+
+
+def _rate(rows, provider):
+    p = rows["providers"].get(provider)
+    if not p or not p.get("median_s"):
+        return None
+    return p.get("items_per_s")
+
+
+def _ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "—"
+
+
+def table(rows: list[dict], *, nominal: bool) -> list[list[str]]:
+    out = [["case", "shape", "unit", *[f"{p}/s" for p in PROVIDERS], "triton/compile", "triton/reference",
+            "floor (triton)" + (" nominal" if nominal else "")]]
+    for r in rows:
+        rates = {p: _rate(r, p) for p in PROVIDERS}
+        tri = r["providers"].get("triton") or {}
+        frac = tri.get("fraction_of_floor")
+        fl = r["floor"]
+        out.append([
+            r["name"], r["shape"], r.get("unit") or "",
+            *[roofline.si(rates[p]) for p in PROVIDERS],
+            _ratio(rates["triton"], rates["compile"]), _ratio(rates["triton"], rates["reference"]),
+            f"{frac:.1%} of {roofline.seconds(fl['seconds'])} ({fl['binding']})" if frac is not None else "—",
+        ])
+    return out
+
+
+def render(lines: list[list[str]], markdown: bool = False) -> str:
+    if markdown:
+        md = ["| " + " | ".join(lines[0]) + " |", "|" + "|".join("---" for _ in lines[0]) + "|"]
+        md += ["| " + " | ".join(l) + " |" for l in lines[1:]]
+        return "\n".join(md)
+    widths = [max(len(l[i]) for l in lines) for i in range(len(lines[0]))]
+    text = []
+    for i, l in enumerate(lines):
+        text.append(" | ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip())
+        if i == 0:
+            text.append("-+-".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="+", help="pytest-benchmark JSON and/or JSONL files")
+    ap.add_argument("--ceilings", help="ceilings JSON from roofline.py --save-ceilings (default: nominal H200)")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = ap.parse_args(argv)
+    paths = [p for p in args.results if os.path.exists(p)]
+    missing = [p for p in args.results if not os.path.exists(p)]
+    for p in missing:
+        print(f"(no such file: {p})", file=sys.stderr)
+    entries = roofline.load_results(paths)
+    if not entries:
+        print("no benchmark results found in " + ", ".join(args.results))
+        return 1
+    ceilings = roofline.get_ceilings(path=args.ceilings)
+    rows = roofline.analyse(entries, ceilings)
+    devices = sorted({e.get("device", "?") for e in entries})
+    tiers = sorted({e.get("tier", "?") for e in entries})
+    precisions = sorted({e.get("matmul_precision", "?") for e in entries})
+    print(f"device: {', '.join(devices)} | tier: {', '.join(tiers)} | matmul precision: {', '.join(precisions)} | "
+          f"{len(entries)} results")
+    if any(roofline.is_gpu_result(e) for e in entries):
+        print(roofline.describe_ceilings(ceilings))
+    print(render(table(rows, nominal=not ceilings.measured), args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

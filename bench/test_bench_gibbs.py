@@ -1,0 +1,68 @@
+"""One block-Gibbs sweep of p*(x, h) (SPEC §4; :func:`bihm_triton.samplers.gibbs_sample`, exact mode).
+
+``gibbs_sample(model, n, steps=1, k=10, init=states, seed=...)`` on the paper's MNIST network:
+odd layers, then even layers, each by importance resampling among 2K candidates (x: K candidates
+and a q-pass estimate of sqrt(p̃*(x)) per candidate). The starting states are a fixed ancestral
+sample (``init``), so the time is the sweep (plus the exact mode's estimate for the initial x).
+The sampler's glue (candidate mixing, resampling uniforms from the reference Philox stream) is
+the same Python for every provider; the providers differ in the layer primitives.
+Chains per second = n / time (one sweep each).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import benchlib as bl
+from bihm_triton.samplers import gibbs_sample
+
+NET = "mnist"
+SIZES = bl.tier()["nets"][NET]
+CHAINS = bl.tier()["gibbs"]
+K = bl.GIBBS_K
+
+
+def _inputs(n: int):
+    def make():
+        ref_model = bl.make_model("reference", SIZES)
+        sets = []
+        for i in range(bl.n_input_sets()):
+            with torch.no_grad():
+                states, _ = ref_model.p_pass(n, bl.seed_tensor(i + 200), 0)
+            sets.append(bl.inputs_namespace(init=states, seed=bl.seed_tensor(i)))
+        return sets
+
+    return bl.cached_inputs(("gibbs", tuple(SIZES), n), make)
+
+
+def _make_call(model, n: int):
+    return lambda s: gibbs_sample(model, n, 1, K, init=s.init, seed=s.seed, progress=False)
+
+
+@pytest.mark.parametrize("provider", bl.PROVIDERS)
+def test_gibbs_sweep(benchmark, provider):
+    bl.skip_unless_measurable(provider)
+    n = CHAINS
+    sets = _inputs(n)
+    model = bl.make_model(provider, SIZES)
+
+    def check(out, s):
+        """Same chains as the reference. One resampling decision can legitimately flip where two
+        candidates' log-weights differ only in the last bits (fp32 sums over ~1,650 units), and a
+        flipped decision changes that chain from there on; so a few chains may differ, not more."""
+        want = _make_call(bl.make_model("reference", SIZES), n)(s)
+        got_states, want_states = [out.x, *out.hidden], [want.x, *want.hidden]
+        mismatch = bl.sample_mismatch(got_states, want_states)
+        differ = 1.0 - float(bl.rows_equal(got_states, want_states).float().mean())
+        allowed = max(0.01, 3.0 / n)
+        assert differ <= allowed and mismatch < 1e-2, (
+            f"{provider} Gibbs sweep: {differ:.3g} of the chains ({mismatch:.3g} of the elements) differ from "
+            f"the reference (allowed {allowed:.3g} of the chains)")
+        return {"sample_mismatch": mismatch, "rows_identical": 1.0 - differ}
+
+    bl.run_benchmark(
+        benchmark, provider=provider, case="gibbs_sweep", name=f"gibbs_sweep.{NET}", shape=f"chains={n},k={K}",
+        params=dict(sizes=list(SIZES), chains=n, k=K, steps=1, n_inner=1), items=n, unit="chains",
+        sets=sets, call=_make_call(model, n), check=check,
+    )
