@@ -110,6 +110,25 @@ def print_evaluation(r: dict) -> None:
           f"p weights {r['ess_p']:.1f}")
 
 
+def overview_figure(model, data_x: torch.Tensor, path: str, *, steps: int, seed: int, progress=None,
+                    title: str | None = None, n: int = 20) -> str:
+    """One PNG: test data, samples from p, exact Gibbs samples from p*, and inpaintings of the data's
+    lower half (top half observed)."""
+    from .plotting import figure_panels
+
+    data_x = data_x[:n]
+    p_samples = model.sample_p(n, seed=seed + 10)
+    gibbs = model.gibbs_sample(n, steps, 10, seed=seed + 11, progress=progress).x
+    mask = make_mask(data_x.cpu(), "bottom").to(data_x.device)
+    inpainted = model.inpaint(data_x, mask, steps, 10, seed=seed + 12, progress=progress).x
+    return figure_panels([
+        ("test data", data_x), ("samples from p (ancestral)", p_samples),
+        (f"samples from p* (exact Gibbs, {steps} sweeps, K = 10)", gibbs),
+        ("inpainting: observed top half (grey: hidden)", _masked(data_x, mask)),
+        ("inpainting: completed by Gibbs with the top half clamped", inpainted),
+    ], path, cols=10, title=title)
+
+
 # ---------------------------------------------------------------------------------- commands
 
 
@@ -150,6 +169,10 @@ def _eval(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
+    if args.figure:
+        overview_figure(model, x, args.figure, steps=args.gibbs_steps, seed=args.seed,
+                        title=f"BiHM {model.sizes} on {args.data} ({args.split}): log p*(x) = {r['log_p_star']:.2f} nats")
+        print(f"wrote {args.figure}")
     return 0
 
 
@@ -186,8 +209,6 @@ def _inpaint(args) -> int:
 
 def _demo(args) -> int:
     """Train on the bundled digits, print the test numbers, write one PNG."""
-    from .plotting import figure_panels
-
     args.data = "digits"
     _train(args)
     device = _device(args.device)
@@ -200,19 +221,9 @@ def _demo(args) -> int:
     print_evaluation(r)
     with open(os.path.join(args.out, "test.json"), "w") as f:
         json.dump(r, f, indent=2)
-    n = 20
-    p_samples = model.sample_p(n, seed=args.seed + 10)
-    gibbs = model.gibbs_sample(n, args.gibbs_steps, 10, seed=args.seed + 11, progress=progress).x
-    data_x = test_x[:n]
-    mask = make_mask(data_x.cpu(), "bottom").to(device)
-    inpainted = model.inpaint(data_x, mask, args.gibbs_steps, 10, seed=args.seed + 12, progress=progress).x
     png = os.path.join(args.out, "demo.png")
-    figure_panels([
-        ("test data", data_x), ("samples from p (ancestral)", p_samples),
-        (f"samples from p* (exact Gibbs, {args.gibbs_steps} sweeps, K = 10)", gibbs),
-        ("inpainting: observed top half (grey: hidden)", _masked(data_x, mask)),
-        ("inpainting: completed by Gibbs with the top half clamped", inpainted),
-    ], png, cols=10, title=f"BiHM {model.sizes} on 8x8 digits: test log p*(x) = {r['log_p_star']:.2f} nats")
+    overview_figure(model, test_x, png, steps=args.gibbs_steps, seed=args.seed, progress=progress,
+                    title=f"BiHM {model.sizes} on 8x8 digits: test log p*(x) = {r['log_p_star']:.2f} nats")
     print(f"wrote {png}")
     return 0
 
@@ -270,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--z-samples", type=int, default=100_000)
     p.add_argument("--n-inner", type=int, default=10)
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p.add_argument("--figure", default=None, help="also write a PNG: data, samples from p and p*, inpaintings")
+    p.add_argument("--gibbs-steps", type=int, default=100, help="Gibbs sweeps for the figure")
     _common(p)
     p.set_defaults(func=_eval)
 

@@ -19,9 +19,10 @@ def test_train_eval_sample_inpaint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resuming" in out and "epoch    3" in out
     assert main(["eval", "--checkpoint", run, "--k", "20", "--z-samples", "200", "--n-inner", "2",
-                 "--json", str(tmp_path / "r.json")]) == 0
+                 "--json", str(tmp_path / "r.json"), "--figure", str(tmp_path / "fig.png"), "--gibbs-steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "test log p*(x)" in out and "log Z^2" in out
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
     for method in ("p", "gibbs", "sir"):
         png = tmp_path / f"{method}.png"
         assert main(["sample", "--checkpoint", run, "--method", method, "--n", "6", "--steps", "2",
