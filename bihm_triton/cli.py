@@ -170,8 +170,9 @@ def _eval(args) -> int:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
     if args.figure:
+        source = f"idx:{os.path.basename(os.path.normpath(args.data[4:]))}" if args.data.startswith("idx:") else args.data
         overview_figure(model, x, args.figure, steps=args.gibbs_steps, seed=args.seed,
-                        title=f"BiHM {model.sizes} on {args.data} ({args.split}): log p*(x) = {r['log_p_star']:.2f} nats")
+                        title=f"BiHM {model.sizes} on {source} ({args.split}): log p*(x) = {r['log_p_star']:.2f} nats")
         print(f"wrote {args.figure}")
     return 0
 

@@ -89,7 +89,8 @@ class BiHM(ref.BiHM):
         sizes: ``[d_0, d_1, …, d_L]`` (data width, then latent widths bottom to top).
         weight_norm: parameters ``weight_v``/``weight_g`` per layer (Salimans & Kingma 2016).
         backend: ``"auto"`` (Triton on CUDA, reference on CPU), ``"triton"`` or ``"reference"``.
-        device, dtype: of the parameters (float32 default; float64 runs the reference math in float64).
+        device, dtype: of the parameters (float32 default). float64 runs the reference math in float64 on
+            the reference backend; the Triton kernels always compute in fp32 (results are cast).
         chunk_rows: rows per chunk in the streaming estimators (memory ∝ chunk_rows × widest layer).
 
     Parameter layout, initialization and every formula: :class:`bihm_triton.reference.BiHM`.
@@ -207,16 +208,12 @@ class BiHM(ref.BiHM):
                 and (self.device.type == "cuda" or self.backend == "triton"))
 
     def _packed_p_network(self):
-        """The p network packed for the fused sampler, rebuilt only when a parameter changed."""
+        """The p network packed for the fused sampler (one concatenation of the weights per call:
+        cheap next to sampling, and never stale, even after in-place ``.data`` edits)."""
         from .kernels.ancestral import PackedNetwork
 
-        params = [self.p_top.logits, *[p for layer in self.p_layers for p in layer.parameters()]]
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        if getattr(self, "_packed_key", None) != key:
-            order = [self.p_top, *reversed(self.p_layers)]
-            self._packed = PackedNetwork([m.weight for m in order], [m.bias for m in order])
-            self._packed_key = key
-        return self._packed
+        order = [self.p_top, *reversed(self.p_layers)]
+        return PackedNetwork([m.weight for m in order], [m.bias for m in order])
 
     @torch.no_grad()
     def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False,
@@ -224,7 +221,9 @@ class BiHM(ref.BiHM):
         """Ancestral samples of p (SPEC §4), in chunks of ``chunk_rows``.
 
         On the Triton backend every chunk is one launch of the fused whole-network sampler
-        (:mod:`bihm_triton.kernels.ancestral`); its samples equal the per-layer path's.
+        (:mod:`bihm_triton.kernels.ancestral`), which draws from the same stream as the per-layer
+        path: the samples agree except where a last-bit difference of a logit flips a draw (and
+        weight-normalized layers use the explicit ``g·v/‖v‖`` there).
 
         Args:
             n: number of samples. seed, offset: the random stream (the p pass of the reference).
@@ -280,6 +279,7 @@ class BiHM(ref.BiHM):
 
     @classmethod
     def from_config(cls, config: dict, **kwargs) -> "BiHM":
+        """A freshly initialized model of the architecture in ``config`` (see :meth:`config`); kwargs go to ``__init__``."""
         return cls(config["sizes"], weight_norm=config["weight_norm"], dtype=getattr(torch, config["dtype"]),
                    **kwargs)
 

@@ -159,7 +159,8 @@ def _weight_norm_backward_op(
 
 @_weight_norm_backward_op.register_fake
 def _(grad_weight, weight_v, weight_g):
-    return torch.empty_like(weight_v), torch.empty_like(weight_g)
+    # the launcher works on contiguous copies, so its outputs are contiguous whatever v's strides
+    return weight_v.new_empty(weight_v.shape), weight_g.new_empty(weight_g.shape)
 
 
 # ------------------------------------------------------------------------------------ autograd
@@ -188,6 +189,7 @@ def _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h: bool):
 def _sample_setup(ctx, inputs, output):
     h, weight, bias, weight_g, seed, offset, out_dtype = inputs
     x, _ = output
+    ctx.mark_non_differentiable(x)  # the sample is a constant: no gradient flows through it
     ctx.save_for_backward(h, x, weight, bias, weight_g)
 
 

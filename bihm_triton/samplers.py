@@ -70,7 +70,7 @@ def _select(log_w: torch.Tensor, stream: RandomStream) -> torch.Tensor:
     p = torch.softmax(log_w.float(), dim=1)
     cdf = torch.cumsum(p, dim=1)
     u = stream.uniform(R, 1).to(cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).clamp_max(N - 1).squeeze(1)
+    return torch.searchsorted(cdf, u, side="right").clamp_max(N - 1).squeeze(1)
 
 
 def _gather(candidates: torch.Tensor, idx: torch.Tensor, n_cand: int) -> torch.Tensor:
@@ -80,7 +80,13 @@ def _gather(candidates: torch.Tensor, idx: torch.Tensor, n_cand: int) -> torch.T
 
 
 def log_sqrt_p_tilde_star(model, x: torch.Tensor, n_inner: int, stream: RandomStream) -> torch.Tensor:
-    """``log Ŝ(x)`` (R,): the log of the unbiased estimate ``mean_i sqrt(ω(x, h'_i))`` of ``sqrt(p̃*(x))``."""
+    """``log Ŝ(x)`` (R,), nats: the log of ``Ŝ(x) = mean_i sqrt(ω(x, h'_i))``, ``h'_i ~ q(h | x)``,
+    an unbiased estimate of ``sqrt(p̃*(x))`` (SPEC §2, §4).
+
+    Args:
+        x: (R, d_0) binary states. n_inner: q-samples per row. stream: advanced past the q pass
+            over the ``R·n_inner`` rows it draws.
+    """
     R = x.shape[0]
     rows = R * n_inner
     offset = stream.offset
@@ -189,7 +195,8 @@ def gibbs_sample(model, n: int, steps: int, k: int = 10, *, n_inner: int = 1, pa
         model: a BiHM (reference or Triton-backed).
         n: number of chains.
         steps: sweeps (the authors ran 100–250).
-        k: candidates per update: 2k for hidden layers, k for x (exact mode needs k >= 2 for x to move).
+        k: candidates per update: 2k for hidden layers, k for x. Exact mode needs k >= 2 (with k = 1
+            the only x candidate is the current state, so x would never move).
         n_inner: q-samples per estimate of sqrt(p̃*(x)).
         paper_compatible: the authors' plain resampling (biased; see the module docstring).
         init: starting states [x, h_1, …, h_L] each (n, d_l); default an ancestral sample of p.
@@ -201,10 +208,10 @@ def gibbs_sample(model, n: int, steps: int, k: int = 10, *, n_inner: int = 1, pa
         :class:`GibbsResult`.
 
     Raises:
-        ValueError / TypeError: bad n, steps, k, n_inner, seed, or init shapes.
+        ValueError / TypeError: bad n, steps, k (< 2 in exact mode), n_inner, seed, or init shapes.
     """
     check_positive_int(n, "n")
-    stream = _check_common(model, steps, k, n_inner, seed, offset, 1)
+    stream = _check_common(model, steps, k, n_inner, seed, offset, 1 if paper_compatible else 2)
     if init is None:
         states, _ = model.p_pass(n, stream.seed, stream.offset)
         for d in model.sizes[::-1]:
@@ -242,7 +249,7 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, steps: int, k: int = 10,
         raise ValueError(f"mask must have the shape of x {tuple(x.shape)}, got {tuple(mask.shape)}")
     check_binary(mask, "mask")
     mask = mask.to(device=model.device, dtype=torch.bool)
-    stream = _check_common(model, steps, k, n_inner, seed, offset, 1)
+    stream = _check_common(model, steps, k, n_inner, seed, offset, 1 if paper_compatible else 2)
     B = x.shape[0]
     # start: h ~ q(h | x) with the unobserved pixels zeroed, then x's free pixels from p(x | h_1)
     x0 = torch.where(mask, x, torch.zeros_like(x))
@@ -260,10 +267,19 @@ def sir_sample(model, n: int, oversample: int = 100, n_inner: int = 1, *, seed=N
     """Sampling–importance–resampling from p* (SPEC §4).
 
     Draws ``M = n·oversample`` pairs ``(x, h) ~ p``, weights them by
-    ``log w = log Ŝ(x) + ½(log q(h|x) − log p(x, h))`` and resamples n with replacement.
+    ``log w = log Ŝ(x) + ½(log q(h|x) − log p(x, h))`` and resamples n with replacement
+    (multinomial, by inverse CDF on the stream's uniforms). Consistent as ``oversample`` grows;
+    biased for a finite one.
+
+    Args:
+        model: a BiHM. n: samples to return. oversample: proposals per sample (M = n·oversample).
+        n_inner: q-samples per estimate Ŝ(x) of sqrt(p̃*(x)). seed, offset: the random stream.
 
     Returns:
-        :class:`SIRResult` (x (n, d_0), hidden, ESS of the M weights).
+        :class:`SIRResult` (x (n, d_0), hidden [h_1 … h_L] (n, d_l), ESS of the M weights).
+
+    Raises:
+        ValueError / TypeError: n, oversample or n_inner < 1, a bad seed or offset.
     """
     check_positive_int(n, "n")
     check_positive_int(oversample, "oversample")
@@ -275,5 +291,5 @@ def sir_sample(model, n: int, oversample: int = 100, n_inner: int = 1, *, seed=N
     log_w = log_sqrt_p_tilde_star(model, states[0], n_inner, stream) + 0.5 * (model.log_q_cond(states) - log_p)
     cdf = torch.cumsum(torch.softmax(log_w.double(), dim=0), dim=0)
     u = stream.uniform(n, 1).to(cdf.device).squeeze(1).double() * cdf[-1]
-    idx = torch.searchsorted(cdf, u).clamp_max(M - 1)
+    idx = torch.searchsorted(cdf, u, side="right").clamp_max(M - 1)
     return SIRResult(states[0][idx], [h[idx] for h in states[1:]], float(effective_sample_size(log_w.view(1, M))))

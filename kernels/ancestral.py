@@ -10,9 +10,9 @@ L1/L2-resident), so no launch, no global synchronization and no fp32 activations
 layers. The layer shapes and offsets come from a small int64 table, so one compiled kernel serves
 every architecture.
 
-Samples equal the per-layer path's element for element (same stream, same fp32 logits up to
-summation order); ``log p(x, h)`` equals the sum of the per-layer log-likelihoods up to fp32
-rounding.
+Samples equal the per-layer path's element for element except where a last-bit difference of a
+logit (the two paths sum in different orders) flips a draw; ``log p(x, h)`` equals the sum of the
+per-layer log-likelihoods up to fp32 rounding.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ._config import check_device, dot_precision, interpreting
 from .philox import group_uniforms, load_seed, seed_args
-from .sbn import _bernoulli_epilogue, tile_affine
+from .sbn import _bernoulli_epilogue, check_blocks, tile_affine
 
 TABLE_COLS = 8  # w_off, b_off, N, M, in_off, out_off, rng_off, unused
 
@@ -131,8 +131,11 @@ class PackedNetwork:
 
 def _blocks(block_g, block_m, block_k):
     if interpreting():
-        return block_g or 16, block_m or 64, block_k or 64
-    return block_g or 16, block_m or 64, block_k or 32
+        bg, bm, bk = block_g or 16, block_m or 64, block_k or 64
+    else:
+        bg, bm, bk = block_g or 16, block_m or 64, block_k or 32
+    check_blocks(bg, bm, bk)
+    return bg, bm, bk
 
 
 def ancestral_sample(net: PackedNetwork, rows: int, *, seed: torch.Tensor | int = 0, offset: int = 0,
@@ -140,6 +143,16 @@ def ancestral_sample(net: PackedNetwork, rows: int, *, seed: torch.Tensor | int 
                      block_g: int | None = None, block_m: int | None = None, block_k: int | None = None):
     """Sample ``rows`` draws of the packed network in one launch (rows ``row_start…`` of a pass of
     ``total_rows``, by default the whole pass).
+
+    Args:
+        net: the packed p network. rows: samples to draw.
+        seed: Philox key (int or one-element int64 tensor). offset: first counter of the pass.
+        total_rows, row_start: place the rows in a larger pass (row_start a multiple of 4).
+        block_g, block_m, block_k: tile sizes, powers of two >= 16 (4·block_g rows per program).
+
+    Raises:
+        ValueError: row_start not a multiple of 4, or bad tile sizes.
+        RuntimeError: tensors on the CPU without ``TRITON_INTERPRET=1``.
 
     Returns:
         ``(states, log_p)``: states a list of uint8 (rows, d) tensors in sampling order (the prior's

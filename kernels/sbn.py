@@ -41,8 +41,8 @@ def _load_rows(h_ptr, rows, ks, R, N, stride_h):
 def _bernoulli_epilogue(a, u, x_in, col_ok, SAMPLE: tl.constexpr):
     """Sample (or take) x for logits a and return (x as int1, Σ_j log Bern(x; σ(a)) per row).
 
-    ``σ(a)`` and ``softplus(a)`` share one exp: with ``e = exp(−|a|)``,
-    ``softplus(a) = max(a, 0) + log(1 + e)`` and ``σ(a) = (a ≥ 0 ? 1 : e) / (1 + e)``.
+    ``σ(a)`` and the softplus share one exp: with ``e = exp(−|a|)``,
+    ``softplus(z) = max(z, 0) + log(1 + e)`` for ``z = ±a`` and ``σ(a) = (a ≥ 0 ? 1 : e) / (1 + e)``.
     """
     e = tl.exp(-tl.abs(a))
     one_plus_e = 1.0 + e
@@ -51,7 +51,8 @@ def _bernoulli_epilogue(a, u, x_in, col_ok, SAMPLE: tl.constexpr):
         x = u < sig
     else:
         x = x_in
-    lp = tl.where(x, a, 0.0) - (tl.maximum(a, 0.0) + tl.log(one_plus_e))
+    # x·a − softplus(a) = −softplus(x ? −a : a): exact for infinite logits too
+    lp = -(tl.maximum(tl.where(x, -a, a), 0.0) + tl.log(one_plus_e))
     lp = tl.where(col_ok[None, :], lp, 0.0)
     return x, tl.sum(lp, axis=1)
 
@@ -194,10 +195,15 @@ def _blocks(R: int, N: int, M: int, block_g: int | None, block_m: int | None, bl
         bg = block_g or (32 if R >= 4096 else 16)
         bm = block_m or max(16, min(64, next_pow2(M)))
         bk = block_k or max(16, min(64, next_pow2(N)))
-    for name, v in (("block_g", bg), ("block_m", bm), ("block_k", bk)):
+    check_blocks(bg, bm, bk)
+    return bg, bm, bk
+
+
+def check_blocks(block_g: int, block_m: int, block_k: int) -> None:
+    """Tile sizes must be powers of two >= 16 (``tl.dot``'s minimum on a GPU)."""
+    for name, v in (("block_g", block_g), ("block_m", block_m), ("block_k", block_k)):
         if v < 16 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two >= 16, got {v}")
-    return bg, bm, bk
 
 
 def _prep(h, weight, bias, weight_g):

@@ -271,6 +271,7 @@ class BiHM(nn.Module):
         return sbn_log_prob(h, x, layer.weight, layer.bias)
 
     def empty_input(self, rows: int) -> torch.Tensor:
+        """A (rows, 0) input: the prior is a stochastic layer with no input (logits = its bias)."""
         return torch.zeros(rows, 0, device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ passes

@@ -13,8 +13,9 @@ Weight normalization (Salimans & Kingma 2016) writes a row of ``W`` as ``g_j · 
 layer folds it as ``a = (h · vᵀ) ⊙ (g / ‖v‖) + b``.
 
 NaN logits: ``σ(NaN)`` is NaN, the comparison ``u < NaN`` is false, so the sample is 0 and the
-row's log-likelihood is NaN. Infinite logits give samples 1 (``+inf``) or 0 (``−inf``) and
-log-likelihood 0 or ``−inf``/NaN as the formula gives.
+row's log-likelihood is NaN. Infinite logits give samples 1 (``+inf``) or 0 (``−inf``); the
+log-likelihood is computed as ``−softplus(∓a)``, so a certain outcome costs 0 nats and an
+impossible one ``−inf`` (no NaN).
 
 These functions are the specification the Triton kernels are tested against; they have the same
 signatures as :mod:`bihm_triton.ops`.
@@ -56,8 +57,9 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     Returns:
         (R,) tensor of ``logits.dtype``. Differentiable in ``logits`` (``∂/∂a = x − σ(a)``).
     """
-    x = x.to(logits.dtype)
-    return (x * logits - F.softplus(logits)).sum(-1)
+    # x·a − softplus(a) = −softplus(−a) for x = 1 and −softplus(a) for x = 0: written that way it is
+    # also exact for infinite logits (a certain outcome costs 0 nats, an impossible one −inf, no NaN)
+    return -F.softplus(torch.where(x != 0, -logits, logits)).sum(-1)
 
 
 def bernoulli_sample(

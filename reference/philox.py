@@ -237,6 +237,7 @@ class RandomStream:
         self.seed, self.offset, self.device = seed, offset, device
 
     def take(self, rows: int, cols: int) -> int:
+        """Offset of the next ``(rows, cols)`` draw; the cursor moves past its ``ceil(rows/4)·cols`` counters."""
         off = self.offset
         self.offset += counters_used(rows, cols)
         return off

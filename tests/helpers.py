@@ -60,3 +60,18 @@ def assert_samples_match(got: torch.Tensor, want: torch.Tensor) -> None:
         assert frac < 1e-3, f"{frac:.2e} of the samples differ"
     else:
         assert torch.equal(got, want), f"{int((got != want).sum())} samples differ"
+
+
+def assert_few_rounding_flips(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Kernel vs reference samples whose logits are NOT exact (e.g. weight norm's ‖v‖): the two sum in
+    different orders, so logits differ by a few ulps (relative ~1e-7). A draw flips with probability
+    ≈ σ'(a)·|Δa| ≲ 1e-7 per element, i.e. ~0.01 expected flips in these tests' ≤ 1e5 elements: more
+    than 2 has probability < 1e-6 (Poisson). On a GPU (approximate exp and division) the issue's
+    bound applies: fraction < 1e-3.
+    """
+    got = got.detach().cpu().to(want.dtype)
+    flips = int((got != want).sum())
+    if DEVICE.type == "cuda":
+        assert flips / want.numel() < 1e-3, f"{flips} of {want.numel()} samples differ"
+    else:
+        assert flips <= 2, f"{flips} of {want.numel()} samples differ"

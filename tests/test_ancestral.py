@@ -7,7 +7,7 @@ import torch
 
 from bihm_triton.kernels.ancestral import PackedNetwork, ancestral_sample
 from bihm_triton.model import BiHM
-from helpers import assert_samples_match, dyadic, random_model
+from helpers import assert_few_rounding_flips, assert_samples_match, dyadic, random_model
 
 
 def _dyadic_model(sizes, seed, weight_norm=False):
@@ -73,5 +73,5 @@ def test_weight_norm_model_fused(device):
     ref_model = _dyadic_model([20, 9, 5], seed=5, weight_norm=True)
     fast = BiHM(ref_model.sizes, weight_norm=True, backend="triton", device=device)
     fast.load_state_dict(ref_model.state_dict())
-    got, want = fast.sample_p(64, seed=3).cpu(), ref_model.sample_p(64, seed=3)
-    assert (got != want).float().mean() <= 1e-3  # ‖v‖ is not dyadic: last-bit logit differences only
+    # ‖v‖ is not dyadic (and the fused path builds g·v/‖v‖ explicitly): last-bit logit differences only
+    assert_few_rounding_flips(fast.sample_p(64, seed=3), ref_model.sample_p(64, seed=3))

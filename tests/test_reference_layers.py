@@ -32,6 +32,14 @@ def test_log_prob_extreme_logits_finite():
     torch.testing.assert_close(lp[1], torch.tensor(-2e4 - 160.0 - math.log(2.0)))
 
 
+def test_log_prob_infinite_logits():
+    """a = −inf with x = 0 (and +inf with x = 1) is a certain outcome: log-probability 0, not NaN."""
+    a = torch.tensor([[-float("inf"), float("inf")]])
+    assert float(ref.bernoulli_log_prob(a, torch.tensor([[0.0, 1.0]]))) == 0.0
+    assert float(ref.bernoulli_log_prob(a, torch.tensor([[1.0, 1.0]]))) == -float("inf")
+    assert float(ref.bernoulli_log_prob(a, torch.tensor([[0.0, 0.0]]))) == -float("inf")
+
+
 def test_log_prob_gradient_is_x_minus_sigmoid():
     a = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     x = binary(5, 7, dtype=torch.float64)

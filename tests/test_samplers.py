@@ -13,7 +13,7 @@ from scipy import stats
 import bihm_triton.reference as ref
 from bihm_triton import samplers
 from bihm_triton.model import BiHM
-from helpers import random_model
+from helpers import DEVICE, dyadic, random_model
 
 pytestmark = pytest.mark.slow
 N_CHAINS = 20000
@@ -41,36 +41,68 @@ def test_exact_gibbs_matches_p_star(tiny, k, steps):
 
 
 def test_paper_compatible_gibbs_is_biased_at_small_k(tiny):
-    """Reported, and checked to be measurably worse than the exact sampler at K = 2 (noise ~0.014 here)."""
+    """Reported, and checked to be measurably biased at K = 2: its TV exceeds three times the TV that
+    sampling noise alone gives, E[TV] ≈ ½ Σ_x sqrt(2 p(1−p) / (π n))."""
     model, e = tiny
-    g = samplers.gibbs_sample(model, N_CHAINS // 2, 20, 2, paper_compatible=True, seed=102, progress=False)
+    n = N_CHAINS // 2
+    g = samplers.gibbs_sample(model, n, 20, 2, paper_compatible=True, seed=102, progress=False)
     tv = _tv(g.x, e.log_p_star)
-    print(f"paper-compatible Gibbs K=2: TV(samples, p*) = {tv:.4f}")
-    assert tv > 0.04
+    p = e.log_p_star.exp()
+    noise = 0.5 * float(torch.sqrt(2 * p * (1 - p) / (torch.pi * n)).sum())
+    print(f"paper-compatible Gibbs K=2: TV(samples, p*) = {tv:.4f} (sampling noise alone: {noise:.4f})")
+    assert tv > 3 * noise
 
 
-def test_hidden_block_updates_leave_p_star_invariant(tiny):
-    """Start from exact draws of p*(x, h); one i-SIR update of every hidden layer must keep the joint
-    distribution p*(x, h): chi-square goodness of fit over the 512 joint cells (p-value > 1e-3)."""
-    model, e = tiny
-    n = 40000
+def _exact_draws(e, n, seed):
+    """n exact draws of p*(x, h) from the enumeration: x (n, d_0), h (n, d_h), and their cell indices."""
     joint = e.log_p_star_joint.exp().flatten()
-    g = torch.Generator().manual_seed(0)
-    idx = torch.multinomial(joint, n, replacement=True, generator=g)
+    idx = torch.multinomial(joint, n, replacement=True, generator=torch.Generator().manual_seed(seed))
     nh = e.h.shape[0]
-    x, h = e.x[idx // nh].float(), e.h[idx % nh].float()
-    states = [x, h[:, :3], h[:, 3:]]
-    stream = ref.RandomStream(7)
-    for l in (1, 2):
-        states[l] = samplers._update_hidden(model, states, l, 2, False, stream)
+    return e.x[idx // nh].float(), e.h[idx % nh].float(), joint
+
+
+def _assert_joint_is_p_star(states, e, joint):
+    """Chi-square goodness of fit of the states' (x, h) cells to p*(x, h) (rare cells pooled; p > 1e-3)."""
+    nh = e.h.shape[0]
     cell = ref.binary_index(states[0]) * nh + ref.binary_index(torch.cat(states[1:], 1))
     counts = torch.bincount(cell, minlength=joint.numel()).double()
-    expected = joint * n
+    expected = joint * cell.numel()
     keep = expected > 5
     obs = torch.cat([counts[keep], counts[~keep].sum().reshape(1)])
     exp = torch.cat([expected[keep], expected[~keep].sum().reshape(1)])
     assert stats.chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue > 1e-3
+
+
+def test_hidden_block_updates_leave_p_star_invariant(tiny):
+    """Start from exact draws of p*(x, h); one i-SIR update of every hidden layer must keep the joint
+    distribution p*(x, h) over the 512 cells."""
+    model, e = tiny
+    x, h, joint = _exact_draws(e, 40000, 0)
+    states = [x, h[:, :3], h[:, 3:]]
+    stream = ref.RandomStream(7)
+    for l in (1, 2):
+        states[l] = samplers._update_hidden(model, states, l, 2, False, stream)
+    _assert_joint_is_p_star(states, e, joint)
     assert (states[1] != h[:, :3]).any()  # the update moved something
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_pseudo_marginal_x_update_leaves_p_star_invariant(tiny, k):
+    """The x update is exact on the extended space (x, h, U) whose U-conditional is size-biased,
+    π(h' | x) ∝ q(h'|x)·sqrt(ω(x, h')) = sqrt(p(x, h') q(h'|x)) for n_inner = 1. Start there exactly
+    (by enumeration), apply one x update, and the (x, h) joint must still be p*."""
+    model, e = tiny
+    n = 100_000
+    x, h, joint = _exact_draws(e, n, k)
+    ix = ref.binary_index(x)
+    log_size_biased = 0.5 * (e.log_p_joint + e.log_q_cond)  # (x cells, h' cells)
+    hp = torch.multinomial(torch.softmax(log_size_biased[ix], 1), 1,
+                           generator=torch.Generator().manual_seed(10 + k)).squeeze(1)
+    log_s = (0.5 * (e.log_p_joint[ix, hp] - e.log_q_cond[ix, hp])).float()
+    states = [x, h[:, :3], h[:, 3:]]
+    new_x, _ = samplers._update_x(model, states, log_s, k, 1, False, ref.RandomStream(20 + k), None, None)
+    assert (new_x != x).any()
+    _assert_joint_is_p_star([new_x, *states[1:]], e, joint)
 
 
 def test_sir_matches_p_star(tiny):
@@ -99,17 +131,27 @@ def test_gibbs_is_reproducible_and_equal_across_backends(tiny):
     a = samplers.gibbs_sample(model, 12, 3, 3, seed=9, progress=False)
     b = samplers.gibbs_sample(model, 12, 3, 3, seed=9, progress=False)
     assert torch.equal(a.x, b.x)
-    fast = BiHM(model.sizes, backend="triton")
-    fast.load_state_dict(model.state_dict())
-    c = fast.gibbs_sample(12, 3, 3, seed=9, progress=False)
-    # same stream; samples may only differ where a logit's last bit flips a draw (not expected here)
-    assert (c.x != a.x).float().mean() < 0.05
+    exact = random_model(model.sizes, seed=12, dtype=torch.float32, scale=1.0)
+    with torch.no_grad():
+        for p in exact.parameters():
+            p.copy_(dyadic(p))  # exact logits: both backends draw the same candidates
+    fast = BiHM(exact.sizes, backend="triton", device=DEVICE)
+    fast.load_state_dict(exact.state_dict())
+    want = samplers.gibbs_sample(exact, 12, 3, 3, seed=9, progress=False).x
+    got = fast.gibbs_sample(12, 3, 3, seed=9, progress=False).x.cpu()
+    # The log-weights may still differ in the last bits (log-probabilities summed in another order):
+    # a resampling choice then flips only if a uniform lands within ~1e-7 of a CDF boundary. Under
+    # the interpreter that is not expected here; on a GPU (approximate exp) allow one chain.
+    differing_chains = int((got != want).any(1).sum())
+    assert differing_chains <= (1 if DEVICE.type == "cuda" else 0)
 
 
 def test_sampler_bad_input(tiny):
     model, _ = tiny
+    with pytest.raises(ValueError, match="k must be an int >= 2"):
+        samplers.gibbs_sample(model, 4, 2, 1)
     with pytest.raises(ValueError, match="k must be an int >= 1"):
-        samplers.gibbs_sample(model, 4, 2, 0)
+        samplers.gibbs_sample(model, 4, 2, 0, paper_compatible=True)
     with pytest.raises(ValueError, match="mask must have the shape of x"):
         samplers.inpaint(model, torch.zeros(2, 4), torch.ones(2, 3, dtype=torch.bool), 2)
     with pytest.raises(ValueError, match="init must hold n = 5 chains"):
