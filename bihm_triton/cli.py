@@ -20,6 +20,8 @@ import time
 import torch
 
 SPLITS = ("train", "valid", "test")
+DATA_HELP = ("digits (bundled 8x8 digits, default) | idx:<folder or file of MNIST IDX images> | "
+             "a downloadable set: binarized_mnist, caltech101_silhouettes, adult, ...")
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -33,6 +35,9 @@ def load_split(source: str, split: str) -> torch.Tensor:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if source == "digits":
         return data.load_digits(split)
+    if not source.startswith("idx:") and source not in data.list_datasets():
+        raise ValueError(f"--data {source!r}: expected 'digits', 'idx:<path to MNIST IDX files>' or one of "
+                         f"{data.list_datasets()}")
     if source.startswith("idx:"):
         x = data.load_mnist_idx(source[4:], split="test" if os.path.isdir(source[4:]) else None)
         n = x.shape[0]
@@ -53,10 +58,7 @@ def _device(name: str | None) -> torch.device:
 def _load_model(checkpoint: str, device, backend: str):
     from .model import BiHM
 
-    path = checkpoint
-    if os.path.isdir(path):
-        path = os.path.join(path, "best.safetensors")
-    return BiHM.load(path, device=device, backend=backend)
+    return BiHM.load(checkpoint, device=device, backend=backend)
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -160,18 +162,23 @@ def _train(args) -> int:
     return 0
 
 
+def _progress(args):
+    return False if args.no_progress else None
+
+
 def _eval(args) -> int:
     device = _device(args.device)
     model = _load_model(args.checkpoint, device, args.backend)
-    x = load_split(args.data, args.split).to(device)
-    r = evaluate(model, x, k=args.k, z_samples=args.z_samples, n_inner=args.n_inner, seed=args.seed)
+    x = model._check_x(load_split(args.data, args.split).to(device))  # fail on the wrong data before any work
+    r = evaluate(model, x, k=args.k, z_samples=args.z_samples, n_inner=args.n_inner, seed=args.seed,
+                 progress=_progress(args))
     print_evaluation(r)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
     if args.figure:
         source = f"idx:{os.path.basename(os.path.normpath(args.data[4:]))}" if args.data.startswith("idx:") else args.data
-        overview_figure(model, x, args.figure, steps=args.gibbs_steps, seed=args.seed,
+        overview_figure(model, x, args.figure, steps=args.gibbs_steps, seed=args.seed, progress=_progress(args),
                         title=f"BiHM {model.sizes} on {source} ({args.split}): log p*(x) = {r['log_p_star']:.2f} nats")
         print(f"wrote {args.figure}")
     return 0
@@ -185,7 +192,7 @@ def _sample(args) -> int:
     if args.method == "p":
         x = model.sample_p(args.n, seed=args.seed)
     elif args.method == "gibbs":
-        x = model.gibbs_sample(args.n, args.steps, args.k, seed=args.seed,
+        x = model.gibbs_sample(args.n, args.steps, args.k, seed=args.seed, progress=_progress(args),
                                paper_compatible=args.paper_compatible).x
     else:
         x = model.sir_sample(args.n, args.oversample, seed=args.seed).x
@@ -201,7 +208,7 @@ def _inpaint(args) -> int:
     model = _load_model(args.checkpoint, device, args.backend)
     x = load_split(args.data, args.split)[: args.n]
     mask = make_mask(x, args.mask, torch.Generator().manual_seed(args.seed))
-    r = model.inpaint(x.to(device), mask.to(device), args.steps, args.k, seed=args.seed)
+    r = model.inpaint(x.to(device), mask.to(device), args.steps, args.k, seed=args.seed, progress=_progress(args))
     figure_panels([("data", x), ("observed (grey: hidden)", _masked(x, mask)), ("inpainted", r.x.cpu())],
                   args.out, cols=min(10, args.n))
     print(f"wrote {args.out}")
@@ -216,7 +223,7 @@ def _demo(args) -> int:
     model = _load_model(args.out, device, args.backend)
     test_x = load_split("digits", "test").to(device)
     print("evaluating on the test set ...")
-    progress = None if not args.no_progress else False
+    progress = _progress(args)
     r = evaluate(model, test_x, k=args.eval_k, z_samples=args.z_samples, n_inner=args.n_inner, seed=args.seed,
                  progress=progress)
     print_evaluation(r)
@@ -237,20 +244,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
                    help="auto: Triton on CUDA tensors, the reference on CPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
 def _train_options(p: argparse.ArgumentParser, *, sizes: str, epochs: int, out: str, lr: float) -> None:
-    p.add_argument("--sizes", default=sizes, help=f"latent widths, '200,100,50' or '<f>x-<n>l-<last>' (default {sizes})")
+    p.add_argument("--sizes", default=sizes,
+                   help=f"LATENT widths, bottom to top; the data width d_0 comes from the data: '200,100,50' or "
+                        f"the authors' '<f>x-<n>l-<last>' (default {sizes})")
     p.add_argument("--weight-norm", action="store_true", help="weight-normalized layers")
     p.add_argument("--objective", default="bihm", choices=("bihm", "rws"))
     p.add_argument("--k", type=int, default=10, help="importance samples per data point (default 10)")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr})")
+    p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr}; the authors' is 1e-3)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"maximum epochs (default {epochs})")
     p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs (default 10)")
     p.add_argument("--valid-k", type=int, default=100, help="importance samples per validation point")
     p.add_argument("--out", default=out, help=f"run directory (default {out})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,20 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("train", help="train a BiHM (authors' defaults)")
-    p.add_argument("--data", default="digits", help="digits | idx:<path> | a dataset name")
+    p = sub.add_parser("train", help="train a BiHM (authors' defaults: K = 10, batch 100, Adam lr 1e-3)")
+    p.add_argument("--data", default="digits", help=DATA_HELP)
     _train_options(p, sizes="200,100,50", epochs=1000, out="bihm-run", lr=1e-3)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     _common(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="likelihood estimates on a data split")
-    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
-    p.add_argument("--data", default="digits")
-    p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--k", type=int, default=1000)
-    p.add_argument("--z-samples", type=int, default=100_000)
-    p.add_argument("--n-inner", type=int, default=10)
+    p.add_argument("--checkpoint", required=True, help="run directory (its best.safetensors) or a .safetensors file")
+    p.add_argument("--data", default="digits", help=DATA_HELP)
+    p.add_argument("--split", default="test", choices=SPLITS, help="data split (default test)")
+    p.add_argument("--k", type=int, default=1000, help="importance samples per data point (default 1000)")
+    p.add_argument("--z-samples", type=int, default=100_000, help="samples of p for log Z^2 (default 1e5)")
+    p.add_argument("--n-inner", type=int, default=10, help="q-samples per log Z^2 term (default 10)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--figure", default=None, help="also write a PNG: data, samples from p and p*, inpaintings")
     p.add_argument("--gibbs-steps", type=int, default=100, help="Gibbs sweeps for the figure")
@@ -288,11 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("sample", help="draw samples and save them as a PNG")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--method", default="gibbs", choices=("p", "gibbs", "sir"))
-    p.add_argument("--n", type=int, default=50)
-    p.add_argument("--steps", type=int, default=100, help="Gibbs sweeps")
-    p.add_argument("--k", type=int, default=10, help="Gibbs candidates")
+    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--method", default="gibbs", choices=("p", "gibbs", "sir"),
+                   help="p: ancestral samples of p; gibbs: exact Gibbs of p* (default); sir: importance resampling")
+    p.add_argument("--n", type=int, default=50, help="number of samples (default 50)")
+    p.add_argument("--steps", type=int, default=100, help="Gibbs sweeps (default 100)")
+    p.add_argument("--k", type=int, default=10, help="Gibbs candidates per update (default 10)")
     p.add_argument("--paper-compatible", action="store_true", help="the authors' (biased) Gibbs sampler")
     p.add_argument("--oversample", type=int, default=100, help="SIR proposals per sample")
     p.add_argument("--out", default="samples.png")
@@ -300,13 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("inpaint", help="complete partly hidden images and save a PNG")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", default="digits")
-    p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--n", type=int, default=10)
-    p.add_argument("--mask", default="bottom", help="bottom | top | left | right | random")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--data", default="digits", help=DATA_HELP)
+    p.add_argument("--split", default="test", choices=SPLITS, help="data split (default test)")
+    p.add_argument("--n", type=int, default=10, help="images to inpaint (default 10)")
+    p.add_argument("--mask", default="bottom", help="which part is hidden: bottom | top | left | right | random")
+    p.add_argument("--steps", type=int, default=100, help="Gibbs sweeps (default 100)")
+    p.add_argument("--k", type=int, default=10, help="Gibbs candidates per update (default 10)")
     p.add_argument("--out", default="inpaint.png")
     _common(p)
     p.set_defaults(func=_inpaint)

@@ -57,6 +57,9 @@ def parse_sizes(spec: str, d0: int) -> list[int]:
             raise ValueError(f"sizes spec {spec!r} is neither 'd1,d2,...' nor '<f>x-<n>l-<last>'") from None
         if not latent:
             raise ValueError(f"sizes spec {spec!r} lists no latent layer")
+        for i, d in enumerate(latent):
+            if d < 1:
+                raise ValueError(f"sizes spec {spec!r}: latent width {i + 1} is {d}; widths must be >= 1")
     return ref.check_sizes([d0, *latent])
 
 
@@ -309,9 +312,16 @@ class BiHM(ref.BiHM):
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device=None, **kwargs) -> "BiHM":
-        """A model rebuilt from a file written by :meth:`save` (or a trainer checkpoint)."""
+        """A model rebuilt from a file written by :meth:`save`, a trainer checkpoint, or a run
+        directory (its ``best.safetensors``); kwargs (backend, chunk_rows) go to ``__init__``.
+
+        Raises:
+            FileNotFoundError: nothing at ``path``. ValueError: not a BiHM checkpoint, or corrupt.
+        """
         from .checkpoint import read_safetensors
 
+        if os.path.isdir(path):
+            path = os.path.join(path, "best.safetensors")
         tensors, metadata = read_safetensors(path)
         if "config" not in metadata:
             raise ValueError(f"{path} has no BiHM config in its metadata; was it written by BiHM.save?")

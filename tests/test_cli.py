@@ -46,16 +46,25 @@ def test_demo_at_tiny_settings(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train", "--sizes", "784,0,10", "--epochs", "1"], r"sizes\[2\] must be >= 1"),
-    (["train", "--data", "nope"], "unknown dataset"),
+    (["train", "--sizes", "784,0,10", "--epochs", "1"], "latent width 2 is 0"),
+    (["train", "--data", "nope"], "expected 'digits', 'idx:"),
     (["eval", "--checkpoint", "/nonexistent"], "no checkpoint"),
 ])
 def test_errors_are_one_clear_line(argv, message, tmp_path, capsys):
     import re
 
-    assert main(argv + ["--no-progress"] if argv[0] == "train" else argv) == 2
+    assert main(argv + ["--no-progress"]) == 2
     err = capsys.readouterr().err
     assert re.search(message, err, re.IGNORECASE), err
+
+
+def test_eval_rejects_wrong_data_before_any_work(tmp_path, capsys, monkeypatch):
+    from bihm_triton.model import BiHM
+
+    BiHM([10, 4]).save(tmp_path / "best.safetensors")
+    monkeypatch.setattr(BiHM, "estimate_log_z2", lambda *a, **k: pytest.fail("estimated Z before checking data"))
+    assert main(["eval", "--checkpoint", str(tmp_path), "--no-progress"]) == 2
+    assert "x must have shape (B, d_0) = (B, 10)" in capsys.readouterr().err
 
 
 def test_module_entry_point():

@@ -99,7 +99,7 @@ def test_parse_sizes(spec, want):
     assert parse_sizes(spec, 784) == want
 
 
-@pytest.mark.parametrize("spec,match", [("784,0,10", r"sizes\[2\] must be >= 1"), ("", "lists no latent"),
+@pytest.mark.parametrize("spec,match", [("784,0,10", "latent width 2 is 0"), ("", "lists no latent"),
                                         ("a,b", "neither")])
 def test_parse_sizes_bad(spec, match):
     with pytest.raises(ValueError, match=match):
@@ -112,6 +112,8 @@ def test_save_load_round_trip_and_mismatch(tmp_path):
         for p in m.parameters():
             p.add_(torch.randn_like(p))
     m.save(tmp_path / "m.safetensors")
+    m.save(tmp_path / "best.safetensors")
+    assert BiHM.load(tmp_path).sizes == [6, 4, 2]  # a run directory means its best.safetensors
     m2 = BiHM.load(tmp_path / "m.safetensors")
     assert m2.sizes == [6, 4, 2] and m2.weight_norm
     for (n, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
