@@ -85,10 +85,6 @@ def _seed_tensor(seed) -> torch.Tensor:
     return torch.tensor(seed, dtype=torch.int64)
 
 
-def _out_dtype_of(*tensors) -> torch.dtype:
-    return compute_dtype(*tensors)
-
-
 # ============================================================================ torch.library ops
 
 
@@ -99,13 +95,13 @@ def _sbn_sample_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     sbn, _ = _kernels()
     x, lp = sbn.sbn_forward(h, weight, bias, weight_g=weight_g, seed=seed, offset=offset, out_dtype=out_dtype)
-    return x, lp.to(_out_dtype_of(h, weight, bias, weight_g))
+    return x, lp.to(compute_dtype(h, weight, bias, weight_g))
 
 
 @_sbn_sample_op.register_fake
 def _(h, weight, bias, weight_g, seed, offset, out_dtype):
     R, M = h.shape[0], weight.shape[0]
-    return h.new_empty((R, M), dtype=out_dtype), h.new_empty((R,), dtype=_out_dtype_of(h, weight, bias, weight_g))
+    return h.new_empty((R, M), dtype=out_dtype), h.new_empty((R,), dtype=compute_dtype(h, weight, bias, weight_g))
 
 
 @torch.library.custom_op("bihm_triton::sbn_log_prob", mutates_args=())
@@ -114,12 +110,12 @@ def _sbn_log_prob_op(
 ) -> torch.Tensor:
     sbn, _ = _kernels()
     _, lp = sbn.sbn_forward(h, weight, bias, weight_g=weight_g, x=x)
-    return lp.to(_out_dtype_of(h, weight, bias, weight_g))
+    return lp.to(compute_dtype(h, weight, bias, weight_g))
 
 
 @_sbn_log_prob_op.register_fake
 def _(h, x, weight, bias, weight_g):
-    return h.new_empty((h.shape[0],), dtype=_out_dtype_of(h, weight, bias, weight_g))
+    return h.new_empty((h.shape[0],), dtype=compute_dtype(h, weight, bias, weight_g))
 
 
 @torch.library.custom_op("bihm_triton::sbn_grad_logits", mutates_args=())
@@ -381,7 +377,7 @@ def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int = 0, *,
         ValueError: a bad dim or a weight_g shape that does not fit weight_v (named in the message).
         TypeError: non-floating inputs.
     """
-    check_tensor(weight_v, "weight_v", 2)
+    check_tensor(weight_v, "weight_v", 2, symbols="(M, N)")
     g = check_weight_norm_args(weight_v, weight_g, dim)
     backend = resolve_backend(backend, weight_v.device)
     if backend == "reference":

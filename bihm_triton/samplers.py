@@ -244,7 +244,7 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, steps: int, k: int = 10,
         ValueError: mask shape differs from x, x not binary, bad k/steps.
     """
     x = model._check_x(x)
-    check_tensor(mask, "mask", 2)
+    check_tensor(mask, "mask", 2, symbols="(B, d_0)")
     if mask.shape != x.shape:
         raise ValueError(f"mask must have the shape of x {tuple(x.shape)}, got {tuple(mask.shape)}")
     check_binary(mask, "mask")

@@ -38,23 +38,28 @@ def _load_rows(h_ptr, rows, ks, R, N, stride_h):
 
 
 @triton.jit
-def _bernoulli_epilogue(a, u, x_in, col_ok, SAMPLE: tl.constexpr):
-    """Sample (or take) x for logits a and return (x as int1, Σ_j log Bern(x; σ(a)) per row).
+def bernoulli_elementwise(a, u, x_in, SAMPLE: tl.constexpr):
+    """Per element: sample ``x = 1[u < σ(a)]`` (or take ``x_in``) and ``log Bern(x; σ(a))``.
 
     ``σ(a)`` and the softplus share one exp: with ``e = exp(−|a|)``,
     ``softplus(z) = max(z, 0) + log(1 + e)`` for ``z = ±a`` and ``σ(a) = (a ≥ 0 ? 1 : e) / (1 + e)``.
+    ``x·a − softplus(a) = −softplus(x ? −a : a)`` is exact for infinite logits too.
+    Returns ``(x as int1, log-likelihood as fp32)``, both shaped like ``a``.
     """
     e = tl.exp(-tl.abs(a))
     one_plus_e = 1.0 + e
     if SAMPLE:
-        sig = tl.where(a >= 0, 1.0, e) / one_plus_e
-        x = u < sig
+        x = u < tl.where(a >= 0, 1.0, e) / one_plus_e
     else:
         x = x_in
-    # x·a − softplus(a) = −softplus(x ? −a : a): exact for infinite logits too
-    lp = -(tl.maximum(tl.where(x, -a, a), 0.0) + tl.log(one_plus_e))
-    lp = tl.where(col_ok[None, :], lp, 0.0)
-    return x, tl.sum(lp, axis=1)
+    return x, -(tl.maximum(tl.where(x, -a, a), 0.0) + tl.log(one_plus_e))
+
+
+@triton.jit
+def _bernoulli_epilogue(a, u, x_in, col_ok, SAMPLE: tl.constexpr):
+    """:func:`bernoulli_elementwise` on a (rows, BLOCK_M) tile; returns (x, per-row sum over valid columns)."""
+    x, lp = bernoulli_elementwise(a, u, x_in, SAMPLE)
+    return x, tl.sum(tl.where(col_ok[None, :], lp, 0.0), axis=1)
 
 
 @triton.jit

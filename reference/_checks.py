@@ -8,13 +8,14 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 STATE_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64) + FLOAT_DTYPES
 
 
-def check_tensor(t, name: str, ndim: int, dtypes=None) -> None:
-    """``t`` is a tensor with ``ndim`` dimensions and, if given, one of ``dtypes``."""
+def check_tensor(t, name: str, ndim: int, dtypes=None, symbols: str = "") -> None:
+    """``t`` is a tensor with ``ndim`` dimensions and, if given, one of ``dtypes``; ``symbols`` names
+    the expected dimensions in the message, e.g. ``"(M, N)"``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != ndim:
-        want = {1: "(M,)", 2: "(R, N)"}.get(ndim, f"{ndim} dimensions")
-        raise ValueError(f"{name} must have {ndim} dimension(s) {want}, got shape {tuple(t.shape)}")
+        want = f" {symbols}" if symbols else ""
+        raise ValueError(f"{name} must have {ndim} dimension(s){want}, got shape {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} has dtype {t.dtype}; expected one of {names}")
@@ -72,19 +73,19 @@ def check_layer_args(h, weight, bias, x=None, *, weight_name: str = "weight") ->
 
     h (R, N), weight (M, N), bias (M,), and targets x (R, M) when given.
     """
-    check_tensor(h, "h", 2, STATE_DTYPES)
-    check_tensor(weight, weight_name, 2, FLOAT_DTYPES)
+    check_tensor(h, "h", 2, STATE_DTYPES, "(R, N)")
+    check_tensor(weight, weight_name, 2, FLOAT_DTYPES, "(M, N)")
     R, N = h.shape
     M = weight.shape[0]
     if weight.shape[1] != N:
         raise ValueError(
             f"{weight_name} must have shape (M, N) with N = h.shape[1] = {N}, got {tuple(weight.shape)}"
         )
-    check_tensor(bias, "bias", 1, FLOAT_DTYPES)
+    check_tensor(bias, "bias", 1, FLOAT_DTYPES, "(M,)")
     check_shape(bias, "bias", (M,), "(M,)")
     tensors = dict(h=h, **{weight_name: weight}, bias=bias)
     if x is not None:
-        check_tensor(x, "x", 2, STATE_DTYPES)
+        check_tensor(x, "x", 2, STATE_DTYPES, "(R, M)")
         check_shape(x, "x", (R, M), "(R, M)")
         tensors["x"] = x
     check_same_device(**tensors)
@@ -93,7 +94,7 @@ def check_layer_args(h, weight, bias, x=None, *, weight_name: str = "weight") ->
 
 def check_weight_norm_args(weight_v, weight_g, dim: int = 0) -> torch.Tensor:
     """Check ``weight_v`` (M, N) and ``weight_g`` (M,) or (M, 1) for ``dim=0``; returns g as (M,)."""
-    check_tensor(weight_v, "weight_v", 2, FLOAT_DTYPES)
+    check_tensor(weight_v, "weight_v", 2, FLOAT_DTYPES, "(M, N)")
     if not isinstance(weight_g, torch.Tensor):
         raise TypeError(f"weight_g must be a torch.Tensor, got {type(weight_g).__name__}")
     if dim not in (0, 1, -1, -2):

@@ -336,7 +336,7 @@ class BiHM(nn.Module):
 
     # ------------------------------------------------------------ validation
     def _check_x(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-        check_tensor(x, name, 2)
+        check_tensor(x, name, 2, symbols="(B, d_0)")
         if x.shape[1] != self.sizes[0]:
             raise ValueError(f"{name} must have shape (B, d_0) = (B, {self.sizes[0]}), got {tuple(x.shape)}")
         check_binary(x, name)

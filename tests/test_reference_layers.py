@@ -147,8 +147,10 @@ def test_bad_shapes_name_the_argument():
         ref.sbn_sample(h, w, torch.zeros(4), seed=0)
     with pytest.raises(ValueError, match=r"x must have shape \(R, M\) = \(4, 5\)"):
         ref.sbn_log_prob(h, torch.zeros(4, 6), w, b)
-    with pytest.raises(ValueError, match=r"h must have 2 dimension"):
+    with pytest.raises(ValueError, match=r"h must have 2 dimension\(s\) \(R, N\)"):
         ref.sbn_sample(torch.zeros(3), w, b, seed=0)
+    with pytest.raises(ValueError, match=r"weight must have 2 dimension\(s\) \(M, N\)"):
+        ref.sbn_sample(h, torch.zeros(5), b, seed=0)
     with pytest.raises(TypeError, match="weight has dtype torch.int64"):
         ref.sbn_sample(h, w.long(), b, seed=0)
 
