@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import warnings
 
 import torch
 from tqdm.auto import tqdm
@@ -61,6 +62,11 @@ def parse_sizes(spec: str, d0: int) -> list[int]:
             if d < 1:
                 raise ValueError(f"sizes spec {spec!r}: latent width {i + 1} is {d}; widths must be >= 1")
     return ref.check_sizes([d0, *latent])
+
+
+def _is_compile_failure(e: Exception) -> bool:
+    """A Triton compilation error or an out-of-resources launch (shared memory, registers)."""
+    return type(e).__name__ in ("CompilationError", "OutOfResources", "CompileTimeAssertionFailure")
 
 
 class _SegmentLSE:
@@ -208,58 +214,109 @@ class BiHM(ref.BiHM):
     # ---------------------------------------------------------------- sampling
     def _uses_fused_sampler(self) -> bool:
         return (ops.resolve_backend(self.backend, self.device) == "triton" and self.dtype != torch.float64
-                and (self.device.type == "cuda" or self.backend == "triton"))
+                and (self.device.type == "cuda" or self.backend == "triton")
+                and "_fused_p_failed" not in self.__dict__)
 
-    def _packed_p_network(self):
-        """The p network packed for the fused sampler (one concatenation of the weights per call:
-        cheap next to sampling, and never stale, even after in-place ``.data`` edits)."""
-        from .kernels.ancestral import PackedNetwork
+    def _fused_p_chain(self):
+        """The p network packed for the fused sampler (:class:`bihm_triton.kernels.chain.FusedChain`),
+        cached and repacked only when a parameter changed (``data_ptr`` and autograd's ``_version``
+        counter: optimizer steps, ``load_state_dict``, in-place edits under ``torch.no_grad()``).
+
+        Edits that bypass the version counter (``param.data.copy_(...)``, a CUDA-graph replay of an
+        optimizer step) are not seen: call :meth:`refresh_fused_cache` after them.
+        """
+        from .kernels.chain import FusedChain
 
         order = [self.p_top, *reversed(self.p_layers)]
-        return PackedNetwork([m.weight for m in order], [m.bias for m in order])
+        params = [p for m in order for p in m.parameters()]
+        key = tuple((id(p), p.data_ptr(), p._version) for p in params)
+        cached = self.__dict__.get("_fused_p_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        weights, biases = [m.weight for m in order], [m.bias for m in order]
+        if cached is not None and cached[1].device == self.device:
+            chain = cached[1]
+            chain.pack(weights, biases)
+        else:
+            chain = FusedChain(weights, biases)
+        self.__dict__["_fused_p_cache"] = (key, chain)
+        return chain
+
+    def refresh_fused_cache(self) -> None:
+        """Forget the packed weights of the fused samplers; the next call repacks them from the parameters."""
+        self.__dict__.pop("_fused_p_cache", None)
 
     @torch.no_grad()
-    def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False,
+    def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False, return_log_p: bool = False,
                  out_dtype: torch.dtype | None = None):
         """Ancestral samples of p (SPEC §4), in chunks of ``chunk_rows``.
 
         On the Triton backend every chunk is one launch of the fused whole-network sampler
-        (:mod:`bihm_triton.kernels.ancestral`), which draws from the same stream as the per-layer
-        path: the samples agree except where a last-bit difference of a logit flips a draw (and
-        weight-normalized layers use the explicit ``g·v/‖v‖`` there).
+        (:mod:`bihm_triton.kernels.chain`), which draws from the same stream as the per-layer path:
+        the samples agree except where a last-bit difference of a logit flips a draw (and
+        weight-normalized layers use the explicit ``g·v/‖v‖`` there). It does not synchronize with
+        the host: with a CUDA seed tensor the call can be captured in a CUDA graph.
 
         Args:
             n: number of samples. seed, offset: the random stream (the p pass of the reference).
-            return_hidden: also return the hidden states and log p(x, h).
-            out_dtype: dtype of the states (default the model's; ``torch.uint8`` skips a conversion).
+            return_hidden: also return the hidden states and log p(x, h) as a
+                :class:`~bihm_triton.reference.PSample`.
+            return_log_p: return ``(x, log_p)`` (without the hidden states). When neither is asked
+                for, the fused sampler skips the log-likelihood work.
+            out_dtype: dtype of the states (default the model's; ``torch.uint8`` writes 1 byte per unit).
 
         Returns:
-            x (n, d_0), or a :class:`~bihm_triton.reference.PSample` (x, hidden, log_p (n,) float32).
+            x (n, d_0); or ``(x, log_p (n,) float32)``; or a :class:`~bihm_triton.reference.PSample`
+            (x, hidden [h_1 … h_L] each (n, d_l), log_p (n,) float32).
         """
         check_positive_int(n, "n")
         seed = self._seed(seed, offset)
         out_dtype = out_dtype or self.dtype
+        want_lp = return_hidden or return_log_p
+        if self._uses_fused_sampler():
+            try:
+                x, hidden, log_p = self._sample_p_fused(n, seed, offset, return_hidden, want_lp, out_dtype)
+            except Exception as e:  # noqa: BLE001 - a compiler failure on an untested GPU/Triton pair
+                if not _is_compile_failure(e):
+                    raise
+                warnings.warn(f"the fused sampler failed to compile for this network ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); sampling layer by layer instead",
+                              RuntimeWarning, stacklevel=2)
+                self.__dict__["_fused_p_failed"] = repr(e)
+                x, hidden, log_p = self._sample_p_layers(n, seed, offset, out_dtype)
+        else:
+            x, hidden, log_p = self._sample_p_layers(n, seed, offset, out_dtype)
+        if return_hidden:
+            return ref.PSample(x, hidden, log_p)
+        if return_log_p:
+            return x, log_p
+        return x
+
+    def _sample_p_fused(self, n, seed, offset, return_hidden, want_lp, out_dtype):
+        chain = self._fused_p_chain()
+        plan, dev = chain.plan, self.device
+        x = torch.empty((n, self.sizes[0]), device=dev, dtype=out_dtype)
+        log_p = torch.empty(n, device=dev, dtype=torch.float32) if want_lp else None
+        hidden = torch.empty(n * plan.hidden_width, device=dev, dtype=out_dtype) if return_hidden else None
+        for r0 in range(0, n, self.chunk_rows):
+            chain.launch(min(self.chunk_rows, n - r0), final=x, log_prob=log_p, seed=seed, offset=offset,
+                         total_rows=n, row0=r0, hidden=hidden)
+        states = None
+        if return_hidden:  # regions in drawing order: h_L first, h_1 last
+            states = [hidden[n * L.hoff:n * (L.hoff + L.M)].view(n, L.M) for L in plan.layers[:-1]][::-1]
+        return x, states, log_p
+
+    def _sample_p_layers(self, n, seed, offset, out_dtype):
         parts = []
         for r0 in range(0, n, self.chunk_rows):
-            rows = min(self.chunk_rows, n - r0)
-            if self._uses_fused_sampler():
-                from .kernels.ancestral import ancestral_sample
-
-                top_down, log_p = ancestral_sample(self._packed_p_network(), rows, seed=seed, offset=offset,
-                                                   total_rows=n, row_start=r0)
-                states = top_down[::-1]
-            else:
-                states, log_p = self.p_pass(rows, seed, offset, total_rows=n, row_start=r0)
-            parts.append((states, log_p))
+            parts.append(self.p_pass(min(self.chunk_rows, n - r0), seed, offset, total_rows=n, row_start=r0))
 
         def joined(l: int) -> torch.Tensor:  # one chunk: no copy beyond the dtype conversion
             chunks = [p[0][l] for p in parts]
             return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).to(out_dtype)
 
-        if return_hidden:
-            log_p = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
-            return ref.PSample(joined(0), [joined(l) for l in range(1, len(self.sizes))], log_p)
-        return joined(0)
+        log_p = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
+        return joined(0), [joined(l) for l in range(1, len(self.sizes))], log_p
 
     def gibbs_sample(self, n: int, steps: int, k: int = 10, **kwargs) -> samplers.GibbsResult:
         """Block Gibbs samples of p*(x, h): exact by default (see :func:`bihm_triton.samplers.gibbs_sample`)."""

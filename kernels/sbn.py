@@ -38,21 +38,38 @@ def _load_rows(h_ptr, rows, ks, R, N, stride_h):
 
 
 @triton.jit
-def bernoulli_elementwise(a, u, x_in, SAMPLE: tl.constexpr):
+def log1p_unit(e):
+    """``log(1 + e)`` for ``e`` in [0, 1], accurate where ``1 + e`` rounds (Goldberg 1991, Theorem 4).
+
+    ``t = 1 + e`` loses the low bits of a small e; ``log(t) · e / (t − 1)`` puts them back
+    (``t − 1`` is exact), and ``t == 1`` gives ``e``. So a saturated logit (|a| > 17, e < 6e−8)
+    still costs its e nats instead of 0.
+    """
+    t = 1.0 + e
+    exact = t == 1.0
+    return tl.where(exact, e, tl.log(t) * (e / tl.where(exact, 1.0, t - 1.0)))
+
+
+@triton.jit
+def bernoulli_elementwise(a, u, x_in, SAMPLE: tl.constexpr, WANT_LP: tl.constexpr = True):
     """Per element: sample ``x = 1[u < σ(a)]`` (or take ``x_in``) and ``log Bern(x; σ(a))``.
 
     ``σ(a)`` and the softplus share one exp: with ``e = exp(−|a|)``,
-    ``softplus(z) = max(z, 0) + log(1 + e)`` for ``z = ±a`` and ``σ(a) = (a ≥ 0 ? 1 : e) / (1 + e)``.
+    ``softplus(z) = max(z, 0) + log1p(e)`` for ``z = ±a`` and ``σ(a) = (a ≥ 0 ? 1 : e) / (1 + e)``.
     ``x·a − softplus(a) = −softplus(x ? −a : a)`` is exact for infinite logits too.
-    Returns ``(x as int1, log-likelihood as fp32)``, both shaped like ``a``.
+    Returns ``(x as int1, log-likelihood as fp32)``, both shaped like ``a``; without ``WANT_LP``
+    the second is ``a`` (not computed).
     """
     e = tl.exp(-tl.abs(a))
-    one_plus_e = 1.0 + e
     if SAMPLE:
-        x = u < tl.where(a >= 0, 1.0, e) / one_plus_e
+        x = u < tl.where(a >= 0, 1.0, e) / (1.0 + e)
     else:
         x = x_in
-    return x, -(tl.maximum(tl.where(x, -a, a), 0.0) + tl.log(one_plus_e))
+    if WANT_LP:
+        lp = -(tl.maximum(tl.where(x, -a, a), 0.0) + log1p_unit(e))
+    else:
+        lp = a
+    return x, lp
 
 
 @triton.jit

@@ -1,0 +1,118 @@
+"""Compile the fused kernels for a GPU architecture on a machine without a GPU, and report what the
+compiler made of them: registers and spills (``ptxas -v``), shared memory, and which matrix
+instructions the dots became (``wgmma`` on Hopper, ``mma.sync`` otherwise).
+
+Triton's wheel ships the whole NVIDIA toolchain it needs (LLVM, ``ptxas``), so a CPU-only machine
+can compile for ``sm_90a`` and catch compile errors and register spills before a GPU session.
+It cannot say how fast anything runs.
+
+Usage::
+
+    python bench/compile_check.py [--arch 90] [--net mnist|small|all] [--block-r 64] [--warps 4]
+                                  [--stages 2] [--terms 2] [--dump DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+NETS = {
+    "mnist": [784, 300, 200, 100, 75, 50, 35, 30, 25, 20, 15, 10, 10],
+    "small": [784, 200, 100, 50],
+}
+
+
+def _ptxas_stats(ptx: str, arch: str) -> str:
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([ptxas, f"-arch=sm_{arch}", "-v", src, "-o", os.path.join(d, "k.cubin")],
+                             capture_output=True, text=True)
+    return " ".join(l.strip() for l in (out.stdout + out.stderr).splitlines()
+                    if "Used" in l or "spill" in l or "error" in l.lower())
+
+
+def aligned_pointers(fn, signature: dict) -> dict:
+    """The specialization a launch gives 16-byte-aligned pointer arguments (``tt.divisibility = 16``);
+    without it the compiler cannot vectorize loads and the check would report a different kernel."""
+    names = [p.name for p in fn.params]
+    return {(names.index(k),): [["tt.divisibility", 16]] for k, v in signature.items() if v.startswith("*")}
+
+
+def compile_chain(sizes, *, arch: int, block_r: int, warps: int, stages: int, terms: int, store_hidden: bool,
+                  want_lp: bool, dump: str | None = None, maxnreg: int | None = None, **plan_kw) -> str:
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from bihm_triton.kernels.chain import chain_kernel, make_plan
+
+    widths = sizes[::-1]
+    plan = make_plan([0, *widths[:-1]], widths, **plan_kw)
+    fn = chain_kernel(plan, store_hidden)
+    sig = {"w_ptr": "*bf16", "b_ptr": "*fp32", "in_ptr": "*fp32", "final_ptr": "*fp32",
+           "hid_ptr": "*fp32" if store_hidden else "*u8", "lp_ptr": "*fp32", "seed_ptr": "*i64",
+           "seed": "i64", "offset": "i64", "groups_total": "i64", "group_start": "i64", "R": "i32", "row0": "i64",
+           "hid_rows": "i64", "hid_row0": "i64", "in_repeat": "i32"}
+    const = {"SEED_FROM_PTR": True, "TERMS": terms, "OP": tl.bfloat16, "WANT_LP": want_lp, "BLOCK_R": block_r}
+    sig.update({k: "constexpr" for k in const})
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=aligned_pointers(fn, sig)),
+                       target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages,
+                                                                       **({"maxnreg": maxnreg} if maxnreg else {})})
+    ptx, ttgir = k.asm["ptx"], k.asm["ttgir"]
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        tag = f"chain_{'-'.join(map(str, sizes))}_r{block_r}_w{warps}_s{stages}_t{terms}_h{int(store_hidden)}"
+        for ext, text in (("ptx", ptx), ("ttgir", ttgir)):
+            with open(os.path.join(dump, f"{tag}.{ext}"), "w") as f:
+                f.write(text)
+    mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
+    n_mma = len(re.findall(r"\b(wgmma\.mma_async|mma\.sync)", ptx))
+    return (f"shared {k.metadata.shared} B, {mma} ({n_mma} instructions), "
+            f"{_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--net", default="all", choices=[*NETS, "all"])
+    ap.add_argument("--block-r", type=int, default=64)
+    ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--stages", type=int, default=2)
+    ap.add_argument("--terms", type=int, default=2)
+    ap.add_argument("--dump", help="write the PTX and TTGIR here")
+    args = ap.parse_args(argv)
+    import triton
+
+    print(f"triton {triton.__version__}, sm_{args.arch}")
+    nets = NETS if args.net == "all" else {args.net: NETS[args.net]}
+    status = 0
+    for name, sizes in nets.items():
+        for store_hidden, want_lp in ((False, False), (False, True), (True, True)):
+            tag = f"{name} block_r={args.block_r} warps={args.warps} stages={args.stages} terms={args.terms} " \
+                  f"hidden={store_hidden} log_p={want_lp}"
+            try:
+                info = compile_chain(sizes, arch=args.arch, block_r=args.block_r, warps=args.warps,
+                                     stages=args.stages, terms=args.terms, store_hidden=store_hidden,
+                                     want_lp=want_lp, dump=args.dump)
+                print(f"{tag}: {info}")
+            except Exception as e:  # noqa: BLE001 - report every failure, keep going
+                status = 1
+                print(f"{tag}: FAILED {type(e).__name__}: {str(e)[:2000]}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
