@@ -1,31 +1,27 @@
-"""Shared machinery of the benchmark suites: size tiers, the three providers, input sets, the
-correctness guard, timing and what each result records.
+"""Shared machinery of the benchmark suites: size tiers, the providers, input sets, the correctness
+guards, timing and what each result records.
 
-Providers (every case runs for all three, side by side):
+Providers (every case runs for each, side by side; speed is judged against what a user would
+otherwise write, in the same process and with the same precision settings):
 
-* ``reference`` — eager PyTorch from :mod:`bihm_triton.reference`: the layer sample
-  :func:`ref_sample` (the body of ``sbn_sample``: ``sbn_logits``, ``bernoulli_sample``,
-  ``bernoulli_log_prob``) and the layer score :func:`ref_score`
-  (``bernoulli_log_prob(sbn_logits(h, W, b), x)``), i.e. the reference layer functions without
-  their host-side argument checks; the reference
-  :class:`~bihm_triton.reference.BiHM` on those two primitives (:class:`RefBiHM`).
-* ``compile`` — ``torch.compile(fullgraph=True)`` of exactly those two functions, and the same
-  reference BiHM calling the compiled primitives. The passes, the loss formula and the Gibbs
-  resampling between the layers stay eager: compiling a whole pass would build one Philox graph
-  per layer, and inductor needs 15–45 s of code generation per Philox graph (measured on the
-  2-core CPU), i.e. minutes per network. ``fullgraph=True`` and
-  ``torch._dynamo.config.fail_on_recompile_limit_hit`` make sure a compiled call never falls back
-  to eager silently. Shapes are dynamic by default (one graph per primitive and variant, shared by
-  all cases); ``BIHM_BENCH_COMPILE_DYNAMIC=0`` compiles a static graph per shape instead.
-* ``triton`` — :mod:`bihm_triton.ops` with ``backend="triton"`` and the product
-  :class:`bihm_triton.model.BiHM` with ``backend="triton"`` (its ``sample_p`` is one launch of the
-  fused ancestral kernel).
+* ``torch`` — plain eager PyTorch written the way a user would (:mod:`baselines`: ``F.linear``,
+  ``torch.rand_like``, ``torch.bernoulli``, ``softplus``, autograd, ``torch.optim.Adam``);
+* ``torch_compile`` — ``torch.compile`` of exactly those functions (default mode);
+* ``torch_compile_ro`` — the same with ``mode="reduce-overhead"`` (CUDA graphs; GPU only, and only
+  where the function is capturable: not the Gibbs sweep);
+* ``triton`` — this library: :mod:`bihm_triton.ops` (``backend="triton"``) and
+  :class:`bihm_triton.model.BiHM` (``backend="triton"``).
+
+The reference (:mod:`bihm_triton.reference`, eager PyTorch with the SPEC §5 Philox stream written
+as int64 tensor ops) is a correctness oracle, never timed: the ``triton`` provider's output must
+equal it element for element (same stream), and the native providers, which draw from torch's own
+generator, must match its distribution (Welch t-tests on per-row statistics, fixed seeds).
 
 Parameters are random and *dyadic* (multiples of 2⁻⁸, |w| < 4): with binary inputs every logit is
-then exact in fp32 and in tf32 whatever the summation order, so the providers' samples agree
-element for element (a sample can still flip where ``u`` falls between two roundings of ``σ(a)``,
-which the guard tolerates below 1e-3), and the weights give logits of order 1 (non-degenerate
-samples) instead of the authors' near-zero initialization.
+then exact in fp32 and in tf32 whatever the summation order, so the triton provider's samples agree
+with the reference element for element (a sample can still flip where ``u`` falls between two
+roundings of ``σ(a)``, which the guard tolerates below 1e-3), and the weights give logits of order
+1 (non-degenerate samples) instead of the authors' near-zero initialization.
 """
 
 from __future__ import annotations
@@ -45,12 +41,11 @@ import torch
 
 import bihm_triton.reference as ref
 
-PROVIDERS = ("reference", "compile", "triton")
+PROVIDERS = ("torch", "torch_compile", "torch_compile_ro", "triton")
 TIER_NAMES = ("tiny", "cpu", "full")
 
 ON_GPU = os.environ.get("BIHM_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu") != "cpu"
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-COMPILE_DYNAMIC = os.environ.get("BIHM_BENCH_COMPILE_DYNAMIC", "1") not in ("0", "", "false", "False")
 
 MNIST_SIZES = [784, 300, 200, 100, 75, 50, 35, 30, 25, 20, 15, 10, 10]  # the paper's best MNIST model (SPEC §3)
 SMALL_SIZES = [784, 200, 100, 50]
@@ -71,6 +66,7 @@ TIERS = {
         ancestral=[2**10, 2**13, 2**17],
         train=[100, 1000],
         gibbs=1024,
+        loglik=(1000, 1000),
     ),
     "cpu": dict(
         layer=[(4096, 784, 300), (4096, 300, 200), (4096, 50, 35), (1000, 784, 300)],
@@ -78,6 +74,7 @@ TIERS = {
         ancestral=[2**8, 2**10, 2**12],
         train=[100, 1000],
         gibbs=128,
+        loglik=(20, 100),
     ),
     "tiny": dict(
         layer=[(64, 20, 12), (37, 9, 5)],
@@ -86,6 +83,7 @@ TIERS = {
         ancestral=[8, 37],
         train=[3, 10],
         gibbs=8,
+        loglik=(3, 10),
     ),
 }
 
@@ -180,7 +178,6 @@ def environment_info() -> dict:
         "matmul_precision": STATE.matmul_precision,
         "benchmark_disabled": STATE.benchmark_disabled,
         "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
-        "compile_dynamic": COMPILE_DYNAMIC,
     }
     if ON_GPU:
         info["cuda"] = torch.version.cuda
@@ -195,72 +192,56 @@ def environment_info() -> dict:
 
 def ref_sample(h, weight, bias, seed, offset, out_dtype):
     """The body of ``ref.sbn_sample`` without its argument checks: ``(x, log_prob)`` of one layer (SPEC §5).
-
-    The checks are host-side Python (no tensor work) and are left out of what is timed. Both the
-    ``reference`` and the ``compile`` providers run this function, so ``compile`` is the compiled
-    form of exactly what ``reference`` runs.
-    """
+    The reference the triton provider's layer samples are compared with."""
     a = ref.sbn_logits(h, weight, bias)
     x = ref.bernoulli_sample(a, seed=seed, offset=offset)
     return x.to(out_dtype), ref.bernoulli_log_prob(a, x)
 
 
 def ref_score(h, x, weight, bias):
-    """The reference layer log-likelihood ``Σ_j x·a − softplus(a)`` (R,): ``sbn_log_prob`` without its
-    checks (its binary check reads the data: a device sync), like ``ops.sbn_log_prob(validate=False)``."""
+    """The reference layer log-likelihood ``Σ_j x·a − softplus(a)`` (R,) without the binary check."""
     return ref.bernoulli_log_prob(ref.sbn_logits(h, weight, bias), x)
 
 
 _COMPILED: dict = {}
 
 
-def compiled_primitives() -> dict:
-    """``torch.compile`` of :func:`ref_sample` and :func:`ref_score`, built once per session."""
-    if not _COMPILED:
-        opts = dict(fullgraph=True, dynamic=True if COMPILE_DYNAMIC else False)
-        _COMPILED["sample"] = torch.compile(ref_sample, **opts)
-        _COMPILED["score"] = torch.compile(ref_score, **opts)
-    return _COMPILED
+def compiled(fn, provider: str):
+    """``torch.compile`` of a baseline function for a ``torch_compile*`` provider (cached per function)."""
+    key = (fn, provider)
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if provider == "torch_compile_ro" else None
+        _COMPILED[key] = torch.compile(fn, mode=mode, dynamic=False)
+    return _COMPILED[key]
 
 
-def layer_primitives(provider: str):
-    """``(sample(h, W, b, seed, offset, out_dtype) -> (x, log_prob), score(h, x, W, b) -> log_prob)`` of a provider."""
-    if provider == "reference":
-        return ref_sample, ref_score
-    if provider == "compile":
-        c = compiled_primitives()
-
-        return c["sample"], c["score"]
-    if provider == "triton":
-        from bihm_triton import ops
-
-        def sample(h, w, b, seed, offset, out_dtype):
-            return ops.sbn_sample(h, w, b, seed=seed, offset=offset, out_dtype=out_dtype, backend="triton")
-
-        def score(h, x, w, b):
-            return ops.sbn_log_prob(h, x, w, b, backend="triton", validate=False)
-
-        return sample, score
-    raise ValueError(f"unknown provider {provider!r}")
+def native(fn, provider: str):
+    """A baseline function as the provider runs it: eager for ``torch``, compiled for ``torch_compile*``."""
+    if provider == "torch":
+        return fn
+    if provider in ("torch_compile", "torch_compile_ro"):
+        return compiled(fn, provider)
+    raise ValueError(f"{provider!r} is not a native-PyTorch provider")
 
 
-class RefBiHM(ref.BiHM):
-    """The reference BiHM on a provider's layer primitives (eager for ``reference``, compiled for ``compile``).
+def mark_step(provider: str) -> None:
+    """Tell cudagraph trees a new iteration begins (reduce-overhead mode), so outputs of the previous
+    replay may be overwritten."""
+    if provider == "torch_compile_ro" and ON_GPU:
+        torch.compiler.cudagraph_mark_step_begin()
 
-    Only ``layer_sample``/``layer_log_prob`` are replaced; every formula is the reference's.
-    ``layer_log_prob`` does not re-validate the states (as :class:`bihm_triton.model.BiHM` does not).
-    """
 
-    def __init__(self, sizes, *, provider: str = "reference", **kwargs):
-        super().__init__(sizes, **kwargs)
-        self.provider = provider
-        self._sample_fn, self._score_fn = layer_primitives(provider)
+def ops_primitives():
+    """The triton provider's layer ops: ``(sample(h, W, b, seed, offset, out_dtype), score(h, x, W, b))``."""
+    from bihm_triton import ops
 
-    def layer_sample(self, layer, h, seed, offset):
-        return self._sample_fn(h, layer.weight, layer.bias, seed, offset, self.dtype)
+    def sample(h, w, b, seed, offset, out_dtype):
+        return ops.sbn_sample(h, w, b, seed=seed, offset=offset, out_dtype=out_dtype, backend="triton")
 
-    def layer_log_prob(self, layer, h, x):
-        return self._score_fn(h, x, layer.weight, layer.bias)
+    def score(h, x, w, b):
+        return ops.sbn_log_prob(h, x, w, b, backend="triton", validate=False)
+
+    return sample, score
 
 
 _STATE_DICTS: dict = {}
@@ -284,18 +265,27 @@ def dyadic_state_dict(sizes) -> dict:
 
 
 def make_model(provider: str, sizes):
-    """The BiHM a provider benchmarks, with the shared dyadic parameters, on the bench device."""
+    """A BiHM with the shared dyadic parameters on the bench device: the product
+    (:class:`bihm_triton.model.BiHM`, ``backend="triton"``) for ``"triton"``, the reference
+    :class:`~bihm_triton.reference.BiHM` for ``"reference"`` (the oracle)."""
     sizes = list(sizes)
     if provider == "triton":
         from bihm_triton.model import BiHM
 
-        model = BiHM(sizes, backend="triton", device=DEVICE, chunk_rows=1 << 22)
-    elif provider in ("reference", "compile"):
-        model = RefBiHM(sizes, provider=provider, device=DEVICE)
+        model = BiHM(sizes, backend="triton", device=DEVICE, chunk_rows=1 << 16)
+    elif provider == "reference":
+        model = ref.BiHM(sizes, device=DEVICE)
     else:
-        raise ValueError(f"unknown provider {provider!r}")
+        raise ValueError(f"make_model: unknown provider {provider!r}")
     model.load_state_dict(dyadic_state_dict(sizes))
     return model
+
+
+def make_net(sizes, requires_grad: bool = False):
+    """The same parameters as :func:`make_model` as a :class:`baselines.Net` (plain tensors)."""
+    from baselines import Net
+
+    return Net.from_model(make_model("reference", sizes), requires_grad=requires_grad)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -404,6 +394,43 @@ def assert_log_probs(got: torch.Tensor, want: torch.Tensor, rows_ok: torch.Tenso
     return err
 
 
+def assert_same_distribution(got, want, what: str, p_min: float = 1e-6) -> float:
+    """Two independent samples of a per-row statistic come from one distribution: Welch's t-test on
+    their means (``scipy.stats.ttest_ind``) must not reject at level ``p_min``. Returns the p-value.
+
+    For the native providers, which draw from torch's generator and so cannot match the reference
+    sample for sample; with fixed seeds the test is deterministic on a CPU.
+    """
+    from scipy import stats
+
+    g = got.detach().double().flatten().cpu()
+    w = want.detach().double().flatten().cpu()
+    assert torch.isfinite(g).all(), f"{what}: non-finite values"
+    if g.numel() < 2 or w.numel() < 2 or (g.std() == 0 and w.std() == 0):
+        assert torch.allclose(g.mean(), w.mean(), rtol=1e-5, atol=1e-6), \
+            f"{what}: means {float(g.mean()):.6g} and {float(w.mean()):.6g} differ"
+        return 1.0
+    p = float(stats.ttest_ind(g.numpy(), w.numpy(), equal_var=False).pvalue)
+    assert p > p_min, (f"{what}: mean {float(g.mean()):.6g} vs the reference's {float(w.mean()):.6g} "
+                       f"(Welch t-test p = {p:.2g} < {p_min:g})")
+    return p
+
+
+def assert_same_mean_paired(got, want, what: str, p_min: float = 1e-6) -> float:
+    """Per-data-point estimates from independent draws (same data): their differences have mean 0
+    (one-sample t-test, ``scipy.stats.ttest_1samp``). Returns the p-value."""
+    from scipy import stats
+
+    d = (got.detach().double() - want.detach().double()).flatten().cpu()
+    assert torch.isfinite(d).all(), f"{what}: non-finite values"
+    if d.numel() < 2 or d.std() == 0:
+        assert abs(float(d.mean())) < 1e-4 * (1 + float(want.abs().mean())), f"{what}: differs by {float(d.mean()):.3g}"
+        return 1.0
+    p = float(stats.ttest_1samp(d.numpy(), 0.0).pvalue)
+    assert p > p_min, f"{what}: mean difference {float(d.mean()):.4g} from the reference (t-test p = {p:.2g})"
+    return p
+
+
 def assert_grads(got: dict, want: dict, what: str, rtol: float = 2e-2) -> float:
     """Gradients agree in relative norm, ‖g − w‖ / ‖w‖ (tf32 matmuls on a GPU: ~1e-3)."""
     worst = 0.0
@@ -425,10 +452,17 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def skip_unless_measurable(provider: str) -> None:
+def skip_unless_measurable(provider: str, *, capturable: bool = True) -> None:
+    """Skip what cannot be measured here: the triton provider in a timed CPU run (the interpreter
+    measures Python), ``torch_compile_ro`` without a GPU (CUDA graphs) or for a function that cannot
+    be captured."""
     if provider == "triton" and not ON_GPU and not STATE.benchmark_disabled:
         pytest.skip("the Triton interpreter measures Python, not the kernel: the triton provider is timed on a "
                     "GPU only (use --benchmark-disable for a correctness run under TRITON_INTERPRET=1)")
+    if provider == "torch_compile_ro" and not ON_GPU:
+        pytest.skip("mode='reduce-overhead' uses CUDA graphs: GPU only")
+    if provider == "torch_compile_ro" and not capturable:
+        pytest.skip("this case is not capturable in a CUDA graph (data-dependent Python control flow)")
 
 
 def _compile_graphs() -> int:
@@ -461,7 +495,7 @@ def run_benchmark(benchmark, *, provider: str, case: str, name: str, shape: str,
 
     Args:
         benchmark: the pytest-benchmark fixture.
-        provider: "reference" | "compile" | "triton".
+        provider: one of :data:`PROVIDERS`.
         case: the case kind ("layer", "ancestral", "train_step", "gibbs_sweep"): what
             :mod:`roofline` needs, with ``params``, to count the work.
         name, shape: the case's name and shape (the table's first two columns).
@@ -469,8 +503,8 @@ def run_benchmark(benchmark, *, provider: str, case: str, name: str, shape: str,
         unit: what ``items`` counts.
         sets: input sets; ``call(set)`` runs the provider once on one of them.
         check: ``check(output, set)`` compares the provider's output on ``sets[0]`` with the
-            reference and returns a dict of agreement statistics (raises AssertionError if wrong).
-            Not run for the reference provider.
+            reference (exactly for triton, in distribution for the native providers) and returns a
+            dict of agreement statistics (raises AssertionError if wrong).
     """
     skip_unless_measurable(provider)
     info = dict(
@@ -478,8 +512,9 @@ def run_benchmark(benchmark, *, provider: str, case: str, name: str, shape: str,
         items=items, unit=unit, tier=STATE.tier, device=device_name(), matmul_precision=STATE.matmul_precision,
         input_sets=len(sets), torch=torch.__version__, triton=_version("triton"),
     )
-    if provider == "compile":
-        info["compile"] = dict(fullgraph=True, dynamic=COMPILE_DYNAMIC, scope="layer primitives",
+    if provider.startswith("torch_compile"):
+        info["compile"] = dict(mode="reduce-overhead" if provider == "torch_compile_ro" else "default",
+                               dynamic=False,
                                cpp_vectorized=not (not ON_GPU and STATE.benchmark_disabled and STATE.tier == "tiny"))
     if extra:
         info.update(extra)
@@ -491,14 +526,14 @@ def run_benchmark(benchmark, *, provider: str, case: str, name: str, shape: str,
 
     if STATE.benchmark_disabled:
         out = benchmark(once)  # runs once, on sets[0]
-        if check is not None and provider != "reference":
+        if check is not None:
             info["guard"] = check(out, sets[0])
         info["timer"] = "none (--benchmark-disable: one correctness run)"
         info["median_s"] = None
         info["items_per_s"] = None
     else:
         out = once()  # sets[0]: compiles, autotunes
-        if check is not None and provider != "reference":
+        if check is not None:
             info["guard"] = check(out, sets[0])
         del out
         t0 = time.perf_counter()

@@ -43,6 +43,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+#: The benchmark providers, in table order (bench/benchlib.py).
+PROVIDERS = ("torch", "torch_compile", "torch_compile_ro", "triton")
+
 # ------------------------------------------------------------------------------ instruction model
 
 #: Integer instructions per uniform: Philox4x32-10 with all four outputs used (SPEC §7).
@@ -149,12 +152,13 @@ class Work:
         return self
 
 
-def _ancestral_work(sizes, n: int) -> Work:
+def _ancestral_work(sizes, n: int, state_bytes: int = 1, log_p: bool = True) -> Work:
+    """The fused sampler's work: every layer drawn; only x (``state_bytes`` per unit) and log p leave the chip."""
     w = Work()
     widths = sizes[::-1]  # prior h_L, then h_{L-1} … x
     for i, d in enumerate(widths):
         w.layer(n, widths[i - 1] if i else 0, d, sampled=True, state_bytes=False, key=("p", i))
-    w.bytes += n * sum(sizes) + 4.0 * n  # every state written once (uint8), log p(x, h)
+    w.bytes += n * sizes[0] * state_bytes + (4.0 * n if log_p else 0.0)
     return w.finish()
 
 
@@ -176,6 +180,14 @@ def _train_work(sizes, batch: int, k: int) -> Work:
     rows = batch * k
     _q_pass(w, sizes, rows, backward=True)
     _p_score(w, sizes, rows, backward=True)
+    return w.finish()
+
+
+def _loglik_work(sizes, batch: int, k: int) -> Work:
+    """q pass (draws) and log p(x, h) (scores) over B·K rows, no backward."""
+    w = Work()
+    _q_pass(w, sizes, batch * k)
+    _p_score(w, sizes, batch * k)
     return w.finish()
 
 
@@ -220,7 +232,10 @@ def work_for(case: str, params: dict) -> Work:
         w.layer(R, N, M, sampled=params["op"] == "sample", backward=params["pass"] == "fwd_bwd")
         return w.finish()
     if case == "ancestral":
-        return _ancestral_work(params["sizes"], params["n"])
+        return _ancestral_work(params["sizes"], params["n"], 4 if params.get("state_dtype") == "float32" else 1,
+                               params.get("log_p", True))
+    if case == "loglik":
+        return _loglik_work(params["sizes"], params["batch"], params["k"])
     if case == "train_step":
         return _train_work(params["sizes"], params["batch"], params["k"])
     if case == "gibbs_sweep":
@@ -444,13 +459,13 @@ def describe_ceilings(c: Ceilings) -> str:
 def print_roofline(rows: list[dict], ceilings: Ceilings, file=None) -> None:
     file = file or sys.stdout
     print(describe_ceilings(ceilings), file=file)
-    head = ["case", "shape", "floor", "binding", "t_flops", "t_bytes", "t_instr", "reference", "compile", "triton"]
+    head = ["case", "shape", "floor", "binding", "t_flops", "t_bytes", "t_instr", *PROVIDERS]
     lines = [head]
     for r in rows:
         fl = r["floor"]
         cells = [r["name"], r["shape"], seconds(fl["seconds"]), fl["binding"],
                  seconds(fl["terms"]["flops"]), seconds(fl["terms"]["bytes"]), seconds(fl["terms"]["instructions"])]
-        for p in ("reference", "compile", "triton"):
+        for p in PROVIDERS:
             v = r["providers"].get(p)
             if v is None or v["median_s"] is None:
                 cells.append("—")

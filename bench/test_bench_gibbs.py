@@ -1,12 +1,12 @@
 """One block-Gibbs sweep of p*(x, h) (SPEC §4; :func:`bihm_triton.samplers.gibbs_sample`, exact mode).
 
-``gibbs_sample(model, n, steps=1, k=10, init=states, seed=...)`` on the paper's MNIST network:
-odd layers, then even layers, each by importance resampling among 2K candidates (x: K candidates
-and a q-pass estimate of sqrt(p̃*(x)) per candidate). The starting states are a fixed ancestral
-sample (``init``), so the time is the sweep (plus the exact mode's estimate for the initial x).
-The sampler's glue (candidate mixing, resampling uniforms from the reference Philox stream) is
-the same Python for every provider; the providers differ in the layer primitives.
-Chains per second = n / time (one sweep each).
+On the paper's MNIST network: odd layers, then even layers, each by importance resampling among 2K
+candidates (x: K candidates and a q-pass estimate of sqrt(p̃*(x)) per candidate). The starting
+states are a fixed ancestral sample, so the time is one sweep (plus the exact mode's estimate for
+the initial x). ``triton``: :func:`bihm_triton.samplers.gibbs_sample` on
+:class:`bihm_triton.model.BiHM`; ``torch``: :func:`baselines.gibbs_sweep`, the same algorithm
+written directly (``torch.bernoulli``, ``torch.multinomial``); ``torch_compile`` compiles it
+(not capturable in a CUDA graph: ``torch_compile_ro`` is skipped). Chains per second = n / time.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import baselines
 import benchlib as bl
 from bihm_triton.samplers import gibbs_sample
 
@@ -36,22 +37,37 @@ def _inputs(n: int):
     return bl.cached_inputs(("gibbs", tuple(SIZES), n), make)
 
 
-def _make_call(model, n: int):
-    return lambda s: gibbs_sample(model, n, 1, K, init=s.init, seed=s.seed, progress=False)
+def _make_call(provider: str, n: int):
+    if provider in ("triton", "reference"):
+        model = bl.make_model(provider, SIZES)
+        return lambda s: gibbs_sample(model, n, 1, K, init=s.init, seed=s.seed, progress=False)
+    net = bl.make_net(SIZES)
+    sweep = bl.native(baselines.gibbs_sweep, provider)
+
+    def call(s):
+        with torch.no_grad():
+            log_s = baselines.initial_log_s(net.prior, net.p, net.q, s.init[0])
+            states, _ = sweep(net.prior, net.p, net.q, list(s.init), log_s, K)
+        return states
+
+    return call
 
 
 @pytest.mark.parametrize("provider", bl.PROVIDERS)
 def test_gibbs_sweep(benchmark, provider):
-    bl.skip_unless_measurable(provider)
+    bl.skip_unless_measurable(provider, capturable=False)
     n = CHAINS
     sets = _inputs(n)
-    model = bl.make_model(provider, SIZES)
 
     def check(out, s):
-        """Same chains as the reference. One resampling decision can legitimately flip where two
-        candidates' log-weights differ only in the last bits (fp32 sums over ~1,650 units), and a
-        flipped decision changes that chain from there on; so a few chains may differ, not more."""
-        want = _make_call(bl.make_model("reference", SIZES), n)(s)
+        """triton: the same chains as the reference. One resampling decision can legitimately flip
+        where two candidates' log-weights differ only in the last bits (fp32 sums over ~1,650 units),
+        and a flipped decision changes that chain; so a few chains may differ, not more. The native
+        providers draw differently: the mean of x after the sweep must match in distribution."""
+        want = _make_call("reference", n)(s)
+        if provider != "triton":
+            return {"x_p": bl.assert_same_distribution(out[0].float().mean(1), want.x.float().mean(1),
+                                                       f"{provider} x after a sweep")}
         got_states, want_states = [out.x, *out.hidden], [want.x, *want.hidden]
         mismatch = bl.sample_mismatch(got_states, want_states)
         differ = 1.0 - float(bl.rows_equal(got_states, want_states).float().mean())
@@ -64,5 +80,5 @@ def test_gibbs_sweep(benchmark, provider):
     bl.run_benchmark(
         benchmark, provider=provider, case="gibbs_sweep", name=f"gibbs_sweep.{NET}", shape=f"chains={n},k={K}",
         params=dict(sizes=list(SIZES), chains=n, k=K, steps=1, n_inner=1), items=n, unit="chains",
-        sets=sets, call=_make_call(model, n), check=check,
+        sets=sets, call=_make_call(provider, n), check=check,
     )

@@ -1,11 +1,15 @@
 """The stochastic binary layer (SPEC §5): sample and score, forward and forward+backward.
 
 ``h`` is a binary uint8 (R, N) batch (1-byte states, as the roofline counts them), the weight
-(M, N) and bias (M,) are fp32 and require gradients. *sample*: ``x, log_prob = sbn_sample(h, W, b,
-seed)`` with a uint8 sample; *score*: ``log_prob = sbn_log_prob(h, x, W, b)`` of given targets.
-*fwd_bwd* adds ``log_prob.sum().backward()`` (gradients of W and b; the sample is a constant);
-*fwd* runs with the same weights requiring gradients (autograd records, as in training) but does
-not call backward. Samples per second = rows per second.
+(M, N) and bias (M,) are fp32 and require gradients. *sample*: ``x, log_prob`` of a fresh uint8
+sample; *score*: ``log_prob`` of given targets. *fwd_bwd* adds ``log_prob.sum().backward()``
+(gradients of W and b; the sample is a constant); *fwd* runs with the same weights requiring
+gradients (autograd records, as in training) but does not call backward.
+
+Providers: ``torch`` is :func:`baselines.layer_sample` / :func:`baselines.layer_score`
+(``F.linear``, ``torch.rand_like``, ``sigmoid``, ``softplus``), ``torch_compile*`` compiles them,
+``triton`` is :func:`bihm_triton.ops.sbn_sample` / :func:`~bihm_triton.ops.sbn_log_prob`.
+Samples per second = rows per second.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import baselines
 import benchlib as bl
 
 SHAPES = bl.tier()["layer"]
@@ -41,10 +46,20 @@ def _inputs(R: int, N: int, M: int):
     return bl.cached_inputs(("layer", R, N, M), make)
 
 
+def _primitives(provider: str):
+    if provider == "triton":
+        return bl.ops_primitives()
+    if provider == "reference":
+        return bl.ref_sample, bl.ref_score
+    sample = bl.native(baselines.layer_sample, provider)
+    return (lambda h, w, b, seed, offset, out_dtype: sample(h, w, b)), bl.native(baselines.layer_score, provider)
+
+
 def _make_call(provider: str, op: str, pas: str, w, b):
-    sample, score = bl.layer_primitives(provider)
+    sample, score = _primitives(provider)
 
     def call(s):
+        bl.mark_step(provider)
         if op == "sample":
             x, lp = sample(s.h, w, b, s.seed, 0, torch.uint8)
         else:
@@ -72,6 +87,10 @@ def test_layer(benchmark, provider, op, pas, R, N, M):
         x, lp, grads = out
         want_x, want_lp, want_grads = reference(s)
         guard, rows_ok = {}, None
+        if provider != "triton" and op == "sample":  # independent draws: same distribution
+            guard["x_p"] = bl.assert_same_distribution(x.float().mean(1), want_x.float().mean(1), f"{provider} x")
+            guard["log_prob_p"] = bl.assert_same_distribution(lp, want_lp, f"{provider} log_prob")
+            return guard
         if op == "sample":
             guard["sample_mismatch"] = bl.assert_samples([x], [want_x], f"{provider} sample")
             rows_ok = bl.rows_equal([x], [want_x])

@@ -21,7 +21,7 @@ MNIST = bl.MNIST_SIZES
 
 
 def test_ref_sample_is_the_reference_layer():
-    """The providers' sample primitive is ``ref.sbn_sample`` minus its argument checks."""
+    """The guard's sample primitive is ``ref.sbn_sample`` minus its argument checks."""
     g = torch.Generator().manual_seed(0)
     h = (torch.rand(37, 9, generator=g) < 0.5).to(torch.uint8)
     w, b = torch.randn(5, 9, generator=g), torch.randn(5, generator=g)
@@ -58,6 +58,8 @@ def test_work_model_matches_spec_section_7():
     # every case kind has a work model
     assert roofline.work_for("train_step", dict(sizes=MNIST, batch=100, k=10)).flops > 0
     assert roofline.work_for("gibbs_sweep", dict(sizes=[20, 9, 5, 3], chains=8, k=10)).sampled > 0
+    ll = roofline.work_for("loglik", dict(sizes=MNIST, batch=2, k=3))
+    assert ll.flops == 2 * 2 * 2 * 3 * 331_050 and ll.sampled == 6 * (1_654 - 784)
 
 
 def test_ceiling_kernels_run():
@@ -82,16 +84,17 @@ def _fake_result(provider, t, device="NVIDIA H200"):
 
 def test_report_and_roofline_command_lines(tmp_path, capsys):
     path = tmp_path / "results.json"
-    benches = [_fake_result("reference", 4e-3), _fake_result("compile", 1e-3), _fake_result("triton", 1.25e-4)]
+    benches = [_fake_result("torch", 4e-3), _fake_result("torch_compile", 2e-3), _fake_result("torch_compile_ro", 1e-3),
+               _fake_result("triton", 1.25e-4)]
     path.write_text(json.dumps({"machine_info": {}, "benchmarks": benches}))
     jsonl = tmp_path / "results.jsonl"
-    jsonl.write_text(json.dumps(benches[2]["extra_info"] | {"median_s": 1e-4, "items_per_s": 65536 / 1e-4}) + "\n")
+    jsonl.write_text(json.dumps(benches[3]["extra_info"] | {"median_s": 1e-4, "items_per_s": 65536 / 1e-4}) + "\n")
 
     assert report.main([str(path)]) == 0
     out = capsys.readouterr().out
     row = [l for l in out.splitlines() if l.startswith("layer.sample.fwd")]
     assert len(row) == 1
-    assert "8.00x" in row[0] and "32.00x" in row[0]  # triton/compile, triton/reference
+    assert "32.00x" in row[0] and "8.00x" in row[0]  # triton/torch, triton/(best compiled mode)
     assert "% of" in row[0] and "nominal" in out
 
     # the JSONL entry (later on the command line) replaces the JSON one
@@ -105,6 +108,6 @@ def test_report_and_roofline_command_lines(tmp_path, capsys):
 
     # CPU results get no fraction of a GPU floor
     cpu = tmp_path / "cpu.json"
-    cpu.write_text(json.dumps({"benchmarks": [_fake_result("reference", 1.0, device="cpu: x (2 cores)")]}))
+    cpu.write_text(json.dumps({"benchmarks": [_fake_result("torch", 1.0, device="cpu: x (2 cores)")]}))
     assert report.main([str(cpu)]) == 0
     assert "% of" not in capsys.readouterr().out

@@ -14,6 +14,7 @@ Philox seed of step t; so :meth:`Trainer.resume` continues a run exactly as if i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -70,18 +71,34 @@ class Trainer:
         config: :class:`TrainConfig`.
         out_dir: run directory for config, checkpoints and the log; None keeps nothing on disk.
 
+        cuda_graph: on a CUDA model, capture one training step (loss, backward, Adam) in a CUDA
+            graph and replay it for every full batch (``None``, the default: on CUDA). The step
+            then costs one graph launch instead of hundreds of kernel launches; the results are the
+            same as without it. Where capture fails, training goes on eagerly after a one-line
+            message.
+
+    Every step is host-synchronization free: statistics stay on the device and are read once per
+    epoch (and every ``check_every`` steps, where a non-finite loss stops training).
+
     Raises:
         ValueError: data of the wrong width or not binary, bad settings.
     """
 
+    check_every = 100
+
     def __init__(self, model: BiHM, train_x: torch.Tensor, valid_x: torch.Tensor | None = None,
-                 config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None):
+                 config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None, *,
+                 cuda_graph: bool | None = None):
         self.model = model
         self.config = config or TrainConfig()
         self.train_x = model._check_x(train_x, "train_x")
         self.valid_x = None if valid_x is None else model._check_x(valid_x, "valid_x")
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.lr)
+        on_cuda = model.device.type == "cuda"
+        self.cuda_graph = on_cuda if cuda_graph is None else (bool(cuda_graph) and on_cuda)
+        # capturable: Adam's step counter lives on the device, so the update can be replayed in a graph
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.lr, capturable=self.cuda_graph)
+        self._graph = None  # (CUDAGraph, static x, static seed, static loss, static stats) once captured
         self.epoch = 0
         self.step = 0
         self.best = -math.inf
@@ -97,30 +114,110 @@ class Trainer:
         g = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
         return torch.randperm(self.train_x.shape[0], generator=g)
 
+    def _loss_and_step(self, x: torch.Tensor, seed):
+        """The body of a training step: loss, backward, Adam (gradients must be None on entry)."""
+        cfg = self.config
+        loss, stats = self.model.loss(x, cfg.k, cfg.objective, seed=seed, validate=False)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), {k: v.detach() for k, v in stats.items()}
+
+    def _capture(self, batch: int) -> None:
+        """Record one step on static buffers in a CUDA graph. The warm-up steps it needs (lazy
+        allocations, kernel compilation) are undone, so the run is the same as without a graph."""
+        model, opt = self.model, self.optimizer
+        static_x = torch.zeros(batch, model.sizes[0], device=model.device, dtype=model.dtype)
+        static_seed = torch.zeros((), device=model.device, dtype=torch.int64)
+        params = [p.detach().clone() for p in model.parameters()]
+        opt_state = copy.deepcopy(opt.state_dict())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                opt.zero_grad(set_to_none=True)
+                self._loss_and_step(static_x, static_seed)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            loss, stats = self._loss_and_step(static_x, static_seed)
+        with torch.no_grad():  # undo the warm-up steps
+            for p, p0 in zip(model.parameters(), params):
+                p.copy_(p0)
+        opt.load_state_dict(opt_state)
+        self._graph = (graph, static_x, static_seed, loss, stats)
+
+    def train_step(self, x: torch.Tensor, *, seed=None) -> dict:
+        """One optimizer step on the batch x: the loss of SPEC §3, its backward, and Adam.
+
+        Args:
+            x: (B, d_0) binary data on the model's device (not re-checked: the trainer checked its
+                data once).
+            seed: the step's Philox seed (default: a function of the run's seed and the step).
+
+        Returns:
+            dict of device tensors (no host synchronization): ``loss`` (), and ``bound``, ``log_p``,
+            ``ess`` (B,) as :meth:`bihm_triton.model.BiHM.loss` reports them. With a CUDA graph they
+            are overwritten by the next step: copy them to keep them.
+        """
+        if seed is None:
+            seed = _step_seed(self.config.seed, self.step)
+        full = x.shape[0] == self.config.batch_size
+        if self.cuda_graph and full and self._graph is None:
+            try:
+                self._capture(x.shape[0])
+            except Exception as e:  # noqa: BLE001 - any capture failure: go on eagerly
+                print(f"bihm-triton: CUDA-graph capture of the training step failed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); training without it", flush=True)
+                self.cuda_graph = False
+                torch.cuda.synchronize()
+        if self.cuda_graph and full and self._graph is not None:
+            graph, static_x, static_seed, loss, stats = self._graph
+            static_x.copy_(x)
+            if isinstance(seed, torch.Tensor):
+                static_seed.copy_(seed.reshape(()))
+            else:
+                static_seed.fill_(int(seed))
+            graph.replay()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, stats = self._loss_and_step(x, seed)
+        self.step += 1
+        return {"loss": loss, **stats}
+
     def train_epoch(self, progress: bool = True) -> dict:
-        """One pass over the training data; returns the epoch's mean bound and ESS."""
+        """One pass over the training data; returns the epoch's mean bound and ESS (floats).
+
+        Raises:
+            FloatingPointError: the loss became non-finite (checked every ``check_every`` steps and
+                at the end; the last checkpoint is left untouched).
+        """
         cfg = self.config
         perm = self._permutation(self.epoch).to(self.train_x.device)
         n = self.train_x.shape[0]
-        total_bound, total_ess, seen = 0.0, 0.0, 0
+        dev = self.train_x.device
+        total_bound = torch.zeros((), device=dev, dtype=torch.float64)
+        total_ess = torch.zeros((), device=dev, dtype=torch.float64)
+        first_bad = torch.full((), -1, device=dev, dtype=torch.int64)
         bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
-        for start in bar:
+        for i, start in enumerate(bar):
             xb = self.train_x[perm[start:start + cfg.batch_size]]
-            loss, stats = self.model.loss(xb, cfg.k, cfg.objective, seed=_step_seed(cfg.seed, self.step))
-            loss_value = loss.detach()
-            if not torch.isfinite(loss_value):
-                raise FloatingPointError(f"loss became {loss_value.item()} at epoch {self.epoch + 1}, step {self.step}; "
-                                         f"the last checkpoint was left untouched")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.step += 1
-            b = xb.shape[0]
-            total_bound += stats["bound"] * b
-            total_ess += stats["ess"] * b
-            seen += b
-            bar.set_postfix(bound=f"{total_bound / seen:.2f}")
-        return {"train_bound": total_bound / seen, "train_ess": total_ess / seen}
+            step = self.step
+            out = self.train_step(xb)
+            total_bound += out["bound"].sum()
+            total_ess += out["ess"].sum()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out["loss"]), step, first_bad)
+            if (i + 1) % self.check_every == 0 or start + cfg.batch_size >= n:
+                self._raise_if_bad(first_bad)
+                bar.set_postfix(bound=f"{float(total_bound) / min(n, start + cfg.batch_size):.2f}")
+        self.model.refresh_fused_cache()  # graph replays change the parameters without version bumps
+        return {"train_bound": float(total_bound) / n, "train_ess": float(total_ess) / n}
+
+    def _raise_if_bad(self, first_bad: torch.Tensor) -> None:
+        step = int(first_bad)
+        if step >= 0:
+            raise FloatingPointError(f"the loss became non-finite at epoch {self.epoch + 1}, step {step}; "
+                                     f"the last checkpoint was left untouched")
 
     @torch.no_grad()
     def validate(self, progress: bool = False) -> float:

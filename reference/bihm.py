@@ -335,11 +335,12 @@ class BiHM(nn.Module):
                 raise ValueError(f"states[{l}] must have shape (R, d_{l}) = ({R}, {d}), got {tuple(s.shape)}")
 
     # ------------------------------------------------------------ validation
-    def _check_x(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    def _check_x(self, x: torch.Tensor, name: str = "x", validate: bool = True) -> torch.Tensor:
         check_tensor(x, name, 2, symbols="(B, d_0)")
         if x.shape[1] != self.sizes[0]:
             raise ValueError(f"{name} must have shape (B, d_0) = (B, {self.sizes[0]}), got {tuple(x.shape)}")
-        check_binary(x, name)
+        if validate:
+            check_binary(x, name)
         return x.to(device=self.device, dtype=self.dtype)
 
     @staticmethod
@@ -462,8 +463,9 @@ class BiHM(nn.Module):
         return est.bhattacharyya_estimate(self.log_weights(x, k, seed=seed, offset=offset))
 
     # ------------------------------------------------------------------ losses
-    def loss(self, x: torch.Tensor, k: int = 10, objective: str = "bihm", *, seed=None, offset: int = 0):
-        """Surrogate training loss summed over the batch, and statistics (SPEC §3).
+    def loss(self, x: torch.Tensor, k: int = 10, objective: str = "bihm", *, seed=None, offset: int = 0,
+             validate: bool = True):
+        """Surrogate training loss summed over the batch, and per-data-point statistics (SPEC §3).
 
         ``objective="bihm"``: with ``w_k = softmax_k(½ log ω_k)`` (constants),
         ``L_p = −Σ_k w_k log p(x, h^(k))`` and ``L_q = −Σ_k (w_k − 1/K) log q(h^(k) | x)``; the
@@ -474,36 +476,45 @@ class BiHM(nn.Module):
         and half the sleep loss ``−log q(h | x)`` on B samples ``(x, h) ~ p`` (drawn after the
         wake pass in the stream).
 
+        A sample with zero weight (``p(x, h^(k)) = 0``, ``log ω_k = −inf``) contributes nothing, in
+        value or gradient; a data point whose K weights are all zero contributes nothing to the
+        loss and reports a bound of −inf.
+
         Args:
             x: (B, d_0) binary data; k: samples per data point; objective: "bihm" or "rws".
+            validate: check that x is binary (reads the data: a host synchronization; a trainer
+                that validated its data once passes False, which keeps the step capturable in a
+                CUDA graph).
 
         Returns:
-            ``(loss, stats)``: a scalar tensor (sum over the batch) to call ``backward()`` on,
-            and a dict of floats: ``bound`` (mean log p̃*(x) estimate, nats), ``log_p`` (mean
-            IS log p(x)), ``ess`` (mean effective sample size of the weights the objective uses).
+            ``(loss, stats)``: a scalar tensor (sum over the batch) to call ``backward()`` on, and
+            a dict of (B,) tensors, left on the device (nothing is read back): ``bound`` (the
+            log p̃*(x) estimate, nats), ``log_p`` (the IS estimate of log p(x), nats), ``ess`` (the
+            effective sample size of the weights the objective uses).
         """
         if objective not in ("bihm", "rws"):
             raise ValueError(f"objective must be 'bihm' or 'rws', got {objective!r}")
-        x = self._check_x(x)
+        x = self._check_x(x, validate=validate)
         check_positive_int(k, "k")
         seed = self._seed(seed, offset)
         log_p, log_q, _ = self._log_weights_and_states(x, k, seed, offset)
         B = x.shape[0]
         log_w = (log_p - log_q).detach()
         if objective == "bihm":
-            w = torch.softmax(0.5 * log_w, dim=-1)
-            loss = -(w * log_p).sum() - ((w - 1.0 / k) * log_q).sum()
+            w = est.normalized_weights(0.5 * log_w)
+            loss = -est.weighted_sum(w, log_p) - ((w - 1.0 / k) * log_q).sum()
             ess = est.effective_sample_size(0.5 * log_w)
         else:
-            w = torch.softmax(log_w, dim=-1)
+            w = est.normalized_weights(log_w)
             sleep_offset = offset + sum(counters_used(B * k, d) for d in self.sizes[1:])
             with torch.no_grad():
                 sleep_states, _ = self.p_pass(B, seed, sleep_offset)
-            loss = -(w * log_p).sum() - 0.5 * (w * log_q).sum() - 0.5 * self.log_q_cond(sleep_states).sum()
+            loss = (-est.weighted_sum(w, log_p) - 0.5 * est.weighted_sum(w, log_q)
+                    - 0.5 * self.log_q_cond(sleep_states).sum())
             ess = est.effective_sample_size(log_w)
         stats = {
-            "bound": float(est.log_p_tilde_star_estimate(log_w).mean()),
-            "log_p": float(est.log_p_estimate(log_w).mean()),
-            "ess": float(ess.mean()),
+            "bound": est.log_p_tilde_star_estimate(log_w),
+            "log_p": est.log_p_estimate(log_w),
+            "ess": ess,
         }
         return loss, stats

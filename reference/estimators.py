@@ -16,6 +16,8 @@ __all__ = [
     "log_p_tilde_star_estimate",
     "log_p_estimate",
     "effective_sample_size",
+    "normalized_weights",
+    "weighted_sum",
     "bhattacharyya_estimate",
     "MeanWithSE",
     "log_mean_exp_with_se",
@@ -41,13 +43,29 @@ def log_p_estimate(log_w: torch.Tensor) -> torch.Tensor:
     return log_mean_exp(log_w, dim=-1)
 
 
-def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
-    """Effective sample size ``(Σ w)² / Σ w²`` of weights ``w_k ∝ exp(log_w_k)`` (B,), in [1, K].
+def normalized_weights(log_w: torch.Tensor) -> torch.Tensor:
+    """``softmax_k(log_w)`` (B, K) along the last dimension, with rows whose weights are all zero
+    (every ``log_w = −inf``) mapped to zeros instead of NaN (SPEC §3's ``w_k``)."""
+    w = torch.softmax(log_w, dim=-1)
+    return torch.where(torch.isnan(w) & torch.isneginf(log_w).all(-1, keepdim=True), 0.0, w)
 
-    Pass ``log ω`` for the p-weights of reweighted wake-sleep and ``½ log ω`` for the p*-weights
-    of the BiHM (SPEC §2).
+
+def weighted_sum(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``Σ w·t`` where a zero weight contributes nothing, in value or gradient, even against ``t = ±inf``
+    (``0 · −inf`` would be NaN)."""
+    return torch.where(w > 0, w * t, 0.0).sum()
+
+
+def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
+    """Effective sample size ``(Σ w)² / Σ w² = 1 / Σ ŵ²`` of weights ``w_k ∝ exp(log_w_k)`` (B,).
+
+    Computed from the normalized weights ``ŵ`` (any magnitudes, no cancellation) and kept in
+    [1, K]; 0 for a row whose weights are all zero. Pass ``log ω`` for the p-weights of
+    reweighted wake-sleep and ``½ log ω`` for the p*-weights of the BiHM (SPEC §2).
     """
-    return torch.exp(2.0 * torch.logsumexp(log_w, -1) - torch.logsumexp(2.0 * log_w, -1))
+    w = normalized_weights(log_w)
+    ess = 1.0 / (w * w).sum(-1)
+    return torch.where(torch.isinf(ess), 0.0, ess.clamp(1.0, log_w.shape[-1]))
 
 
 def bhattacharyya_estimate(log_w: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,8 @@ def test_loss_stats_and_batch_sum(setup):
     xb = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
     loss, stats = model.loss(xb, 10, seed=1)
     assert loss.dim() == 0 and set(stats) == {"bound", "log_p", "ess"}
-    assert 1.0 <= stats["ess"] <= 10.0
+    assert all(v.shape == (3,) for v in stats.values())
+    assert bool(((stats["ess"] >= 1.0) & (stats["ess"] <= 10.0)).all())
     # K = 1: w = 1 and the q term vanishes, so the loss is −Σ_b log p(x_b, h_b) summed over the batch
     loss1, _ = model.loss(xb, 1, seed=2)
     states, _ = model.q_pass(xb, 2, 0)

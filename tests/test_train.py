@@ -95,3 +95,23 @@ def test_bad_data_and_settings(digits):
         TrainConfig(batch_size=0)
     with pytest.raises(FileNotFoundError):
         Trainer.resume("/nonexistent/run", x, v)
+
+
+def test_train_step_is_the_loss_backward_and_adam(digits):
+    """Trainer.train_step (the path a CUDA graph captures) equals the plain loss/backward/Adam loop."""
+    x, v = digits
+    cfg = TrainConfig(batch_size=32, lr=3e-3)
+    t = Trainer(_model(), x, v, cfg)
+    plain = _model()
+    opt = torch.optim.Adam(plain.parameters(), lr=cfg.lr)
+    for step in range(3):
+        xb = x[32 * step:32 * (step + 1)]
+        out = t.train_step(xb, seed=100 + step)
+        opt.zero_grad()
+        loss, stats = plain.loss(xb, cfg.k, seed=100 + step)
+        loss.backward()
+        opt.step()
+        assert torch.equal(out["loss"], loss.detach()) and torch.equal(out["bound"], stats["bound"])
+    for (n, a), b in zip(t.model.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert t.step == 3
