@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# One GPU session, about 8 minutes at most on an H200, whatever hangs:
+# One GPU session, 6 minutes at most on an H200, whatever hangs, most important first:
 #   1. versions (GPU, driver, torch, triton)
-#   2. the kernel tests compiled on the GPU (no interpreter)
-#   3. the benchmark suite (pytest-benchmark; JSON per part and one JSONL log written as it goes)
-#   4. roofline.py --measure (HBM copy, matmuls, Philox/epilogue kernels) and the floors
-#   5. the compact table, LAST.
-# Every step runs under `timeout`, clipped to what is left of BIHM_GPU_BUDGET_S (default 470 s),
+#   2. the GPU tier of the tests, compiled on the GPU (BIHM_TEST_TIER=gpu, about a minute)
+#   3. the fused sampler's tiling sweep (bench/chain_sweep.py: samples/s, host µs per call, CUDA graph)
+#   4. the benchmark suites, providers torch / torch_compile / torch_compile_ro / triton
+#      (pytest-benchmark; JSON per part and one JSONL log written as it goes): ancestral sampling,
+#      then training step + log-likelihood + Gibbs, then the layer op
+#   5. an Nsight Compute profile of the fused sampler (Speed of Light, occupancy), if ncu is there
+#   6. roofline.py --measure (HBM copy, matmuls, Philox/epilogue kernels) and the floors
+#   7. the compact table, LAST.
+# Every step runs under `timeout`, clipped to what is left of BIHM_GPU_BUDGET_S (default 350 s),
 # and a failing or timed-out step does not stop the next one (the JSONL keeps partial results).
 #
 # Usage, from any folder:  bash bench/gpu.sh
 # Output: $OUT if set (the device runner's folder), else bench/results/gpu-<UTC time>/:
-#   versions.txt, *.log, kernel_tests.xml, bench_<part>.json (pytest-benchmark), bench.jsonl,
-#   ceilings.json, roofline.txt, table.txt, table.md
-# Knobs: BIHM_GPU_BUDGET_S, BIHM_GPU_SKIP_TESTS=1, BIHM_BENCH_SIZE (default full), PYTHON.
+#   versions.txt, *.log, kernel_tests.xml, chain_sweep.json, bench_<part>.json (pytest-benchmark),
+#   bench.jsonl, ncu.txt, ceilings.json, roofline.txt, table.txt, table.md
+# Knobs: BIHM_GPU_BUDGET_S, BIHM_GPU_SKIP_TESTS=1, BIHM_BENCH_SIZE (default full),
+#   BIHM_BENCH_PROVIDERS (default all four), BIHM_CHAIN_CONFIG (the sampler's tiling), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
-BUDGET_S=${BIHM_GPU_BUDGET_S:-470}
+BUDGET_S=${BIHM_GPU_BUDGET_S:-350}
 T0=$(date +%s)
 DEST=${OUT:-$ROOT/bench/results/gpu-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$DEST"
@@ -82,7 +87,7 @@ EOF
 }
 if ! check_import >/dev/null 2>&1; then
   # an editable install needs no network with --no-index and the image's setuptools
-  step install 90 400 "$PY" -m pip install --no-deps --no-index --no-build-isolation -q -e .
+  step install 60 280 "$PY" -m pip install --no-deps --no-index --no-build-isolation -q -e .
   if ! check_import >/dev/null 2>&1; then
     # last resort: a shadow package of symlinks (kernels/ and reference/ are subpackages of bihm_triton)
     SHADOW=$(mktemp -d)/pkg
@@ -96,30 +101,41 @@ if ! check_import >/dev/null 2>&1; then
 fi
 check_import 2>&1 | tee -a "$DEST/versions.txt" || log "WARNING: bihm_triton is not importable from $ROOT"
 
-# ------------------------------------------------------------------------------ 2. kernel tests
+# ------------------------------------------------------------------------------ 2. GPU test tier
 if [[ "${BIHM_GPU_SKIP_TESTS:-0}" != 1 ]]; then
-  BIHM_TEST_DEVICE=cuda step kernel_tests 100 330 "$PY" -m pytest -q -p no:cacheprovider \
-    --junitxml="$DEST/kernel_tests.xml" \
-    tests/test_kernels.py tests/test_philox.py tests/test_ancestral.py tests/test_compile.py
+  BIHM_TEST_DEVICE=cuda BIHM_TEST_TIER=gpu step gpu_tests 75 270 "$PY" -m pytest -q -p no:cacheprovider \
+    --junitxml="$DEST/kernel_tests.xml" tests/
 fi
 
-# ------------------------------------------------------------------------------ 3. benchmarks
+# ---------------------------------------------------------------------- 3. the fused sampler's tiling
+step chain_sweep 70 200 "$PY" bench/chain_sweep.py --budget 45 --json "$DEST/chain_sweep.json"
+
+# ------------------------------------------------------------------------------ 4. benchmarks
 # Each part is its own pytest run (a hang costs one part); every result is also appended to
 # bench.jsonl as soon as it is measured. The reserves keep time for the later parts, the roofline
 # and the table.
 export BIHM_BENCH_JSONL="$DEST/bench.jsonl"
 BENCH_OPTS=(--benchmark-only -q -p no:cacheprovider -rs --benchmark-columns=median,rounds --benchmark-sort=name)
-step bench_ancestral 90 250 "$PY" -m pytest "${BENCH_OPTS[@]}" --benchmark-json="$DEST/bench_ancestral.json" \
+step bench_ancestral 90 110 "$PY" -m pytest "${BENCH_OPTS[@]}" --benchmark-json="$DEST/bench_ancestral.json" \
   bench/test_bench_ancestral.py
-step bench_layer 150 160 "$PY" -m pytest "${BENCH_OPTS[@]}" --benchmark-json="$DEST/bench_layer.json" \
+step bench_train_loglik_gibbs 80 40 "$PY" -m pytest "${BENCH_OPTS[@]}" \
+  --benchmark-json="$DEST/bench_train_loglik_gibbs.json" \
+  bench/test_bench_train.py bench/test_bench_loglik.py bench/test_bench_gibbs.py
+step bench_layer 40 30 "$PY" -m pytest "${BENCH_OPTS[@]}" --benchmark-json="$DEST/bench_layer.json" \
   bench/test_bench_layer.py
-step bench_train_gibbs 100 60 "$PY" -m pytest "${BENCH_OPTS[@]}" --benchmark-json="$DEST/bench_train_gibbs.json" \
-  bench/test_bench_train.py bench/test_bench_gibbs.py
+
+# ------------------------------------------------------------------ 5. Nsight Compute, fused sampler
+if command -v ncu >/dev/null 2>&1; then
+  step ncu 40 25 ncu --target-processes all -k regex:fused_chain --launch-skip 2 --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis \
+    "$PY" bench/chain_sweep.py --configs "" --budget 1 --n 131072
+  [[ -s "$DEST/ncu.log" ]] && cp "$DEST/ncu.log" "$DEST/ncu.txt"
+fi
 
 # --------------------------------------------------------------------------- 4. roofline --measure
 RESULTS=()
 [[ -s "$DEST/bench.jsonl" ]] && RESULTS=("$DEST/bench.jsonl")
-if step roofline_measure 45 15 "$PY" bench/roofline.py --measure --save-ceilings "$DEST/ceilings.json" \
+if step roofline_measure 30 10 "$PY" bench/roofline.py --measure --save-ceilings "$DEST/ceilings.json" \
      "${RESULTS[@]/#/--json=}"; then
   cp "$DEST/roofline_measure.log" "$DEST/roofline.txt"
 fi

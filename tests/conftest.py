@@ -1,8 +1,13 @@
-"""Test setup: Triton's interpreter on machines without a GPU, shared fixtures.
+"""Test setup: Triton's interpreter on machines without a GPU, the GPU tier, shared fixtures.
 
 ``TRITON_INTERPRET=1`` must be set before anything imports triton (kernels decorated before that
 stay compiled), so it is set here, at collection time, unless a CUDA device is present. Set
 ``BIHM_TEST_DEVICE=cuda`` to insist on the GPU; the tests then run the kernels compiled.
+
+``BIHM_TEST_TIER=gpu`` selects the GPU tier (:data:`GPU_TIER`): one test of every compiled kernel
+and path, chosen so that few distinct kernels are compiled (every new shape class or dtype
+compiles a kernel: about a second each, ten for the 13-layer fused sampler), to finish in about a
+minute on a GPU. The full suite runs everywhere else.
 """
 
 from __future__ import annotations
@@ -25,6 +30,31 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from helpers import DEVICE  # noqa: E402  (after TRITON_INTERPRET is decided)
+
+#: The GPU tier: node-id prefixes (relative to tests/).
+GPU_TIER = (
+    "test_philox.py::test_triton_philox_known_answers",
+    "test_philox.py::test_triton_stream_equals_reference",
+    "test_kernels.py::test_samples_identical_to_reference[100-300-17]",
+    "test_kernels.py::test_log_prob_and_gradients_vs_float64_reference[plain-100-300-17]",
+    "test_kernels.py::test_log_prob_and_gradients_vs_float64_reference[weight_norm-100-300-17]",
+    "test_kernels.py::test_weight_norm_op_vs_torch[0-17-300]",
+    "test_kernels.py::test_large_counters_cross_the_32_bit_boundary",
+    "test_kernels.py::test_infinite_logits_match_the_reference",
+    "test_chain.py::test_fused_equals_reference_pass[70-[300, 200, 17, 3]]",
+    "test_chain.py::test_saturated_logits_keep_their_log_likelihood",
+    "test_chain.py::test_model_sample_p_is_the_reference_in_chunks",
+    "test_train.py::test_cuda_graph_step_equals_eager",
+    "test_compile.py::test_compiled_sampler_matches_eager",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("BIHM_TEST_TIER", "") != "gpu":
+        return
+    keep = [it for it in items if it.nodeid.split("tests/", 1)[-1].startswith(GPU_TIER)]
+    config.hook.pytest_deselected(items=[it for it in items if it not in keep])
+    items[:] = keep
 
 
 @pytest.fixture

@@ -115,3 +115,23 @@ def test_train_step_is_the_loss_backward_and_adam(digits):
     for (n, a), b in zip(t.model.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(a, b), n
     assert t.step == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_step_equals_eager(digits):
+    """The captured step (loss, backward, Adam replayed as one CUDA graph) gives the eager step's results,
+    and the capture's warm-up steps leave no trace."""
+    x, v = (t.cuda() for t in digits)
+    cfg = TrainConfig(batch_size=32, lr=3e-3)
+    runs = []
+    for graph in (True, False):
+        torch.manual_seed(0)
+        t = Trainer(BiHM([64, 16, 8], device="cuda"), x, v, cfg, cuda_graph=graph)
+        bounds = [t.train_step(x[32 * i:32 * (i + 1)], seed=100 + i)["bound"].clone() for i in range(3)]
+        runs.append((t, bounds))
+    (tg, bg), (te, be) = runs
+    assert tg._graph is not None and te._graph is None
+    for a, b in zip(bg, be):
+        torch.testing.assert_close(a, b)
+    for (n, a), b in zip(tg.model.state_dict().items(), te.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=n)
