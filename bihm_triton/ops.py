@@ -75,6 +75,17 @@ def _validating(validate: bool) -> bool:
     return validate and not torch.compiler.is_compiling()
 
 
+def _seed_arg(seed):
+    """The seed as the Triton path takes it: an int or a one-element int64 tensor (always a tensor under
+    ``torch.compile``, whose custom op takes a tensor); ``None`` draws one from torch's default generator."""
+    if torch.compiler.is_compiling():
+        return _seed_tensor(seed)
+    if seed is None:
+        return int(torch.randint(0, MAX_SEED - 1, (), dtype=torch.int64))
+    check_seed(seed)
+    return seed.reshape(()) if isinstance(seed, torch.Tensor) else seed
+
+
 def _seed_tensor(seed) -> torch.Tensor:
     """A one-element int64 tensor for the op; ``None`` draws one from torch's default generator."""
     if seed is None:
@@ -162,24 +173,38 @@ def _(grad_weight, weight_v, weight_g):
 # ------------------------------------------------------------------------------------ autograd
 
 
-def _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h: bool):
-    """Gradients (h, weight_or_v, bias, g) of Σ_r grad_lp[r] · log_prob[r]; logits recomputed in the kernel."""
-    grad_a = _sbn_grad_logits_op(grad_lp, h, x, weight, bias, weight_g)  # (R, M) fp32
+def _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h: bool, *, eager: bool = False):
+    """Gradients (h, weight_or_v, bias, g) of Σ_r grad_lp[r] · log_prob[r]; logits recomputed in the kernel.
+
+    ``eager``: call the launchers directly (the autograd.Function path) instead of the custom ops
+    (the path ``torch.compile`` traces); the same kernels either way.
+    """
+    if eager:
+        sbn, wn = _kernels()
+        grad_a = sbn.sbn_grad_logits(grad_lp, h, x, weight, bias, weight_g=weight_g)
+        wn_backward = lambda gw, v, g: _wn_backward_eager(gw, v, g)  # noqa: E731
+        wn_forward = lambda v, g: wn.weight_norm_forward(v, g)[0]  # noqa: E731
+    else:
+        grad_a = _sbn_grad_logits_op(grad_lp, h, x, weight, bias, weight_g)  # (R, M) fp32
+        wn_backward, wn_forward = _weight_norm_backward_op, _weight_norm_op
     grad_bias = grad_a.sum(0).to(bias.dtype)
     h32 = h.to(torch.float32)
     grad_w = grad_a.t() @ h32  # ∂L/∂W_eff (M, N)
     grad_g = None
     if weight_g is not None:
-        grad_v, grad_g = _weight_norm_backward_op(grad_w, weight, weight_g)
+        grad_v, grad_g = wn_backward(grad_w, weight, weight_g)
         grad_w = grad_v
     grad_h = None
     if need_h:
-        if weight_g is not None:
-            w_eff = _weight_norm_op(weight, weight_g).to(torch.float32)
-        else:
-            w_eff = weight.to(torch.float32)
+        w_eff = (wn_forward(weight, weight_g) if weight_g is not None else weight).to(torch.float32)
         grad_h = (grad_a @ w_eff).to(h.dtype)
     return grad_h, grad_w.to(weight.dtype), grad_bias, grad_g
+
+
+def _wn_backward_eager(grad_w, v, g):
+    _, wn = _kernels()
+    gv, gg = wn.weight_norm_backward(grad_w, v, g)
+    return gv, gg.to(g.dtype).reshape(g.shape)
 
 
 def _sample_setup(ctx, inputs, output):
@@ -227,6 +252,60 @@ def _wn_backward(ctx, grad_w):
 _weight_norm_op.register_autograd(_wn_backward, setup_context=_wn_setup)
 
 
+# ------------------------------------------------------------------- eager fast path (no dispatcher)
+
+
+class _SbnSampleFn(torch.autograd.Function):
+    """Eager path of :func:`sbn_sample`: the launcher called directly (a custom op's dispatch costs
+    hundreds of µs of host time per call; this costs the kernel launch). Same kernels and gradients
+    as the ``torch.library`` op, which ``torch.compile`` traces instead."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, weight_g, seed, offset, out_dtype):
+        sbn, _ = _kernels()
+        x, lp = sbn.sbn_forward(h, weight, bias, weight_g=weight_g, seed=seed, offset=offset, out_dtype=out_dtype)
+        ctx.mark_non_differentiable(x)
+        ctx.save_for_backward(h, x, weight, bias, weight_g)
+        return x, lp.to(compute_dtype(h, weight, bias, weight_g))
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_lp):
+        h, x, weight, bias, weight_g = ctx.saved_tensors
+        need_h = ctx.needs_input_grad[0] and h.is_floating_point()
+        gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h, eager=True)
+        return gh, gw, gb, gg, None, None, None
+
+
+class _SbnLogProbFn(torch.autograd.Function):
+    """Eager path of :func:`sbn_log_prob` (see :class:`_SbnSampleFn`)."""
+
+    @staticmethod
+    def forward(ctx, h, x, weight, bias, weight_g):
+        sbn, _ = _kernels()
+        _, lp = sbn.sbn_forward(h, weight, bias, weight_g=weight_g, x=x)
+        ctx.save_for_backward(h, x, weight, bias, weight_g)
+        return lp.to(compute_dtype(h, weight, bias, weight_g))
+
+    @staticmethod
+    def backward(ctx, grad_lp):
+        h, x, weight, bias, weight_g = ctx.saved_tensors
+        need_h = ctx.needs_input_grad[0] and h.is_floating_point()
+        gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h, eager=True)
+        return gh, None, gw, gb, gg
+
+
+def _sample(h, weight, bias, weight_g, seed, offset, out_dtype):
+    if torch.compiler.is_compiling():
+        return _sbn_sample_op(h, weight, bias, weight_g, seed, offset, out_dtype)
+    return _SbnSampleFn.apply(h, weight, bias, weight_g, seed, offset, out_dtype)
+
+
+def _log_prob(h, x, weight, bias, weight_g):
+    if torch.compiler.is_compiling():
+        return _sbn_log_prob_op(h, x, weight, bias, weight_g)
+    return _SbnLogProbFn.apply(h, x, weight, bias, weight_g)
+
+
 # ================================================================================ public API
 
 
@@ -272,7 +351,7 @@ def sbn_sample(
     backend = resolve_backend(backend, h.device)
     if backend == "reference":
         return ref.sbn_sample(h, weight, bias, seed=_seed_tensor(seed), offset=offset, out_dtype=out_dtype)
-    return _sbn_sample_op(h, weight, bias, None, _seed_tensor(seed), offset, out_dtype)
+    return _sample(h, weight, bias, None, _seed_arg(seed), offset, out_dtype)
 
 
 def sbn_log_prob(
@@ -304,7 +383,7 @@ def sbn_log_prob(
     backend = resolve_backend(backend, h.device)
     if backend == "reference":
         return ref.bernoulli_log_prob(ref.sbn_logits(h, weight, bias), x)
-    return _sbn_log_prob_op(h, x, weight, bias, None)
+    return _log_prob(h, x, weight, bias, None)
 
 
 def sbn_sample_wn(
@@ -333,7 +412,7 @@ def sbn_sample_wn(
     backend = resolve_backend(backend, h.device)
     if backend == "reference":
         return ref.sbn_sample_wn(h, weight_v, g, bias, seed=_seed_tensor(seed), offset=offset, out_dtype=out_dtype)
-    return _sbn_sample_op(h, weight_v, bias, g, _seed_tensor(seed), offset, out_dtype)
+    return _sample(h, weight_v, bias, g, _seed_arg(seed), offset, out_dtype)
 
 
 def sbn_log_prob_wn(
@@ -354,7 +433,7 @@ def sbn_log_prob_wn(
     backend = resolve_backend(backend, h.device)
     if backend == "reference":
         return ref.bernoulli_log_prob(ref.sbn_logits(h, weight_v, bias, scale=ref.weight_norm_scale(weight_v, g)), x)
-    return _sbn_log_prob_op(h, x, weight_v, bias, g)
+    return _log_prob(h, x, weight_v, bias, g)
 
 
 def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int = 0, *, backend: str = "auto") -> torch.Tensor:
