@@ -35,138 +35,23 @@ them exact); ``log_prob`` equals the sum of the per-layer log-likelihoods up to 
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import sys
-import tempfile
-import threading
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from ._config import as_loadable, check_device, interpreting, next_pow2
+from ._config import as_loadable, check_device, interpreting
+from .codegen import BARRIER, LayerPlan, Mem, emit_layer, load_generated, padded_width, pick_block, round_up
 from .philox import seed_args
-from .sbn import bernoulli_elementwise
 
 #: Layers whose padded width is at most this keep their states in registers between layers.
 REG_MAX = 64
 #: Alignment (elements) of every layer's block in the packed weight and bias buffers.
 _ALIGN = 64
 
-# --------------------------------------------------------------------------- device functions
-
-
-@triton.jit
-def interleave4(u0, u1, u2, u3):
-    """Four (G, C) blocks -> one (4G, C) block whose row ``4g + l`` is row g of ``u_l``."""
-    G: tl.constexpr = u0.shape[0]
-    C: tl.constexpr = u0.shape[1]
-    t = tl.join(tl.join(u0, u1), tl.join(u2, u3))  # (G, C, 2, 2): [g, c, i, o] = u_{2o + i}
-    t = tl.permute(t, (0, 3, 2, 1))  # (G, 2, 2, C): [g, o, i, c]
-    return tl.reshape(t, (4 * G, C))
-
-
-@triton.jit
-def tile_uniforms(key, base, cols, M, BLOCK_R: tl.constexpr):
-    """Uniforms (BLOCK_R, C) of the SPEC §5 stream for a tile whose first row starts a row group.
-
-    Row ``r`` (tile-local) and column ``cols[j]`` read lane ``r % 4`` of the Philox call at counter
-    ``base + (r // 4)·M + cols[j]`` (``base``: the draw's offset plus the tile's first group times M).
-    """
-    G: tl.constexpr = BLOCK_R // 4
-    local = tl.arange(0, G)[:, None] * M + cols[None, :]
-    u0, u1, u2, u3 = tl.rand4x(key, base + local.to(tl.int64))
-    return interleave4(u0, u1, u2, u3)
-
-
-@triton.jit
-def draw_tile(acc, bias_ptr, cols, M, key, base, BLOCK_R: tl.constexpr, WANT_LP: tl.constexpr):
-    """Bias, Bernoulli draw and per-row log-likelihood of one (BLOCK_R, C) logit tile.
-
-    ``bias_ptr`` points at a bias padded with zeros past M to the tile grid (no mask on the load).
-    Returns ``(x as int1 (BLOCK_R, C), Σ_j log Bern over the columns j < M (BLOCK_R,) fp32)``
-    (zeros when not WANT_LP).
-    """
-    a = acc + tl.load(bias_ptr + cols)[None, :]
-    u = tile_uniforms(key, base, cols, M, BLOCK_R)
-    x, lp = bernoulli_elementwise(a, u, u, True, WANT_LP)
-    if WANT_LP:
-        row_lp = tl.sum(tl.where((cols < M)[None, :], lp, 0.0), axis=1)
-    else:
-        row_lp = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    return x, row_lp
-
-
-@triton.jit
-def load_bits(ptr, r_loc, ks, LD, OP: tl.constexpr):
-    """Maskless (r_loc, ks) tile of binary states read as ``!= 0``, as the dot operand type. ``ptr``
-    points at the tile's first row of a scratch buffer padded to the tile grid in both directions."""
-    v = tl.load(ptr + r_loc[:, None] * LD + ks[None, :])
-    return (v != 0).to(OP)
-
-
-@triton.jit
-def load_bits_masked(ptr, rows, ks, row_limit, N, LD, OP: tl.constexpr):
-    """(rows, ks) tile of binary states (any dtype, read as ``!= 0``), zero outside ``rows < row_limit``
-    and ``ks < N``, as the dot operand type (external inputs and user-facing output layouts)."""
-    mask = (rows < row_limit)[:, None] & (ks < N)[None, :]
-    v = tl.load(ptr + rows.to(tl.int64)[:, None] * LD + ks[None, :], mask=mask, other=0)
-    return (v != 0).to(OP)
-
-
-@triton.jit
-def dot_terms(a, w_ptr, ks, cols, LDW, PLANE: tl.constexpr, acc, TERMS: tl.constexpr, OP: tl.constexpr):
-    """``acc + a · Wᵀ[ks, cols]``: W^T stored (K_pad, LDW), zero-padded to the tile grid (maskless
-    loads), as ``TERMS`` bf16 planes ``PLANE`` elements apart."""
-    ptrs = w_ptr + ks[:, None] * LDW + cols[None, :]
-    acc = tl.dot(a, tl.load(ptrs).to(OP), acc)
-    if TERMS >= 2:
-        acc = tl.dot(a, tl.load(ptrs + PLANE).to(OP), acc)
-    if TERMS >= 3:
-        acc = tl.dot(a, tl.load(ptrs + 2 * PLANE).to(OP), acc)
-    return acc
-
-
 # ------------------------------------------------------------------------------- the plan
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
-def _pick_block(n: int, choices=(16, 32, 64), per_step: int = 8) -> int:
-    """The tile width for an n-wide loop: least padded work plus a per-iteration cost, larger on ties."""
-    best = None
-    for b in choices:
-        steps = -(-n // b)
-        cost = steps * b + per_step * steps
-        if best is None or cost < best[0] or (cost == best[0] and b > best[1]):
-            best = (cost, b)
-    return best[1]
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """Compile-time facts of one layer of a chain (all counts in elements)."""
-
-    N: int  # inputs (0: the prior, logits = bias)
-    M: int  # outputs
-    P: int  # padded width of a register-resident output tile
-    BM: int  # output tile width
-    BK: int  # input tile width (0 for the prior)
-    KP: int  # inputs padded to the tile grid (rows of the packed W^T)
-    ldw: int  # row stride of the packed W^T: outputs padded to the tile grid
-    in_reg: bool  # input states come from the previous layer's registers
-    out_reg: bool  # output states stay in registers for the next layer
-    w_off: int  # offset of W^T (KP, ldw) in each weight plane
-    b_off: int  # offset of the (zero-padded) bias in the bias buffer
-    pfx: int  # Σ of the widths drawn before this layer (its counters start at ceil(total/4)·pfx)
-    hoff: int  # region offset (per row of the pass) in the stored-hidden layout: Σ of earlier widths
-    soff: int  # region offset (per scratch row) in the scratch layout: Σ of earlier scratch strides
-    sld: int  # row stride in the scratch layout (covers this layer's and the next layer's tile grids)
 
 
 @dataclass(frozen=True)
@@ -186,7 +71,7 @@ class ChainPlan:
 
 
 def make_plan(in_widths, widths, *, external_input: bool = False, reg_max: int = REG_MAX, bm_max: int = 64,
-              bk_max: int = 64) -> ChainPlan:
+              bk_max: int = 64, w_off: int = 0, b_off: int = 0, store_all: bool = False) -> ChainPlan:
     """Tile sizes, register/memory placement and buffer offsets of a chain of layers.
 
     Args:
@@ -194,6 +79,8 @@ def make_plan(in_widths, widths, *, external_input: bool = False, reg_max: int =
             ``external_input`` (layer 0 then reads given (rows, N_0) states); N_i = M_{i−1} after.
         reg_max: largest padded width kept in registers between layers.
         bm_max, bk_max: largest output / input tile widths of memory-resident layers.
+        w_off, b_off: where the chain's weights start in a larger packed buffer.
+        store_all: every layer (the last too) gets a scratch region (the fused passes keep all states).
     """
     in_widths, widths = tuple(int(n) for n in in_widths), tuple(int(m) for m in widths)
     if len(in_widths) != len(widths) or not widths:
@@ -206,24 +93,24 @@ def make_plan(in_widths, widths, *, external_input: bool = False, reg_max: int =
     bm_choices = tuple(b for b in (16, 32, 64, 128) if b <= bm_max)
     bk_choices = tuple(b for b in (16, 32, 64, 128) if b <= bk_max)
     last = len(widths) - 1
-    P = [max(16, next_pow2(M)) for M in widths]
+    P = [padded_width(M) for M in widths]
     out_reg = [i < last and P[i] <= reg_max for i in range(len(widths))]
-    BM = [P[i] if out_reg[i] else min(P[i], _pick_block(M, bm_choices)) for i, M in enumerate(widths)]
-    BK = [0 if N == 0 else (P[i - 1] if i > 0 and out_reg[i - 1] else _pick_block(N, bk_choices))
+    BM = [P[i] if out_reg[i] else min(P[i], pick_block(M, bm_choices)) for i, M in enumerate(widths)]
+    BK = [0 if N == 0 else (P[i - 1] if i > 0 and out_reg[i - 1] else pick_block(N, bk_choices))
           for i, N in enumerate(in_widths)]
-    layers, w_off, b_off, pfx, hoff, soff = [], 0, 0, 0, 0, 0
+    layers, pfx, hoff, soff = [], 0, 0, 0
     for i, (N, M) in enumerate(zip(in_widths, widths)):
-        KP = 0 if N == 0 else _round_up(N, BK[i])
-        ldw = _round_up(M, BM[i])
-        nxt = BK[i + 1] if i < last else 16
-        sld = _round_up(max(_round_up(M, BM[i]), _round_up(M, nxt)), 16)
+        KP = 0 if N == 0 else round_up(N, BK[i])
+        ldw = round_up(M, BM[i])
+        nxt = BK[i + 1] if i < last else 64
+        sld = round_up(max(round_up(M, BM[i]), round_up(M, nxt)), 64 if store_all else 16)
         in_reg = i > 0 and out_reg[i - 1]
         layers.append(LayerPlan(N, M, P[i], BM[i], BK[i], KP, ldw, in_reg, out_reg[i], w_off, b_off, pfx, hoff,
                                 soff, sld))
-        w_off += _round_up(KP * ldw, _ALIGN)
-        b_off += _round_up(ldw, _ALIGN)
+        w_off += round_up(KP * ldw, _ALIGN)
+        b_off += round_up(ldw, _ALIGN)
         pfx += M
-        if i < last:
+        if i < last or store_all:
             hoff += M
             soff += sld
     return ChainPlan(widths, in_widths, external_input, tuple(layers), max(w_off, _ALIGN), max(b_off, _ALIGN),
@@ -236,8 +123,8 @@ _HEADER = '''"""Generated by bihm_triton.kernels.chain for the chain {widths} (i
 import triton
 import triton.language as tl
 
-from bihm_triton.kernels.chain import dot_terms, draw_tile, load_bits, load_bits_masked
 from bihm_triton.kernels.philox import load_seed
+from bihm_triton.kernels.tiles import dot_terms, draw_tile, load_bits, load_bits_masked
 
 
 @triton.jit(do_not_specialize=["seed", "offset", "groups_total", "group_start", "row0", "hid_row0"])
@@ -247,129 +134,80 @@ def fused_chain(
     SEED_FROM_PTR: tl.constexpr, TERMS: tl.constexpr, OP: tl.constexpr, WANT_LP: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
-    # rows: chunk-local; chunk row r is row row0 + r of the pass and of the outputs
+{prologue}
+'''
+
+#: The per-tile prologue shared by the generated kernels: rows of the tile, the stream's key.
+PROLOGUE = """    # rows: chunk-local; chunk row r is row row0 + r of the pass and of the outputs
     pid = tl.program_id(0)
     tile0 = pid * BLOCK_R
     r_loc = tl.arange(0, BLOCK_R)
     rows = tile0 + r_loc
     row_ok = rows < R
     out_rows = (row0 + rows).to(tl.int64)
-    hid_base = hid_rows.to(tl.int64)
-    h_rows = hid_row0 + rows
     g_tile = group_start + pid.to(tl.int64) * (BLOCK_R // 4)
     key = load_seed(seed_ptr, seed, SEED_FROM_PTR)
-    lp = tl.zeros((BLOCK_R,), dtype=tl.float32)
-'''
+    lp = tl.zeros((BLOCK_R,), dtype=tl.float32)"""
 
 
-def _layer_source(plan: ChainPlan, i: int, store_hidden: bool) -> str:
-    L = plan.layers[i]
-    last = i == plan.n_layers - 1
-    N, M = L.N, L.M
-    where_in = "registers" if L.in_reg else ("nothing" if N == 0 else "memory")
-    lines = [f"    # ---- layer {i}: {N} -> {M} (input in {where_in}, output in {'registers' if L.out_reg else 'memory'})",
-             f"    base{i} = offset + groups_total * {L.pfx} + g_tile * {M}"]
-    if not L.out_reg and not last and not store_hidden:
-        lines.append(f"    out{i} = hid_ptr + hid_base * {L.soff} + tile0 * {L.sld}")
-    loop = not L.out_reg
-    ind = "        " if loop else "    "
-    if loop:
-        lines.append(f"    for m{i} in range(0, {M}, {L.BM}):")
-        lines.append(f"{ind}cols{i} = m{i} + tl.arange(0, {L.BM})")
-    else:
-        lines.append(f"{ind}cols{i} = tl.arange(0, {L.BM})")
-    lines.append(f"{ind}acc{i} = tl.zeros((BLOCK_R, {L.BM}), dtype=tl.float32)")
-    w = f"w_ptr + {L.w_off}"
-    if N > 0 and L.in_reg:
-        lines.append(f"{ind}acc{i} = dot_terms(s{i - 1}, {w}, tl.arange(0, {L.BK}), cols{i}, {L.ldw}, {plan.plane}, "
-                     f"acc{i}, TERMS, OP)")
-    elif N > 0:
-        if i == 0:  # external input: chunk row r reads row (row0 + r) // in_repeat
-            load = (f"load_bits_masked(in_ptr, out_rows // in_repeat, ks{i}, (R + row0 + in_repeat - 1) // in_repeat, "
-                    f"{N}, {N}, OP)")
-        elif store_hidden:
-            P = plan.layers[i - 1]
-            load = f"load_bits_masked(hid_ptr + hid_base * {P.hoff}, h_rows, ks{i}, R + hid_row0, {N}, {P.M}, OP)"
-        else:
-            load = f"load_bits(out{i - 1}, r_loc, ks{i}, {plan.layers[i - 1].sld}, OP)"
-        lines += [f"{ind}for k{i} in range(0, {L.KP}, {L.BK}):",
-                  f"{ind}    ks{i} = k{i} + tl.arange(0, {L.BK})",
-                  f"{ind}    acc{i} = dot_terms({load}, {w}, ks{i}, cols{i}, {L.ldw}, {plan.plane}, acc{i}, TERMS, OP)"]
-    lines.append(f"{ind}x{i}, lpt{i} = draw_tile(acc{i}, b_ptr + {L.b_off}, cols{i}, {M}, key, base{i}, BLOCK_R, WANT_LP)")
-    lines.append(f"{ind}lp += lpt{i}")
-    mask = f"row_ok[:, None] & (cols{i} < {M})[None, :]"
-    if last:
-        lines.append(f"{ind}tl.store(final_ptr + out_rows[:, None] * {M} + cols{i}[None, :], "
-                     f"x{i}.to(final_ptr.dtype.element_ty), mask={mask})")
-    elif store_hidden:
-        lines.append(f"{ind}tl.store(hid_ptr + hid_base * {L.hoff} + h_rows.to(tl.int64)[:, None] * {M} + cols{i}[None, :], "
-                     f"x{i}.to(hid_ptr.dtype.element_ty), mask={mask})")
-    elif not L.out_reg:
-        lines.append(f"{ind}tl.store(out{i} + r_loc[:, None] * {L.sld} + cols{i}[None, :], "
-                     f"x{i}.to(hid_ptr.dtype.element_ty))")
-    if L.out_reg:
-        lines.append(f"    s{i} = x{i}.to(OP)")
-    elif not last:
-        lines.append("    tl.debug_barrier()  # the next layer reads the states this program just wrote")
-    return "\n".join(lines) + "\n"
+def external_input(N: int) -> Mem:
+    """Layer 0's input of an external-input chain: chunk row r reads ``in_ptr[(row0 + r) // in_repeat]``."""
+    return Mem("in_ptr", N, padded=False, rows="out_rows // in_repeat",
+               limit="(R + row0 + in_repeat - 1) // in_repeat", width=N)
+
+
+def scratch(L: LayerPlan, base: str = "hid_ptr", rows_var: str = "hid_base", dtype: str = "hid_ptr.dtype.element_ty") -> Mem:
+    """A layer's region of a padded scratch buffer (tile-local, maskless)."""
+    return Mem(f"({base} + {rows_var} * {L.soff} + tile0 * {L.sld})", L.sld, dtype)
 
 
 def chain_source(plan: ChainPlan, store_hidden: bool) -> str:
     """Python source of the kernel specialized to ``plan``. ``store_hidden``: every layer's states go
     to the output layout (masked); otherwise only the memory-resident ones, to the padded scratch
     layout (maskless)."""
-    body = [_HEADER.format(widths=list(plan.widths), in_widths=list(plan.in_widths))]
-    body += [_layer_source(plan, i, store_hidden) for i in range(plan.n_layers)]
+    body = [_HEADER.format(widths=list(plan.widths), in_widths=list(plan.in_widths), prologue=PROLOGUE),
+            "    hid_base = hid_rows.to(tl.int64)\n    h_rows = hid_row0 + rows\n"]
+    last = plan.n_layers - 1
+    out = [None] * plan.n_layers  # where each layer's states are in memory, if anywhere
+    for i, L in enumerate(plan.layers):
+        if i == last:
+            stores = (Mem("final_ptr", L.M, "final_ptr.dtype.element_ty", padded=False, rows="out_rows", width=L.M),)
+        elif store_hidden:
+            out[i] = Mem(f"(hid_ptr + hid_base * {L.hoff})", L.M, "hid_ptr.dtype.element_ty", padded=False,
+                         rows="h_rows", limit="R + hid_row0", width=L.M)
+            stores = (out[i],)
+        elif not L.out_reg:
+            out[i] = scratch(L)
+            stores = (out[i],)
+        else:
+            stores = ()
+        if L.N == 0:
+            inp = None
+        elif L.in_reg:
+            inp = f"s{i - 1}"
+        else:
+            inp = external_input(L.N) if i == 0 else out[i - 1]
+        where_in = "registers" if L.in_reg else ("nothing" if L.N == 0 else "memory")
+        body.append(emit_layer(
+            str(i), L, plane=plan.plane, mode="sample", inp=inp, stores=stores, keep=L.out_reg,
+            rng_base=f"offset + groups_total * {L.pfx} + g_tile * {L.M}",
+            comment=f"layer {i}: {L.N} -> {L.M} (input in {where_in}, output in "
+                    f"{'registers' if L.out_reg else 'memory'})"))
+        if not L.out_reg and i < last:
+            body.append(BARRIER)
     body.append("    if WANT_LP:\n        tl.store(lp_ptr + out_rows, lp, mask=row_ok)\n")
     return "\n".join(body)
 
 
 _KERNELS: dict = {}
-_LOCK = threading.Lock()
-
-
-def _cache_dir() -> str:
-    for d in (os.environ.get("BIHM_TRITON_CACHE_DIR"),
-              os.path.join(os.path.expanduser("~"), ".cache", "bihm_triton", "chains"),
-              os.path.join(tempfile.gettempdir(), f"bihm_triton_chains_{os.getuid() if hasattr(os, 'getuid') else 0}")):
-        if not d:
-            continue
-        try:
-            os.makedirs(d, exist_ok=True)
-            if os.access(d, os.W_OK):
-                return d
-        except OSError:
-            continue
-    raise OSError("no writable folder for the generated kernels; set BIHM_TRITON_CACHE_DIR")
 
 
 def chain_kernel(plan: ChainPlan, store_hidden: bool):
-    """The jitted kernel for ``plan`` (its source is written to a cache folder once: Triton reads a
-    kernel's source from its file)."""
+    """The jitted kernel for ``plan`` (generated and imported once per source)."""
     fn = _KERNELS.get((plan, store_hidden))
-    if fn is not None:
-        return fn
-    src = chain_source(plan, store_hidden)
-    digest = hashlib.sha256(src.encode()).hexdigest()[:20]
-    with _LOCK:
-        path = os.path.join(_cache_dir(), f"chain_{digest}.py")
-        try:
-            with open(path) as f:
-                current = f.read()
-        except OSError:
-            current = None
-        if current != src:
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                f.write(src)
-            os.replace(tmp, path)
-        name = f"bihm_triton_chain_{digest}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        _KERNELS[(plan, store_hidden)] = module.fused_chain
-        return module.fused_chain
+    if fn is None:
+        fn = _KERNELS[(plan, store_hidden)] = load_generated(chain_source(plan, store_hidden), "chain").fused_chain
+    return fn
 
 
 # --------------------------------------------------------------------------------- launcher
@@ -406,8 +244,44 @@ def launch_config() -> dict:
     return _CONFIG[key]
 
 
+class WeightPack:
+    """Weights of a list of layers packed for the generated kernels: W^T of each layer as three bf16
+    terms (``hi + mid + lo = W`` exactly; see the module docstring), biases as fp32, each zero-padded
+    to its layer's tile grid (:class:`~bihm_triton.kernels.codegen.LayerPlan` offsets).
+
+    Args:
+        layers: the plans of the packed layers; plane, n_bias: the buffers' sizes (elements).
+    """
+
+    def __init__(self, layers, plane: int, n_bias: int, device):
+        self.layers, self.plane = tuple(layers), plane
+        self.planes = torch.zeros(3 * plane, device=device, dtype=torch.bfloat16)
+        self.bias = torch.zeros(n_bias, device=device, dtype=torch.float32)
+        self._w32 = torch.zeros(plane, device=device, dtype=torch.float32)
+
+    @torch.no_grad()
+    def pack(self, weights, biases) -> None:
+        """Copy W^T of every layer into the fp32 staging buffer and split it into three bf16 terms."""
+        for L, w, b in zip(self.layers, weights, biases):
+            if tuple(w.shape) != (L.M, L.N) or tuple(b.shape) != (L.M,):
+                raise ValueError(f"layer shapes changed: expected ({L.M}, {L.N}) and ({L.M},), got "
+                                 f"{tuple(w.shape)} and {tuple(b.shape)}")
+            if L.N:  # the padding (rows N..KP, columns M..ldw) stays zero
+                self._w32[L.w_off:L.w_off + L.KP * L.ldw].view(L.KP, L.ldw)[:L.N, :L.M].copy_(w.detach().t())
+            self.bias[L.b_off:L.b_off + L.M].copy_(b.detach())
+        w = self._w32
+        hi = w.to(torch.bfloat16)
+        rest = torch.where(torch.isfinite(w), w - hi.float(), 0.0)
+        mid = rest.to(torch.bfloat16)
+        lo = (rest - mid.float()).to(torch.bfloat16)
+        n = self.plane
+        self.planes[:n].copy_(hi)
+        self.planes[n:2 * n].copy_(mid)
+        self.planes[2 * n:].copy_(lo)
+
+
 class FusedChain:
-    """A chain of stochastic layers packed for the fused kernel: weights as bf16 terms, biases as fp32.
+    """A chain of stochastic layers packed for the fused kernel (:class:`WeightPack`).
 
     Args:
         weights: per layer in drawing order, (M_i, N_i) tensors (the prior's is (M_0, 0)).
@@ -426,30 +300,12 @@ class FusedChain:
         self.plan = make_plan([int(w.shape[1]) for w in weights], [int(w.shape[0]) for w in weights],
                               external_input=external_input, reg_max=self.config["reg_max"],
                               bm_max=self.config["bm_max"], bk_max=self.config["bk_max"])
-        self.planes = torch.zeros(3 * self.plan.plane, device=self.device, dtype=torch.bfloat16)
-        self.bias = torch.zeros(self.plan.n_bias, device=self.device, dtype=torch.float32)
-        self._w32 = torch.zeros(self.plan.plane, device=self.device, dtype=torch.float32)
+        self.weights = WeightPack(self.plan.layers, self.plan.plane, self.plan.n_bias, self.device)
         self.pack(weights, biases)
 
-    @torch.no_grad()
     def pack(self, weights, biases) -> None:
-        """Copy W^T of every layer into the fp32 staging buffer and split it into three bf16 terms."""
-        for L, w, b in zip(self.plan.layers, weights, biases):
-            if tuple(w.shape) != (L.M, L.N) or tuple(b.shape) != (L.M,):
-                raise ValueError(f"layer shapes changed: expected ({L.M}, {L.N}) and ({L.M},), got "
-                                 f"{tuple(w.shape)} and {tuple(b.shape)}")
-            if L.N:  # the padding (rows N..KP, columns M..ldw) stays zero
-                self._w32[L.w_off:L.w_off + L.KP * L.ldw].view(L.KP, L.ldw)[:L.N, :L.M].copy_(w.detach().t())
-            self.bias[L.b_off:L.b_off + L.M].copy_(b.detach())
-        w = self._w32
-        hi = w.to(torch.bfloat16)
-        rest = torch.where(torch.isfinite(w), w - hi.float(), 0.0)
-        mid = rest.to(torch.bfloat16)
-        lo = (rest - mid.float()).to(torch.bfloat16)
-        n = self.plan.plane
-        self.planes[:n].copy_(hi)
-        self.planes[n:2 * n].copy_(mid)
-        self.planes[2 * n:].copy_(lo)
+        """Refresh the packed weights (same shapes)."""
+        self.weights.pack(weights, biases)
 
     def launch(self, rows: int, *, final: torch.Tensor, log_prob: torch.Tensor | None, seed, offset: int,
                total_rows: int, row0: int, hidden: torch.Tensor | None = None, inputs: torch.Tensor | None = None,
@@ -481,11 +337,12 @@ class FusedChain:
         if store_hidden:
             hid, hid_rows, hid_row0 = as_loadable(hidden), total_rows, row0
         else:
-            hid_rows, hid_row0 = _round_up(rows, block_r), 0
+            hid_rows, hid_row0 = round_up(rows, block_r), 0
             hid = torch.empty(max(1, hid_rows * plan.scratch_width), device=self.device, dtype=torch.uint8)
         kernel[(triton.cdiv(rows, block_r),)](
-            self.planes, self.bias, as_loadable(inputs) if inputs is not None else final, as_loadable(final), hid,
-            log_prob if log_prob is not None else self.bias, seed_ptr if from_ptr else self.bias,
+            self.weights.planes, self.weights.bias, as_loadable(inputs) if inputs is not None else final,
+            as_loadable(final), hid, log_prob if log_prob is not None else self.weights.bias,
+            seed_ptr if from_ptr else self.weights.bias,
             seed_val, offset, -(-total_rows // 4), row0 // 4, rows, row0, hid_rows, hid_row0, in_repeat,
             SEED_FROM_PTR=from_ptr, TERMS=terms or precision_terms(),
             OP=tl.float32 if interpreting() else tl.bfloat16, WANT_LP=log_prob is not None, BLOCK_R=block_r,
@@ -493,5 +350,5 @@ class FusedChain:
         )
 
 
-__all__ = ["FusedChain", "ChainPlan", "LayerPlan", "make_plan", "chain_source", "chain_kernel", "precision_terms",
-           "launch_config"]
+__all__ = ["FusedChain", "WeightPack", "ChainPlan", "LayerPlan", "make_plan", "chain_source", "chain_kernel",
+           "precision_terms", "launch_config"]
