@@ -84,6 +84,45 @@ def compile_chain(sizes, *, arch: int, block_r: int, warps: int, stages: int, te
             f"{_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}")
 
 
+def compile_passes(sizes, *, arch: int, block_r: int, warps: int, stages: int, terms: int, **plan_kw) -> dict:
+    """Compile the fused log-weight forward and the two backward kernels of ``sizes``; a line per kernel."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from bihm_triton.kernels.codegen import load_generated
+    from bihm_triton.kernels.passes import (grad_logits_source, log_weights_source, make_pass_plan,
+                                            weight_grads_source)
+
+    plan = make_pass_plan(sizes, reg_max=plan_kw.get("reg_max", 64))
+    common = {"w_ptr": "*bf16", "b_ptr": "*fp32", "in_ptr": "*fp32", "st_ptr": "*u8", "seed_ptr": "*i64",
+              "seed": "i64", "offset": "i64", "groups_total": "i64", "group_start": "i64", "R": "i32", "row0": "i64",
+              "st_rows": "i64", "in_repeat": "i32", "in_row0": "i64"}
+    const = {"SEED_FROM_PTR": True, "TERMS": terms, "OP": tl.bfloat16, "WANT_LP": True, "BLOCK_R": block_r}
+    wsrc, _ = weight_grads_source(plan)
+    kernels = {
+        "log_weights": (load_generated(log_weights_source(plan), "logw").fused_log_weights,
+                        {**common, "lq_ptr": "*fp32", "lp_ptr": "*fp32"}, const),
+        "grad_logits": (load_generated(grad_logits_source(plan), "glogits").fused_grad_logits,
+                        {**common, "gq_ptr": "*fp32", "gp_ptr": "*fp32", "ga_ptr": "*fp32"}, const),
+        "weight_grads": (load_generated(wsrc, "wgrads").fused_weight_grads,
+                         {"ga_ptr": "*fp32", "in_ptr": "*fp32", "st_ptr": "*u8", "grad_ptr": "*fp32", "st_rows": "i64",
+                          "R": "i32", "row0": "i64", "in_repeat": "i32", "in_row0": "i64"}, {"PRECISION": "tf32"}),
+    }
+    out = {}
+    for name, (fn, sig, cst) in kernels.items():
+        order = [p.name for p in fn.params]
+        sig = {k: sig.get(k, "constexpr") for k in order}
+        cst = {k: v for k, v in cst.items() if k in order}
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cst, attrs=aligned_pointers(fn, sig)),
+                           target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+        ptx = k.asm["ptx"]
+        mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
+        out[name] = f"shared {k.metadata.shared} B, {mma}, {_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}"
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90)
@@ -100,6 +139,13 @@ def main(argv=None) -> int:
     nets = NETS if args.net == "all" else {args.net: NETS[args.net]}
     status = 0
     for name, sizes in nets.items():
+        try:
+            for kname, info in compile_passes(sizes, arch=args.arch, block_r=args.block_r, warps=args.warps,
+                                              stages=args.stages, terms=args.terms).items():
+                print(f"{name} passes.{kname}: {info}")
+        except Exception as e:  # noqa: BLE001
+            status = 1
+            print(f"{name} passes: FAILED {type(e).__name__}: {str(e)[:2000]}")
         for store_hidden, want_lp in ((False, False), (False, True), (True, True)):
             tag = f"{name} block_r={args.block_r} warps={args.warps} stages={args.stages} terms={args.terms} " \
                   f"hidden={store_hidden} log_p={want_lp}"

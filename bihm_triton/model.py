@@ -91,6 +91,37 @@ class _SegmentLSE:
         return self.max + torch.log(self.sum)
 
 
+class _FusedLogWeights(torch.autograd.Function):
+    """log p(x, h), log q(h | x) (R,) of the fused pass, with the fused two-launch backward.
+
+    Inputs after the fixed ones: the packed layers' weights, then their biases (q layers, p layers,
+    the prior); the weights are packed on every forward (so a CUDA graph replays the packing too).
+    """
+
+    @staticmethod
+    def forward(ctx, passes, x, k, seed, offset, n_layers, *tensors):
+        weights, biases = tensors[:n_layers], tensors[n_layers:]
+        passes.pack(weights, biases)
+        R = x.shape[0] * k
+        log_p, log_q, st = passes.forward(x, R, seed=seed, offset=offset, total_rows=R, row0=0, in_repeat=k)
+        ctx.passes, ctx.k, ctx.n_layers = passes, k, n_layers
+        ctx.shapes = [(t.shape, t.dtype) for t in tensors]
+        ctx.save_for_backward(x, st)
+        return log_p, log_q
+
+    @staticmethod
+    def backward(ctx, grad_log_p, grad_log_q):
+        x, st = ctx.saved_tensors
+        R = x.shape[0] * ctx.k
+        zeros = x.new_zeros(R, dtype=torch.float32)
+        grads = ctx.passes.backward(x, st, R, zeros if grad_log_p is None else grad_log_p,
+                                    zeros if grad_log_q is None else grad_log_q, row0=0, in_repeat=ctx.k)
+        n = ctx.n_layers
+        out_w = [None if 0 in shape else dw.to(dtype) for (dw, _), (shape, dtype) in zip(grads, ctx.shapes[:n])]
+        out_b = [db.to(dtype) for (_, db), (_, dtype) in zip(grads, ctx.shapes[n:])]
+        return (None, None, None, None, None, None, *out_w, *out_b)
+
+
 class BiHM(ref.BiHM):
     """Bidirectional Helmholtz Machine on the fused Triton ops (reference ops on CPU).
 
@@ -153,8 +184,8 @@ class BiHM(ref.BiHM):
             r1 = min(R, r0 + self.chunk_rows)
             b = torch.arange(r0, r1, device=x.device) // k
             b_lo = r0 // k
-            states, log_q = self.q_pass(x[b], seed, offset, total_rows=R, row_start=r0)
-            log_w = self.log_p_joint(states) - log_q
+            log_p, log_q = self._chunk_log_weights(x, k, r1 - r0, seed, offset, total_rows=R, row_start=r0)
+            log_w = log_p - log_q
             for m, a in acc.items():
                 a.update(b_lo, b - b_lo, m * log_w)
         return {m: a.value().to(self.dtype) for m, a in acc.items()}
@@ -211,11 +242,74 @@ class BiHM(ref.BiHM):
             terms.append(self._log_z2_terms(n, n_inner, seed, offset, total_rows=n_samples, row_start=r0))
         return log_mean_exp_with_se(torch.cat(terms))
 
+    # ----------------------------------------------------------- fused passes
+    def _pass_layers(self) -> list:
+        """The layers of the fused passes in their packing order: q layers, p layers, the prior."""
+        return [*self.q_layers, *self.p_layers, self.p_top]
+
+    def _fused_passes(self, pack: bool):
+        """The fused log-weight passes (:class:`bihm_triton.kernels.passes.FusedPasses`), cached; with
+        ``pack`` the weights are repacked when a parameter changed (see :meth:`_fused_p_chain`)."""
+        from .kernels.passes import FusedPasses
+
+        cached = self.__dict__.get("_fused_passes_cache")
+        if cached is None or cached[1].device != self.device:
+            cached = self.__dict__["_fused_passes_cache"] = [None, FusedPasses(self.sizes, self.device)]
+        if pack:
+            layers = self._pass_layers()
+            key = tuple((id(p), p.data_ptr(), p._version) for m in layers for p in m.parameters())
+            if cached[0] != key:
+                cached[1].pack([m.weight for m in layers], [m.bias for m in layers])
+                cached[0] = key
+        return cached[1]
+
+    def _fused(self, name: str, fused, fallback):
+        """Run ``fused()``; on a compile failure warn once and use ``fallback()`` from then on."""
+        flag = f"_fused_{name}_failed"
+        if flag not in self.__dict__ and self._uses_fused_sampler():
+            try:
+                return fused()
+            except Exception as e:  # noqa: BLE001 - a compiler failure on an untested GPU/Triton pair
+                if not _is_compile_failure(e):
+                    raise
+                warnings.warn(f"the fused {name} kernels failed to compile for this network ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); running layer by layer instead",
+                              RuntimeWarning, stacklevel=4)
+                self.__dict__[flag] = repr(e)
+        return fallback()
+
+    def _chunk_log_weights(self, x, k, rows, seed, offset, *, total_rows, row_start, x_row0=0):
+        def layers():
+            return super(BiHM, self)._chunk_log_weights(x, k, rows, seed, offset, total_rows=total_rows,
+                                                        row_start=row_start, x_row0=x_row0)
+
+        def fused():
+            log_p, log_q, _ = self._fused_passes(pack=True).forward(
+                x, rows, seed=seed, offset=offset, total_rows=total_rows, row0=row_start, in_repeat=k, in_row0=x_row0)
+            return log_p.to(self.dtype), log_q.to(self.dtype)
+
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return layers()  # differentiable chunks: the per-layer autograd path
+        return self._fused("passes", fused, layers)
+
+    def _log_weights_and_states(self, x, k, seed, offset):
+        """log p(x, h) and log q(h | x) (B, K) of K samples per data point, differentiable in every
+        parameter: on the Triton backend one fused forward launch and a two-launch backward
+        (:mod:`bihm_triton.kernels.passes`); the states are not returned (None) there."""
+        def fused():
+            layers = self._pass_layers()
+            log_p, log_q = _FusedLogWeights.apply(self._fused_passes(pack=False), x, k, seed, offset,
+                                                  len(layers), *[m.weight for m in layers],
+                                                  *[m.bias for m in layers])
+            return log_p.to(self.dtype).view(-1, k), log_q.to(self.dtype).view(-1, k), None
+
+        return self._fused("passes", fused, lambda: super(BiHM, self)._log_weights_and_states(x, k, seed, offset))
+
     # ---------------------------------------------------------------- sampling
     def _uses_fused_sampler(self) -> bool:
+        """The fused kernels apply: the Triton backend on a float32 model (CUDA, or the interpreter)."""
         return (ops.resolve_backend(self.backend, self.device) == "triton" and self.dtype != torch.float64
-                and (self.device.type == "cuda" or self.backend == "triton")
-                and "_fused_p_failed" not in self.__dict__)
+                and (self.device.type == "cuda" or self.backend == "triton"))
 
     def _fused_p_chain(self):
         """The p network packed for the fused sampler (:class:`bihm_triton.kernels.chain.FusedChain`),
@@ -273,19 +367,9 @@ class BiHM(ref.BiHM):
         seed = self._seed(seed, offset)
         out_dtype = out_dtype or self.dtype
         want_lp = return_hidden or return_log_p
-        if self._uses_fused_sampler():
-            try:
-                x, hidden, log_p = self._sample_p_fused(n, seed, offset, return_hidden, want_lp, out_dtype)
-            except Exception as e:  # noqa: BLE001 - a compiler failure on an untested GPU/Triton pair
-                if not _is_compile_failure(e):
-                    raise
-                warnings.warn(f"the fused sampler failed to compile for this network ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); sampling layer by layer instead",
-                              RuntimeWarning, stacklevel=2)
-                self.__dict__["_fused_p_failed"] = repr(e)
-                x, hidden, log_p = self._sample_p_layers(n, seed, offset, out_dtype)
-        else:
-            x, hidden, log_p = self._sample_p_layers(n, seed, offset, out_dtype)
+        x, hidden, log_p = self._fused(
+            "sampler", lambda: self._sample_p_fused(n, seed, offset, return_hidden, want_lp, out_dtype),
+            lambda: self._sample_p_layers(n, seed, offset, out_dtype))
         if return_hidden:
             return ref.PSample(x, hidden, log_p)
         if return_log_p:

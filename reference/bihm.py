@@ -395,6 +395,14 @@ class BiHM(nn.Module):
         log_p = self.log_p_joint(states)
         return log_p.view(-1, k), log_q.view(-1, k), states
 
+    def _chunk_log_weights(self, x: torch.Tensor, k: int, rows: int, seed, offset: int, *, total_rows: int,
+                           row_start: int, x_row0: int = 0):
+        """``(log p(x, h), log q(h | x))`` (rows,) for rows ``row_start … row_start + rows`` of a q pass over
+        ``total_rows`` rows in which row r reads data point ``x[r // k − x_row0]`` (SPEC §2's log ω terms)."""
+        b = torch.arange(row_start, row_start + rows, device=x.device) // k - x_row0
+        states, log_q = self.q_pass(x[b], seed, offset, total_rows=total_rows, row_start=row_start)
+        return self.log_p_joint(states), log_q
+
     @torch.no_grad()
     def log_weights(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0) -> torch.Tensor:
         """Importance log-weights ``log ω_k = log p(x, h^(k)) − log q(h^(k) | x)`` (B, K), ``h^(k) ~ q`` (SPEC §2)."""
@@ -446,9 +454,10 @@ class BiHM(nn.Module):
         states, log_p = self.p_pass(n, seed, offset, total_rows=total, row_start=row_start)
         log_q = self.log_q_cond(states)
         q_offset = offset + sum(counters_used(total, d) for d in self.sizes)
-        inner, log_q2 = self.q_pass(states[0].repeat_interleave(n_inner, dim=0), seed, q_offset,
-                                    total_rows=total * n_inner, row_start=row_start * n_inner)
-        log_w2 = (self.log_p_joint(inner) - log_q2).view(n, n_inner)
+        log_p2, log_q2 = self._chunk_log_weights(states[0], n_inner, n * n_inner, seed, q_offset,
+                                                 total_rows=total * n_inner, row_start=row_start * n_inner,
+                                                 x_row0=row_start)
+        log_w2 = (log_p2 - log_q2).view(n, n_inner)
         return 0.5 * (log_q - log_p) + est.log_mean_exp(0.5 * log_w2, dim=-1)
 
     @torch.no_grad()
