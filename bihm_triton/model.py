@@ -243,6 +243,15 @@ class BiHM(ref.BiHM):
         return log_mean_exp_with_se(torch.cat(terms))
 
     # ----------------------------------------------------------- fused passes
+    def stream_uniform(self, seed, offset: int, rows: int, cols: int) -> torch.Tensor:
+        """The (rows, cols) uniforms of a draw of the SPEC §5 stream (the samplers' resampling and coin
+        draws): the Triton kernel on the Triton backend, the reference elsewhere; equal bit for bit."""
+        if self._uses_fused_sampler():
+            from .kernels.philox import philox_uniform
+
+            return philox_uniform(seed, offset, rows, cols, device=self.device)
+        return ref.philox_uniform(seed, offset, rows, cols, device=self.device)
+
     def _pass_layers(self) -> list:
         """The layers of the fused passes in their packing order: q layers, p layers, the prior."""
         return [*self.q_layers, *self.p_layers, self.p_top]

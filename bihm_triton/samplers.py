@@ -92,9 +92,8 @@ def log_sqrt_p_tilde_star(model, x: torch.Tensor, n_inner: int, stream: RandomSt
     offset = stream.offset
     for d in model.sizes[1:]:
         stream.take(rows, d)
-    states, log_q = model.q_pass(x.repeat_interleave(n_inner, dim=0), stream.seed, offset)
-    log_w = (model.log_p_joint(states) - log_q).view(R, n_inner)
-    return log_mean_exp(0.5 * log_w, dim=1)
+    log_p, log_q = model._chunk_log_weights(x, n_inner, rows, stream.seed, offset, total_rows=rows, row_start=0)
+    return log_mean_exp(0.5 * (log_p - log_q).view(R, n_inner), dim=1)
 
 
 def _sample_layer(model, layer, h, n_cand: int, stream: RandomStream):
@@ -166,7 +165,7 @@ def _check_common(model, steps, k, n_inner, seed, offset, min_k):
         seed = draw_seed()
     check_seed(seed)
     check_offset(offset)
-    return RandomStream(seed, offset, device=model.device)
+    return RandomStream(seed, offset, device=model.device, uniform_fn=getattr(model, "stream_uniform", None))
 
 
 def _run_gibbs(model, states, steps, K, n_inner, paper, stream, mask, x_obs, progress, return_chain):
