@@ -33,8 +33,10 @@ _GEOMETRIC = re.compile(r"^\s*([0-9]*\.?[0-9]+)x-([0-9]+)l-([0-9]+)\s*$")
 def parse_sizes(spec: str, d0: int) -> list[int]:
     """Layer widths ``[d_0, d_1, …, d_L]`` from ``"200,100,50"`` or the authors' ``"<f>x-<n>l-<last>"``.
 
-    ``"<f>x-<n>l-<last>"`` is a geometric progression of n latent widths from ``round(f·d_0)`` down
-    to ``last`` (SPEC §3), rounded: ``parse_sizes("0.5x-4l-10", 784) == [784, 392, 115, 34, 10]``.
+    ``"<f>x-<n>l-<last>"`` follows the authors' code (``create_layers`` in their ``helmholtz``
+    package) exactly: ``first = int(f·d_0)``, ``base = exp(log(first / last) / (n − 1))`` and the
+    widths ``int(last · base^i)`` for i = n−1 … 0 (truncated, in float64 as numpy computes them), so
+    ``parse_sizes("0.5x-4l-10", 784) == [784, 392, 115, 33, 10]``.
 
     Raises:
         ValueError: an unparseable spec, or a width < 1 (e.g. ``"784,0,10"``).
@@ -43,14 +45,20 @@ def parse_sizes(spec: str, d0: int) -> list[int]:
         raise TypeError(f"sizes spec must be a string like '200,100,50', got {type(spec).__name__}")
     m = _GEOMETRIC.match(spec)
     if m:
+        import numpy as np
+
         f, n, last = float(m.group(1)), int(m.group(2)), int(m.group(3))
         if n < 1:
             raise ValueError(f"sizes spec {spec!r}: the number of layers must be >= 1")
-        first = max(1, round(f * d0))
+        first = int(d0 * f)
+        if first < 1 or last < 1:
+            raise ValueError(f"sizes spec {spec!r}: the first ({first} = int({f} * {d0})) and last ({last}) widths "
+                             f"must be >= 1")
         if n == 1:
             latent = [last]
         else:
-            latent = [max(1, round(first * (last / first) ** (i / (n - 1)))) for i in range(n)]
+            base = np.exp(np.log(first / float(last)) / (n - 1))
+            latent = [int(float(last) * base ** i) for i in reversed(range(n))]
     else:
         try:
             latent = [int(t) for t in spec.replace(" ", "").split(",") if t != ""]
@@ -58,9 +66,9 @@ def parse_sizes(spec: str, d0: int) -> list[int]:
             raise ValueError(f"sizes spec {spec!r} is neither 'd1,d2,...' nor '<f>x-<n>l-<last>'") from None
         if not latent:
             raise ValueError(f"sizes spec {spec!r} lists no latent layer")
-        for i, d in enumerate(latent):
-            if d < 1:
-                raise ValueError(f"sizes spec {spec!r}: latent width {i + 1} is {d}; widths must be >= 1")
+    for i, d in enumerate(latent):
+        if d < 1:
+            raise ValueError(f"sizes spec {spec!r}: latent width {i + 1} is {d}; widths must be >= 1")
     return ref.check_sizes([d0, *latent])
 
 
@@ -70,7 +78,11 @@ def _is_compile_failure(e: Exception) -> bool:
 
 
 class _SegmentLSE:
-    """Running per-data-point logsumexp over row chunks (rows of one data point may span chunks)."""
+    """Running per-data-point logsumexp over row chunks (rows of one data point may span chunks).
+
+    Exact for −inf values: a data point whose values are all −inf (every weight zero) has the
+    logsumexp −inf, never NaN.
+    """
 
     def __init__(self, B: int, device):
         self.max = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
@@ -81,14 +93,16 @@ class _SegmentLSE:
         v = v.double()
         n = int(seg[-1]) + 1
         cm = torch.full((n,), -math.inf, dtype=v.dtype, device=v.device).scatter_reduce(0, seg, v, "amax")
-        cs = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, seg, torch.exp(v - cm[seg]))
+        shift = torch.where(torch.isfinite(cm), cm, 0.0)  # exp(-inf - 0) = 0 where a chunk has no weight
+        cs = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, seg, torch.exp(v - shift[seg]))
         m, s = self.max[b_lo:b_lo + n], self.sum[b_lo:b_lo + n]
         new = torch.maximum(m, cm)
-        self.sum[b_lo:b_lo + n] = s * torch.exp(m - new) + cs * torch.exp(cm - new)
+        ref_ = torch.where(torch.isfinite(new), new, 0.0)
+        self.sum[b_lo:b_lo + n] = s * torch.exp(m - ref_) * torch.isfinite(m) + cs * torch.exp(shift - ref_) * torch.isfinite(cm)
         self.max[b_lo:b_lo + n] = new
 
     def value(self) -> torch.Tensor:
-        return self.max + torch.log(self.sum)
+        return torch.where(self.sum > 0, self.max + torch.log(self.sum), -math.inf)
 
 
 class _FusedLogWeights(torch.autograd.Function):
@@ -188,7 +202,7 @@ class BiHM(ref.BiHM):
             log_w = log_p - log_q
             for m, a in acc.items():
                 a.update(b_lo, b - b_lo, m * log_w)
-        return {m: a.value().to(self.dtype) for m, a in acc.items()}
+        return {m: a.value() for m, a in acc.items()}
 
     # ------------------------------------------------------------- estimators
     def log_likelihood(self, x: torch.Tensor, k: int, *, log_z2: float | None = None, seed=None, offset: int = 0,
@@ -207,14 +221,18 @@ class BiHM(ref.BiHM):
         """
         lse = self._importance_lse(x, k, seed, offset, progress)
         log_k = math.log(k)
-        lpt = 2.0 * (lse[0.5] - log_k)
-        return ref.LogLikelihood(lpt, lse[1.0] - log_k, None if log_z2 is None else lpt - log_z2)
+        lpt = (2.0 * (lse[0.5] - log_k)).to(self.dtype)
+        return ref.LogLikelihood(lpt, (lse[1.0] - log_k).to(self.dtype), None if log_z2 is None else lpt - log_z2)
 
     def effective_sample_size(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0,
                               progress: bool | None = None) -> ref.EffectiveSampleSize:
         """Effective sample sizes (B,) of the p-weights (∝ ω) and the p*-weights (∝ sqrt ω), streamed (SPEC §2)."""
         lse = self._importance_lse(x, k, seed, offset, progress)
-        return ref.EffectiveSampleSize(torch.exp(2 * lse[1.0] - lse[2.0]), torch.exp(2 * lse[0.5] - lse[1.0]))
+
+        def ess(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (Σw)²/Σw² in [1, K]; 0 if every w = 0
+            return torch.where(torch.isneginf(a), 0.0, torch.exp(2 * a - b).clamp(1.0, k)).to(self.dtype)
+
+        return ref.EffectiveSampleSize(ess(lse[1.0], lse[2.0]), ess(lse[0.5], lse[1.0]))
 
     def bhattacharyya_distance(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0,
                                progress: bool | None = None) -> torch.Tensor:

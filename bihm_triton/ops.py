@@ -83,7 +83,7 @@ def _seed_arg(seed):
     if seed is None:
         return int(torch.randint(0, MAX_SEED - 1, (), dtype=torch.int64))
     check_seed(seed)
-    return seed.reshape(()) if isinstance(seed, torch.Tensor) else seed
+    return seed.reshape(()) if isinstance(seed, torch.Tensor) else int(seed)
 
 
 def _seed_tensor(seed) -> torch.Tensor:
@@ -93,7 +93,7 @@ def _seed_tensor(seed) -> torch.Tensor:
     check_seed(seed)
     if isinstance(seed, torch.Tensor):
         return seed.reshape(())
-    return torch.tensor(seed, dtype=torch.int64)
+    return torch.tensor(int(seed), dtype=torch.int64)
 
 
 # ============================================================================ torch.library ops
@@ -436,16 +436,20 @@ def sbn_log_prob_wn(
     return _log_prob(h, x, weight_v, bias, g)
 
 
-def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int = 0, *, backend: str = "auto") -> torch.Tensor:
+def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int | None = 0, *,
+                backend: str = "auto") -> torch.Tensor:
     """Weight normalization ``W = g · v / ‖v‖`` (Salimans & Kingma 2016, eq. 2).
 
     The semantics of ``torch.nn.utils.parametrizations.weight_norm(module, dim=dim)`` for a 2-D
-    weight: ``dim=0`` normalizes every row, ``dim=1`` every column.
+    weight, for every dim torch accepts: ``dim=0`` (or −2) normalizes every row, ``dim=1`` every
+    column, ``dim=-1`` or None the whole tensor (its Frobenius norm; computed with torch ops on every
+    backend).
 
     Args:
         weight_v: (M, N) floating directions.
-        weight_g: magnitudes, (M,) or (M, 1) for ``dim=0``; (N,) or (1, N) for ``dim=1``.
-        dim: 0 or 1 (−2 / −1 accepted).
+        weight_g: magnitudes, (M,) or (M, 1) for ``dim=0``; (N,) or (1, N) for ``dim=1``; a scalar
+            for ``dim=-1``/None.
+        dim: 0, 1, −1, −2 or None.
         backend: as in :func:`sbn_sample`.
 
     Returns:
@@ -459,7 +463,7 @@ def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int = 0, *,
     check_tensor(weight_v, "weight_v", 2, symbols="(M, N)")
     g = check_weight_norm_args(weight_v, weight_g, dim)
     backend = resolve_backend(backend, weight_v.device)
-    if backend == "reference":
+    if backend == "reference" or dim in (-1, None):
         return ref.weight_norm(weight_v, weight_g, dim)
     if dim % 2 == 0:
         return _weight_norm_op(weight_v, g)

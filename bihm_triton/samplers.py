@@ -65,9 +65,16 @@ class SIRResult(NamedTuple):
 
 
 def _select(log_w: torch.Tensor, stream: RandomStream) -> torch.Tensor:
-    """One index per row of ``log_w`` (R, N), drawn ∝ exp(log_w) by inverse CDF with the stream's uniforms."""
+    """One index per row of ``log_w`` (R, N), drawn ∝ exp(log_w) by inverse CDF with the stream's uniforms.
+
+    A row whose weights are all zero (every ``log_w = −inf``: no candidate is possible, which only the
+    paper-compatible sampler can meet) keeps candidate 0.
+    """
     R, N = log_w.shape
-    p = torch.softmax(log_w.float(), dim=1)
+    log_w = log_w.float()
+    dead = torch.isneginf(log_w).all(dim=1, keepdim=True)
+    first = torch.arange(N, device=log_w.device) == 0
+    p = torch.softmax(torch.where(dead, torch.where(first, 0.0, -math.inf), log_w), dim=1)
     cdf = torch.cumsum(p, dim=1)
     u = stream.uniform(R, 1).to(cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, side="right").clamp_max(N - 1).squeeze(1)
@@ -165,6 +172,7 @@ def _check_common(model, steps, k, n_inner, seed, offset, min_k):
         seed = draw_seed()
     check_seed(seed)
     check_offset(offset)
+    seed = seed if isinstance(seed, torch.Tensor) else int(seed)
     return RandomStream(seed, offset, device=model.device, uniform_fn=getattr(model, "stream_uniform", None))
 
 
@@ -288,6 +296,9 @@ def sir_sample(model, n: int, oversample: int = 100, n_inner: int = 1, *, seed=N
     for d in model.sizes[::-1]:
         stream.take(M, d)
     log_w = log_sqrt_p_tilde_star(model, states[0], n_inner, stream) + 0.5 * (model.log_q_cond(states) - log_p)
+    if bool(torch.isneginf(log_w).all()):
+        raise ValueError(f"sir_sample: every one of the {M} importance weights is zero; draw more proposals "
+                         f"(oversample) or check the model's parameters")
     cdf = torch.cumsum(torch.softmax(log_w.double(), dim=0), dim=0)
     u = stream.uniform(n, 1).to(cdf.device).squeeze(1).double() * cdf[-1]
     idx = torch.searchsorted(cdf, u, side="right").clamp_max(M - 1)

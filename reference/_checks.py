@@ -92,20 +92,30 @@ def check_layer_args(h, weight, bias, x=None, *, weight_name: str = "weight") ->
     return R, N, M
 
 
-def check_weight_norm_args(weight_v, weight_g, dim: int = 0) -> torch.Tensor:
-    """Check ``weight_v`` (M, N) and ``weight_g`` (M,) or (M, 1) for ``dim=0``; returns g as (M,)."""
+def check_weight_norm_args(weight_v, weight_g, dim: int | None = 0) -> torch.Tensor:
+    """Check ``weight_v`` (M, N) and ``weight_g`` for weight normalization over ``dim`` with torch's
+    semantics for a 2-D weight (``torch.nn.utils.parametrizations.weight_norm``): ``dim=0`` (or −2)
+    rows, g (M,) or (M, 1); ``dim=1`` columns, g (N,) or (1, N); ``dim=-1`` or None the whole
+    tensor, g a scalar (shape (), (1,) or (1, 1)). Returns g flattened: (M,), (N,) or (1,)."""
     check_tensor(weight_v, "weight_v", 2, FLOAT_DTYPES, "(M, N)")
     if not isinstance(weight_g, torch.Tensor):
         raise TypeError(f"weight_g must be a torch.Tensor, got {type(weight_g).__name__}")
-    if dim not in (0, 1, -1, -2):
-        raise ValueError(f"dim must be 0 (rows) or 1 (columns) for a 2-D weight_v, got {dim}")
-    d = dim % 2
-    n = weight_v.shape[d]
-    ok = (n,) if weight_g.dim() == 1 else ((n, 1) if d == 0 else (1, n))
-    if tuple(weight_g.shape) != ok:
-        want = f"({n},) or ({n}, 1)" if d == 0 else f"({n},) or (1, {n})"
-        raise ValueError(f"weight_g must have shape {want} for weight_v {tuple(weight_v.shape)} and dim={dim}, "
-                         f"got {tuple(weight_g.shape)}")
+    if dim not in (0, 1, -1, -2, None):
+        raise ValueError(f"dim must be 0 (rows), 1 (columns) or -1/None (the whole tensor) for a 2-D weight_v, "
+                         f"as in torch.nn.utils.parametrizations.weight_norm; got {dim}")
+    if dim in (-1, None):
+        if weight_g.numel() != 1 or weight_g.dim() > 2:
+            raise ValueError(f"weight_g must be a scalar (shape (), (1,) or (1, 1)) for dim={dim} (the norm of the "
+                             f"whole tensor), got {tuple(weight_g.shape)}")
+        n = 1
+    else:
+        d = dim % 2
+        n = weight_v.shape[d]
+        ok = (n,) if weight_g.dim() == 1 else ((n, 1) if d == 0 else (1, n))
+        if tuple(weight_g.shape) != ok:
+            want = f"({n},) or ({n}, 1)" if d == 0 else f"({n},) or (1, {n})"
+            raise ValueError(f"weight_g must have shape {want} for weight_v {tuple(weight_v.shape)} and dim={dim}, "
+                             f"got {tuple(weight_g.shape)}")
     if weight_g.dtype not in FLOAT_DTYPES:
         raise TypeError(f"weight_g has dtype {weight_g.dtype}; expected a floating dtype")
     check_same_device(weight_v=weight_v, weight_g=weight_g)

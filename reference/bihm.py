@@ -349,7 +349,7 @@ class BiHM(nn.Module):
             seed = draw_seed()
         check_seed(seed)
         check_offset(offset)
-        return seed
+        return seed if isinstance(seed, torch.Tensor) else int(seed)
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()

@@ -94,13 +94,18 @@ def log_mean_exp_with_se(log_terms: torch.Tensor) -> MeanWithSE:
         log_terms: (N,) tensor of log terms, N >= 2.
 
     Returns:
-        :class:`MeanWithSE` of Python floats.
+        :class:`MeanWithSE` of Python floats; ``(-inf, inf)`` when every term is 0 (log −inf), NaN
+        when a term is NaN.
     """
     t = log_terms.detach().double().reshape(-1)
     n = t.numel()
     if n < 2:
         raise ValueError(f"need at least 2 terms for a standard error, got {n}")
+    if bool(torch.isnan(t).any()):
+        return MeanWithSE(math.nan, math.nan)
     shift = t.max()
+    if not bool(torch.isfinite(shift)):  # every term 0 (−inf): the mean is 0; +inf: infinite
+        return MeanWithSE(float(shift), math.inf)
     e = torch.exp(t - shift)
     m = e.mean()
     s = e.std(unbiased=True)

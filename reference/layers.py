@@ -95,17 +95,18 @@ def weight_norm_scale(weight_v: torch.Tensor, weight_g: torch.Tensor) -> torch.T
     return g.to(dt) / weight_v.to(dt).norm(dim=1)
 
 
-def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int = 0) -> torch.Tensor:
+def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int | None = 0) -> torch.Tensor:
     """Weight normalization ``W = g · v / ‖v‖`` (Salimans & Kingma 2016, eq. 2).
 
     The semantics of ``torch.nn.utils.parametrizations.weight_norm(module, dim=dim)`` for a 2-D
-    weight: with ``dim=0`` every row ``j`` is normalized, ``W_j = g_j v_j / ‖v_j‖``; with ``dim=1``
-    every column.
+    weight: with ``dim=0`` (or −2) every row ``j`` is normalized, ``W_j = g_j v_j / ‖v_j‖``; with
+    ``dim=1`` every column; with ``dim=-1`` or None the whole tensor, ``W = g · v / ‖v‖_F``.
 
     Args:
         weight_v: (M, N) direction ``v``.
-        weight_g: magnitude ``g``, (M,) or (M, 1) for ``dim=0``; (N,) or (1, N) for ``dim=1``.
-        dim: 0 (rows, the layout of SPEC §5) or 1 (columns).
+        weight_g: magnitude ``g``, (M,) or (M, 1) for ``dim=0``; (N,) or (1, N) for ``dim=1``; a
+            scalar for ``dim=-1``/None.
+        dim: 0 (rows, the layout of SPEC §5), 1 (columns), −1/None (whole tensor); −2 is 0.
 
     Returns:
         (M, N) weight in the promoted dtype of the inputs. Differentiable in both inputs.
@@ -116,6 +117,8 @@ def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int = 0) ->
     g = check_weight_norm_args(weight_v, weight_g, dim)
     dt = torch.promote_types(weight_v.dtype, weight_g.dtype)
     v = weight_v.to(dt)
+    if dim in (-1, None):
+        return v * (g.to(dt) / v.norm())
     if dim % 2 == 0:
         return v * (g.to(dt) / v.norm(dim=1)).unsqueeze(1)
     return v * (g.to(dt) / v.norm(dim=0)).unsqueeze(0)

@@ -34,6 +34,9 @@ Everything here is plain PyTorch on ``int64`` tensors (the 32-bit words are kept
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 __all__ = [
@@ -127,21 +130,28 @@ def counters_used(rows: int, cols: int) -> int:
 
 
 def check_seed(seed, name: str = "seed") -> None:
-    """Raise unless ``seed`` is an int in ``[0, 2**63)`` or an int64 tensor with one element.
+    """Raise unless ``seed`` is an integer in ``[0, 2**63)``: a Python or numpy int, or an int64 tensor
+    with one element.
+
+    One rule for ints and tensors: a negative value is refused either way. The value of a tensor on
+    the CPU is checked (no synchronization); a CUDA tensor's value is not read (that would make the
+    host wait for the GPU and break CUDA-graph capture): its 64 bits are the key as they are.
 
     Raises:
-        TypeError: ``seed`` is neither an int nor an integer tensor.
-        ValueError: a Python int outside ``[0, 2**63)``, or a tensor with more than one element.
+        TypeError: ``seed`` is neither an integer nor an integer tensor (e.g. a float or a bool).
+        ValueError: a value outside ``[0, 2**63)``, or a tensor with more than one element.
     """
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64:
             raise TypeError(f"{name} must be an int64 tensor, got dtype {seed.dtype}")
         if seed.numel() != 1:
             raise ValueError(f"{name} must hold exactly one element, got shape {tuple(seed.shape)}")
+        if seed.device.type == "cpu" and not torch.compiler.is_compiling() and int(seed.reshape(())) < 0:
+            raise ValueError(f"{name} must lie in [0, 2**63), got {int(seed.reshape(()))}")
         return
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**63) or an int64 tensor, got {type(seed).__name__}")
-    if not 0 <= seed < MAX_SEED:
+    if not 0 <= int(seed) < MAX_SEED:
         raise ValueError(f"{name} must lie in [0, 2**63), got {seed}")
 
 
@@ -205,6 +215,15 @@ def philox_uniform(
             raise ValueError(f"{name} must be a non-negative int, got {v!r}")
     if device is None:
         device = seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu")
+    if torch.compiler.is_compiling():
+        # an opaque op under torch.compile: with a constant seed inductor would otherwise try to fold
+        # (or generate code for) all ten Philox rounds of the whole draw, for minutes
+        key = seed.reshape(()).to(device) if isinstance(seed, torch.Tensor) else torch.tensor(seed, device=device)
+        return _philox_uniform_op(key, offset, rows, cols)
+    return _philox_uniform_impl(seed, offset, rows, cols, device)
+
+
+def _philox_uniform_impl(seed, offset: int, rows: int, cols: int, device) -> torch.Tensor:
     groups = -(-rows // 4)
     k0, k1 = _seed_words(seed, device)
     counter = offset + torch.arange(groups * cols, dtype=torch.int64, device=device)
@@ -215,6 +234,16 @@ def philox_uniform(
     # words[lane][g * cols + j] belongs to row 4 g + lane, column j.
     u = torch.stack([uniform_from_uint32(w).view(groups, cols) for w in words], dim=1)
     return u.reshape(groups * 4, cols)[:rows]
+
+
+@torch.library.custom_op("bihm_triton::reference_philox_uniform", mutates_args=())
+def _philox_uniform_op(key: torch.Tensor, offset: int, rows: int, cols: int) -> torch.Tensor:
+    return _philox_uniform_impl(key, offset, rows, cols, key.device)
+
+
+@_philox_uniform_op.register_fake
+def _(key, offset, rows, cols):
+    return key.new_empty((rows, cols), dtype=torch.float32)
 
 
 class RandomStream:
