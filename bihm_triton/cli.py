@@ -2,10 +2,13 @@
 
 Commands: ``demo`` (train on the bundled 8×8 digits, evaluate, draw a figure), ``train``, ``eval``,
 ``sample`` and ``inpaint``. Data sources (``--data``): ``digits`` (scikit-learn's bundled digits,
-no network), ``idx:<path>`` (MNIST IDX images at a path; the last 20 % is the test set and the 10 %
-before it the validation set), or a name from :func:`bihm_triton.data.list_datasets`
-(downloaded into a cache). Layer sizes (``--sizes``): ``200,100,50`` or the authors'
+no network), ``idx:<path>`` (MNIST IDX images), or a name from
+:func:`bihm_triton.data.list_datasets`. Layer sizes (``--sizes``): ``200,100,50`` or the authors'
 ``<f>x-<n>l-<last>``.
+
+Errors are one line on stderr: ``bihm-triton <command>: error: …``; exit status 2 for bad
+arguments, data or files (argparse's convention), 1 when training diverges, 130 on Ctrl-C.
+Destinations (run folders, ``--json``, ``--figure``, ``--out``) are checked before any work.
 """
 
 from __future__ import annotations
@@ -16,15 +19,97 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
 SPLITS = ("train", "valid", "test")
 DATA_HELP = ("digits (bundled 8x8 digits, default) | idx:<folder or file of MNIST IDX images> | "
-             "a downloadable set: binarized_mnist, caltech101_silhouettes, adult, ...")
+             "a registered set: binarized_mnist, mnist, adult, connect4, dna, mushrooms, nips, ...")
+DESCRIPTION = """\
+Bidirectional Helmholtz Machines on Triton GPU kernels: train, evaluate, sample, inpaint.
+
+Data (--data): digits (scikit-learn's bundled 8x8 digits, no network), idx:<path> (MNIST IDX
+images; a folder with both train and t10k files gives the standard 50000/10000/10000 split,
+otherwise the last 20 % are test and the 10 % before validation), or a registered set
+(bihm_triton.data.list_datasets(); read from --data-dir / $BIHM_DATA_DIR when there, else
+downloaded and checksum-verified). Layer sizes (--sizes): latent widths '200,100,50' or the
+authors' '<f>x-<n>l-<last>'.
+
+Errors are one line; exit status 2 for bad arguments, data or files, 1 when training diverges,
+130 on Ctrl-C. Threads: --threads N (or OMP_NUM_THREADS) sets torch's CPU thread count.
+"""
+
+# Training settings: None on the command line means "not given" (the defaults below apply to a new
+# run; a resumed run keeps its own and refuses conflicting ones).
+TRAIN_KEYS = ("sizes", "weight_norm", "objective", "k", "batch_size", "lr", "epochs", "patience", "valid_k", "seed")
+TRAIN_DEFAULTS = dict(sizes="200,100,50", weight_norm=False, objective="bihm", k=10, batch_size=100, lr=1e-3,
+                      epochs=1000, patience=10, valid_k=100, seed=0)
+DEMO_DEFAULTS = dict(TRAIN_DEFAULTS, sizes="48,32,24,16", epochs=150, lr=3e-3)
 
 
-# ----------------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Data:
+    """A ``--data`` source: its splits and the shape of one image (``order="F"``: column-major pixels)."""
+
+    source: str
+    shape: tuple
+    order: str = "C"
+
+    def split(self, name: str) -> torch.Tensor:
+        return load_split(self.source, name)
+
+
+def open_data(source: str) -> Data:
+    """The :class:`Data` of a ``--data`` string; checks the name and reads image shapes from the files."""
+    from . import data
+
+    if source == "digits":
+        return Data(source, (8, 8))
+    if source.startswith("idx:"):
+        path = os.path.expanduser(source[4:])
+        split = "test" if os.path.isdir(path) else None
+        if split and not any(os.path.exists(os.path.join(path, f"{p}-images-idx3-ubyte{z}"))
+                             for p in ("train", "t10k") for z in ("", ".gz")):
+            raise FileNotFoundError(f"--data {source}: no MNIST IDX image files (train-images-idx3-ubyte[.gz], "
+                                    f"t10k-images-idx3-ubyte[.gz]) in {path}")
+        if split and not any(os.path.exists(os.path.join(path, f"t10k-images-idx3-ubyte{z}")) for z in ("", ".gz")):
+            split = "train"
+        return Data("idx:" + path, data.idx_image_shape(path, split=split))
+    if source not in data.list_datasets():
+        raise ValueError(f"--data {source!r}: expected 'digits', 'idx:<path to MNIST IDX files>' or one of "
+                         f"{data.list_datasets()}")
+    info = data.dataset_info(source)
+    return Data(source, info.image_shape or (1, info.dim), info.pixel_order)
+
+
+def _idx_splits(path: str) -> dict:
+    """train/valid/test of MNIST IDX images at ``path`` (see DESCRIPTION), each with at least one row."""
+    from . import data
+
+    has = {s: os.path.isdir(path) and any(os.path.exists(os.path.join(path, f"{p}-images-idx3-ubyte{z}"))
+                                          for z in ("", ".gz"))
+           for s, p in (("train", "train"), ("test", "t10k"))}
+    if has["train"] and has["test"]:
+        train = data.load_mnist_idx(path, split="train")
+        n_valid = 10000 if train.shape[0] >= 20000 else train.shape[0] // 6
+        out = {"train": train[:train.shape[0] - n_valid], "valid": train[train.shape[0] - n_valid:],
+               "test": data.load_mnist_idx(path, split="test")}
+        rule = "the training file's last images are validation, the t10k file is test"
+    else:
+        x = data.load_mnist_idx(path, split=("test" if has["test"] else "train") if os.path.isdir(path) else None)
+        n = x.shape[0]
+        test0, valid0 = n - n // 5, n - n // 5 - n // 10
+        out = {"train": x[:valid0], "valid": x[valid0:test0], "test": x[test0:]}
+        rule = "the last 20 % are test and the 10 % before them validation"
+    for split, x in out.items():
+        if x.shape[0] < 1:
+            raise ValueError(f"--data idx:{path}: too few images for a {split} split ({rule}; "
+                             f"{sum(v.shape[0] for v in out.values())} images in all, at least 10 needed)")
+    return out
 
 
 def load_split(source: str, split: str) -> torch.Tensor:
@@ -35,30 +120,58 @@ def load_split(source: str, split: str) -> torch.Tensor:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if source == "digits":
         return data.load_digits(split)
-    if not source.startswith("idx:") and source not in data.list_datasets():
+    if source.startswith("idx:"):
+        return _idx_splits(os.path.expanduser(source[4:]))[split]
+    if source not in data.list_datasets():
         raise ValueError(f"--data {source!r}: expected 'digits', 'idx:<path to MNIST IDX files>' or one of "
                          f"{data.list_datasets()}")
-    if source.startswith("idx:"):
-        x = data.load_mnist_idx(source[4:], split="test" if os.path.isdir(source[4:]) else None)
-        n = x.shape[0]
-        test0, valid0 = n - n // 5, n - n // 5 - n // 10
-        return {"train": x[:valid0], "valid": x[valid0:test0], "test": x[test0:]}[split]
     return data.load_dataset(source, split)
+
+
+# ------------------------------------------------------------------------------ destinations
+
+
+def _check_writable_parent(path: str, what: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise PermissionError(f"{what} {path}: cannot write there ({parent} is not a writable folder)")
+
+
+def output_file(path: str | None, what: str, suffix: str | None = None) -> str | None:
+    """Check an output file before any work: not a folder, in a writable place. With ``suffix``, a path
+    without it gets it (what is printed is what is written)."""
+    if path is None:
+        return None
+    path = os.path.expanduser(path)
+    if suffix and not path.lower().endswith(suffix):
+        path += suffix
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path} is a folder; give a file name")
+    _check_writable_parent(path, what)
+    return path
+
+
+# ----------------------------------------------------------------------------------- helpers
 
 
 def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: no CUDA device is available")
+        raise ValueError(f"--device {name}: no CUDA device is available (use --device cpu)")
     return dev
 
 
 def _load_model(checkpoint: str, device, backend: str):
     from .model import BiHM
 
-    return BiHM.load(checkpoint, device=device, backend=backend)
+    return BiHM.load(os.path.expanduser(checkpoint), device=device, backend=backend)
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,30 +179,51 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, x, torch.full_like(x, 0.5))
 
 
-def make_mask(x: torch.Tensor, kind: str, generator=None) -> torch.Tensor:
-    """(n, d) bool mask, True = observed: ``bottom`` hides the lower half of square images, ``top``,
-    ``left``, ``right`` likewise, ``random`` hides each pixel with probability ½."""
+def make_mask(x: torch.Tensor, kind: str, generator=None, shape: tuple | None = None,
+              order: str = "C") -> torch.Tensor:
+    """(n, d) bool mask, True = observed: ``bottom`` hides the lower half of the image rows, ``top``,
+    ``left``, ``right`` likewise, ``random`` hides each pixel with probability ½.
+
+    Args:
+        shape: (h, w) of an image (default: square if d is a square); order: "F" for column-major pixels.
+
+    Raises:
+        ValueError: an unknown kind, or top/bottom on data without image rows (h = 1).
+    """
     from .plotting import image_shape
 
     n, d = x.shape
-    h, w = image_shape(d)
-    rows = torch.arange(d) // w
-    cols = torch.arange(d) % w
+    h, w = shape or image_shape(d)
+    pixel = torch.arange(d)
+    rows, cols = (pixel // w, pixel % w) if order == "C" else (pixel % h, pixel // h)
     if kind == "random":
         return torch.rand(n, d, generator=generator) < 0.5
     keep = {"bottom": rows < h // 2, "top": rows >= h // 2, "left": cols >= w // 2, "right": cols < w // 2}
     if kind not in keep:
         raise ValueError(f"mask must be one of {sorted(keep) + ['random']}, got {kind!r}")
+    if h == 1 and kind in ("top", "bottom"):
+        raise ValueError(f"--mask {kind}: this data has no image rows (each point is 1 x {w}); use left, right "
+                         f"or random")
     return keep[kind].expand(n, d).clone()
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
 
 
 def evaluate(model, x: torch.Tensor, *, k: int, z_samples: int, n_inner: int, seed: int,
              progress: bool | None = None) -> dict:
-    """Test-set numbers (nats): mean log p̃*(x), log p(x), log Ẑ² ± se, log p*(x) ± se, ESS."""
-    z = model.estimate_log_z2(z_samples, n_inner=n_inner, seed=seed + 1, progress=progress)
-    ll = model.log_likelihood(x, k, log_z2=z.value, seed=seed + 2, progress=progress)
-    ess = model.effective_sample_size(x[: min(200, x.shape[0])], min(k, 1000), seed=seed + 3, progress=progress)
+    """Test-set numbers (nats): mean log p̃*(x), log p(x), log Ẑ² ± se, log p*(x) ± se, ESS.
+    Prints one line per stage (they can take minutes)."""
     n = x.shape[0]
+    if n < 1:
+        raise ValueError("no data points to evaluate")
+    _say(f"estimating log Z^2 from {z_samples} samples of p ({n_inner} q-samples each) ...")
+    z = model.estimate_log_z2(z_samples, n_inner=n_inner, seed=seed + 1, progress=progress)
+    _say(f"estimating log-likelihoods of {n} points with K = {k} importance samples each ...")
+    ll = model.log_likelihood(x, k, log_z2=z.value, seed=seed + 2, progress=progress)
+    _say("effective sample sizes ...")
+    ess = model.effective_sample_size(x[: min(200, n)], min(k, 1000), seed=seed + 3, progress=progress)
     lpt = ll.log_p_tilde_star.double()
     se_lpt = float(lpt.std() / math.sqrt(n)) if n > 1 else 0.0
     return {
@@ -113,52 +247,101 @@ def print_evaluation(r: dict) -> None:
 
 
 def overview_figure(model, data_x: torch.Tensor, path: str, *, steps: int, seed: int, progress=None,
-                    title: str | None = None, n: int = 20) -> str:
+                    title: str | None = None, n: int = 20, shape=None, order: str = "C") -> str:
     """One PNG: test data, samples from p, exact Gibbs samples from p*, and inpaintings of the data's
-    lower half (top half observed)."""
+    lower half (top half observed; the left half for data without image rows)."""
     from .plotting import figure_panels
 
     data_x = data_x[:n]
+    _say(f"drawing the figure ({steps} Gibbs sweeps) ...")
     p_samples = model.sample_p(n, seed=seed + 10)
     gibbs = model.gibbs_sample(n, steps, 10, seed=seed + 11, progress=progress).x
-    mask = make_mask(data_x.cpu(), "bottom").to(data_x.device)
+    kind = "bottom" if (shape or (2, 0))[0] > 1 else "right"
+    mask = make_mask(data_x.cpu(), kind, shape=shape, order=order).to(data_x.device)
     inpainted = model.inpaint(data_x, mask, steps, 10, seed=seed + 12, progress=progress).x
+    half = "top" if kind == "bottom" else "left"
     return figure_panels([
         ("test data", data_x), ("samples from p (ancestral)", p_samples),
         (f"samples from p* (exact Gibbs, {steps} sweeps, K = 10)", gibbs),
-        ("inpainting: observed top half (grey: hidden)", _masked(data_x, mask)),
-        ("inpainting: completed by Gibbs with the top half clamped", inpainted),
-    ], path, cols=10, title=title)
+        (f"inpainting: observed {half} half (grey: hidden)", _masked(data_x, mask)),
+        (f"inpainting: completed by Gibbs with the {half} half clamped", inpainted),
+    ], path, cols=10, title=title, shape=shape, order=order)
 
 
 # ---------------------------------------------------------------------------------- commands
 
 
-def _train(args) -> int:
-    from .model import BiHM, parse_sizes
-    from .train import TrainConfig, Trainer
+def _settings(args, defaults: dict) -> tuple[dict, dict]:
+    """(settings with defaults filled in, the ones given on the command line)."""
+    given = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
+    return {**defaults, **given}, given
 
-    torch.manual_seed(args.seed)
+
+def _check_resume_conflicts(out_dir: str, given: dict, d0: int) -> None:
+    """Refuse settings given with --resume that differ from the run's (by name)."""
+    from .model import parse_sizes
+
+    path = os.path.join(out_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: no run in {out_dir} (no config.json)")
+    with open(path) as f:
+        run = json.load(f)
+    own = dict(run.get("train", {}), sizes=run.get("model", {}).get("sizes"),
+               weight_norm=run.get("model", {}).get("weight_norm"))
+    names = {"batch_size": "--batch-size", "valid_k": "--valid-k", "weight_norm": "--weight-norm"}
+    conflicts = []
+    for key, value in given.items():
+        if key == "epochs":
+            continue
+        mine = own.get(key)
+        theirs = parse_sizes(value, d0) if key == "sizes" else value
+        if mine is not None and theirs != mine:
+            conflicts.append(f"{names.get(key, '--' + key)} {value} (the run has {mine})")
+    if conflicts:
+        raise ValueError(f"--resume continues the run in {out_dir} with its own settings; these differ: "
+                         f"{'; '.join(conflicts)}. Leave them out, or start a new run with another --out")
+
+
+def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
+    from .model import BiHM, parse_sizes
+    from .train import RUN_FILES, TrainConfig, Trainer
+
+    settings, given = _settings(args, defaults)
+    out = os.path.expanduser(args.out)
+    resume = getattr(args, "resume", False)
+    if resume and getattr(args, "overwrite", False):
+        raise ValueError("--resume and --overwrite contradict each other")
+    if not resume:  # the run folder first: nothing is computed for a destination that cannot be used
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise FileExistsError(f"--out {out} is an existing file; give a folder for the run")
+        present = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+        if present and not getattr(args, "overwrite", False):
+            raise FileExistsError(f"--out {out} already holds a run ({', '.join(present)}): continue it with "
+                                  f"--resume, replace it with --overwrite, or choose another --out")
+        _check_writable_parent(os.path.join(out, "config.json"), "--out")
+    torch.manual_seed(settings["seed"])
     device = _device(args.device)
-    train_x, valid_x = load_split(args.data, "train"), load_split(args.data, "valid")
-    train_x, valid_x = train_x.to(device), valid_x.to(device)
-    if getattr(args, "resume", False):
-        trainer = Trainer.resume(args.out, train_x, valid_x, device=device, backend=args.backend,
-                                 max_epochs=args.epochs)
-        print(f"resuming {args.out} at epoch {trainer.epoch}")
+    data = open_data(args.data)
+    train_x, valid_x = data.split("train").to(device), data.split("valid").to(device)
+    if resume:
+        _check_resume_conflicts(out, given, train_x.shape[1])
+        trainer = Trainer.resume(out, train_x, valid_x, device=device, backend=args.backend,
+                                 max_epochs=given.get("epochs"))
+        print(f"resuming {out} at epoch {trainer.epoch} (up to epoch {trainer.config.max_epochs})")
     else:
-        sizes = parse_sizes(args.sizes, train_x.shape[1])
-        model = BiHM(sizes, weight_norm=args.weight_norm, backend=args.backend, device=device)
-        cfg = TrainConfig(k=args.k, batch_size=args.batch_size, lr=args.lr, objective=args.objective,
-                          max_epochs=args.epochs, patience=args.patience, valid_k=args.valid_k, seed=args.seed)
-        trainer = Trainer(model, train_x, valid_x, cfg, out_dir=args.out)
-        print(f"training BiHM {sizes} ({args.objective}) on {args.data}: {train_x.shape[0]} train / "
-              f"{valid_x.shape[0]} valid points, K = {args.k}, batch {args.batch_size}, Adam lr {args.lr}, "
+        sizes = parse_sizes(settings["sizes"], train_x.shape[1])
+        model = BiHM(sizes, weight_norm=settings["weight_norm"], backend=args.backend, device=device)
+        cfg = TrainConfig(k=settings["k"], batch_size=settings["batch_size"], lr=settings["lr"],
+                          objective=settings["objective"], max_epochs=settings["epochs"],
+                          patience=settings["patience"], valid_k=settings["valid_k"], seed=settings["seed"])
+        trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=getattr(args, "overwrite", False))
+        print(f"training BiHM {sizes} ({cfg.objective}) on {args.data}: {train_x.shape[0]} train / "
+              f"{valid_x.shape[0]} valid points, K = {cfg.k}, batch {cfg.batch_size}, Adam lr {cfg.lr}, "
               f"device {device}")
     t0 = time.perf_counter()
     trainer.fit(progress=not args.no_progress)
     print(f"trained {trainer.epoch} epochs in {time.perf_counter() - t0:.0f}s; best valid bound {trainer.best:.3f}; "
-          f"checkpoints in {args.out}")
+          f"checkpoints in {out}")
     return 0
 
 
@@ -167,26 +350,35 @@ def _progress(args):
 
 
 def _eval(args) -> int:
+    json_out = output_file(args.json, "--json")
+    figure = output_file(args.figure, "--figure", ".png")
     device = _device(args.device)
+    data = open_data(args.data)
     model = _load_model(args.checkpoint, device, args.backend)
-    x = model._check_x(load_split(args.data, args.split).to(device))  # fail on the wrong data before any work
+    x = model._check_x(data.split(args.split).to(device))  # fail on the wrong data before any work
+    if x.shape[0] < 1:
+        raise ValueError(f"the {args.split} split of --data {args.data} has no data points")
     r = evaluate(model, x, k=args.k, z_samples=args.z_samples, n_inner=args.n_inner, seed=args.seed,
                  progress=_progress(args))
     print_evaluation(r)
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_out:
+        with open(json_out, "w") as f:
             json.dump(r, f, indent=2)
-    if args.figure:
-        source = f"idx:{os.path.basename(os.path.normpath(args.data[4:]))}" if args.data.startswith("idx:") else args.data
-        overview_figure(model, x, args.figure, steps=args.gibbs_steps, seed=args.seed, progress=_progress(args),
-                        title=f"BiHM {model.sizes} on {source} ({args.split}): log p*(x) = {r['log_p_star']:.2f} nats")
-        print(f"wrote {args.figure}")
+        print(f"wrote {json_out}")
+    if figure:
+        source = f"idx:{os.path.basename(os.path.normpath(data.source[4:]))}" if data.source.startswith("idx:") \
+            else data.source
+        overview_figure(model, x, figure, steps=args.gibbs_steps, seed=args.seed, progress=_progress(args),
+                        title=f"BiHM {model.sizes} on {source} ({args.split}): log p*(x) = {r['log_p_star']:.2f} nats",
+                        shape=data.shape, order=data.order)
+        print(f"wrote {figure}")
     return 0
 
 
 def _sample(args) -> int:
     from .plotting import figure_panels
 
+    out = output_file(args.out, "--out", ".png")
     device = _device(args.device)
     model = _load_model(args.checkpoint, device, args.backend)
     if args.method == "p":
@@ -196,42 +388,51 @@ def _sample(args) -> int:
                                paper_compatible=args.paper_compatible).x
     else:
         x = model.sir_sample(args.n, args.oversample, seed=args.seed).x
-    figure_panels([(f"samples ({args.method})", x)], args.out, cols=min(10, args.n))
-    print(f"wrote {args.out}")
+    shape = open_data(args.data).shape if args.data else None
+    figure_panels([(f"samples ({args.method})", x)], out, cols=min(10, args.n), shape=shape)
+    print(f"wrote {out}")
     return 0
 
 
 def _inpaint(args) -> int:
     from .plotting import figure_panels
 
+    out = output_file(args.out, "--out", ".png")
     device = _device(args.device)
+    data = open_data(args.data)
+    x = data.split(args.split)
+    if x.shape[0] < 1:
+        raise ValueError(f"the {args.split} split of --data {args.data} has no data points")
+    x = x[: args.n]
+    mask = make_mask(x, args.mask, torch.Generator().manual_seed(args.seed), shape=data.shape, order=data.order)
     model = _load_model(args.checkpoint, device, args.backend)
-    x = load_split(args.data, args.split)[: args.n]
-    mask = make_mask(x, args.mask, torch.Generator().manual_seed(args.seed))
     r = model.inpaint(x.to(device), mask.to(device), args.steps, args.k, seed=args.seed, progress=_progress(args))
     figure_panels([("data", x), ("observed (grey: hidden)", _masked(x, mask)), ("inpainted", r.x.cpu())],
-                  args.out, cols=min(10, args.n))
-    print(f"wrote {args.out}")
+                  out, cols=min(10, x.shape[0]), shape=data.shape, order=data.order)
+    print(f"wrote {out}")
     return 0
 
 
 def _demo(args) -> int:
     """Train on the bundled digits, print the test numbers, write one PNG."""
     args.data = "digits"
-    _train(args)
+    _train(args, DEMO_DEFAULTS)
     device = _device(args.device)
-    model = _load_model(args.out, device, args.backend)
+    out = os.path.expanduser(args.out)
+    model = _load_model(out, device, args.backend)
     test_x = load_split("digits", "test").to(device)
     print("evaluating on the test set ...")
     progress = _progress(args)
-    r = evaluate(model, test_x, k=args.eval_k, z_samples=args.z_samples, n_inner=args.n_inner, seed=args.seed,
+    seed = args.seed if args.seed is not None else DEMO_DEFAULTS["seed"]
+    r = evaluate(model, test_x, k=args.eval_k, z_samples=args.z_samples, n_inner=args.n_inner, seed=seed,
                  progress=progress)
     print_evaluation(r)
-    with open(os.path.join(args.out, "test.json"), "w") as f:
+    with open(os.path.join(out, "test.json"), "w") as f:
         json.dump(r, f, indent=2)
-    png = os.path.join(args.out, "demo.png")
-    overview_figure(model, test_x, png, steps=args.gibbs_steps, seed=args.seed, progress=progress,
-                    title=f"BiHM {model.sizes} on 8x8 digits: test log p*(x) = {r['log_p_star']:.2f} nats")
+    png = os.path.join(out, "demo.png")
+    overview_figure(model, test_x, png, steps=args.gibbs_steps, seed=seed, progress=progress,
+                    title=f"BiHM {model.sizes} on 8x8 digits: test log p*(x) = {r['log_p_star']:.2f} nats",
+                    shape=(8, 8))
     print(f"wrote {png}")
     return 0
 
@@ -239,98 +440,165 @@ def _demo(args) -> int:
 # ------------------------------------------------------------------------------------ parser
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _seed(text: str) -> int:
+    """A seed: an integer in [0, 2**63), the same rule for every command (and for the library)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2**63), got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def _common(p: argparse.ArgumentParser, *, seed_default=0) -> None:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--seed", type=_seed, default=seed_default,
+                   help="seed of every random choice, an integer in [0, 2**63) (default 0)")
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
-                   help="auto: Triton on CUDA tensors, the reference on CPU")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+                   help="auto: Triton on CUDA tensors, the reference on CPU (default auto)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="CPU threads for torch (default: torch's; on a busy machine 1 can be much faster)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per stage instead)")
 
 
-def _train_options(p: argparse.ArgumentParser, *, sizes: str, epochs: int, out: str, lr: float) -> None:
-    p.add_argument("--sizes", default=sizes,
+def _train_options(p: argparse.ArgumentParser, defaults: dict, out: str) -> None:
+    d = defaults
+    p.add_argument("--sizes", default=None,
                    help=f"LATENT widths, bottom to top; the data width d_0 comes from the data: '200,100,50' or "
-                        f"the authors' '<f>x-<n>l-<last>' (default {sizes})")
-    p.add_argument("--weight-norm", action="store_true", help="weight-normalized layers")
-    p.add_argument("--objective", default="bihm", choices=("bihm", "rws"))
-    p.add_argument("--k", type=int, default=10, help="importance samples per data point (default 10)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr}; the authors' is 1e-3)")
-    p.add_argument("--epochs", type=int, default=epochs, help=f"maximum epochs (default {epochs})")
-    p.add_argument("--patience", type=int, default=10, help="early stopping patience in epochs (default 10)")
-    p.add_argument("--valid-k", type=int, default=100, help="importance samples per validation point")
-    p.add_argument("--out", default=out, help=f"run directory (default {out})")
+                        f"the authors' '<f>x-<n>l-<last>' (default {d['sizes']})")
+    p.add_argument("--weight-norm", action="store_true", default=None, help="weight-normalized layers")
+    p.add_argument("--objective", default=None, choices=("bihm", "rws"),
+                   help="bihm: the BiHM bound of the paper; rws: reweighted wake-sleep (default bihm)")
+    p.add_argument("--k", type=_int_at_least(1), default=None,
+                   help=f"importance samples per data point (default {d['k']})")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None, help=f"(default {d['batch_size']})")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help=f"Adam learning rate (default {d['lr']}; the authors' is 1e-3)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=None,
+                   help=f"maximum epochs (default {d['epochs']}; with --resume: a new limit for the run)")
+    p.add_argument("--patience", type=_int_at_least(1), default=None,
+                   help=f"early stopping patience in epochs (default {d['patience']})")
+    p.add_argument("--valid-k", type=_int_at_least(1), default=None,
+                   help=f"importance samples per validation point (default {d['valid_k']})")
+    p.add_argument("--out", default=out, help=f"run folder (default {out})")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bihm-triton", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bihm-triton", description=DESCRIPTION, formatter_class=_Formatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train on the bundled 8x8 digits, evaluate, write demo.png")
-    _train_options(p, sizes="48,32,24,16", epochs=150, out="bihm-demo", lr=3e-3)
-    p.add_argument("--eval-k", type=int, default=1000, help="importance samples per test point")
-    p.add_argument("--z-samples", type=int, default=100_000, help="samples for log Z^2")
-    p.add_argument("--n-inner", type=int, default=10, help="inner q-samples per Z^2 term")
-    p.add_argument("--gibbs-steps", type=int, default=100, help="Gibbs sweeps for the figure")
-    _common(p)
+    _train_options(p, DEMO_DEFAULTS, "bihm-demo")
+    p.add_argument("--eval-k", type=_int_at_least(1), default=1000, help="importance samples per test point (1000)")
+    p.add_argument("--z-samples", type=_int_at_least(2), default=100_000, help="samples for log Z^2 (100000)")
+    p.add_argument("--n-inner", type=_int_at_least(1), default=10, help="inner q-samples per Z^2 term (10)")
+    p.add_argument("--gibbs-steps", type=_int_at_least(0), default=100, help="Gibbs sweeps for the figure (100)")
+    _common(p, seed_default=None)
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="train a BiHM (authors' defaults: K = 10, batch 100, Adam lr 1e-3)")
     p.add_argument("--data", default="digits", help=DATA_HELP)
-    _train_options(p, sizes="200,100,50", epochs=1000, out="bihm-run", lr=1e-3)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    _common(p)
+    _train_options(p, TRAIN_DEFAULTS, "bihm-run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its own settings (give --epochs to raise its limit)")
+    _common(p, seed_default=None)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="likelihood estimates on a data split")
-    p.add_argument("--checkpoint", required=True, help="run directory (its best.safetensors) or a .safetensors file")
+    p.add_argument("--checkpoint", required=True, help="run folder (its best.safetensors) or a .safetensors file")
     p.add_argument("--data", default="digits", help=DATA_HELP)
     p.add_argument("--split", default="test", choices=SPLITS, help="data split (default test)")
-    p.add_argument("--k", type=int, default=1000, help="importance samples per data point (default 1000)")
-    p.add_argument("--z-samples", type=int, default=100_000, help="samples of p for log Z^2 (default 1e5)")
-    p.add_argument("--n-inner", type=int, default=10, help="q-samples per log Z^2 term (default 10)")
+    p.add_argument("--k", type=_int_at_least(1), default=1000, help="importance samples per data point (1000)")
+    p.add_argument("--z-samples", type=_int_at_least(2), default=100_000, help="samples of p for log Z^2 (100000)")
+    p.add_argument("--n-inner", type=_int_at_least(1), default=10, help="q-samples per log Z^2 term (10)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--figure", default=None, help="also write a PNG: data, samples from p and p*, inpaintings")
-    p.add_argument("--gibbs-steps", type=int, default=100, help="Gibbs sweeps for the figure")
+    p.add_argument("--gibbs-steps", type=_int_at_least(0), default=100, help="Gibbs sweeps for the figure (100)")
     _common(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("sample", help="draw samples and save them as a PNG")
-    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
     p.add_argument("--method", default="gibbs", choices=("p", "gibbs", "sir"),
                    help="p: ancestral samples of p; gibbs: exact Gibbs of p* (default); sir: importance resampling")
-    p.add_argument("--n", type=int, default=50, help="number of samples (default 50)")
-    p.add_argument("--steps", type=int, default=100, help="Gibbs sweeps (default 100)")
-    p.add_argument("--k", type=int, default=10, help="Gibbs candidates per update (default 10)")
+    p.add_argument("--n", type=_int_at_least(1), default=50, help="number of samples (50)")
+    p.add_argument("--steps", type=_int_at_least(0), default=100, help="Gibbs sweeps (100)")
+    p.add_argument("--k", type=_int_at_least(1), default=10, help="Gibbs candidates per update (10)")
     p.add_argument("--paper-compatible", action="store_true", help="the authors' (biased) Gibbs sampler")
-    p.add_argument("--oversample", type=int, default=100, help="SIR proposals per sample")
-    p.add_argument("--out", default="samples.png")
+    p.add_argument("--oversample", type=_int_at_least(1), default=100, help="SIR proposals per sample (100)")
+    p.add_argument("--data", default=None, help="a --data source whose image shape the figure uses (optional)")
+    p.add_argument("--out", default="samples.png", help="PNG to write (.png is added if missing)")
     _common(p)
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("inpaint", help="complete partly hidden images and save a PNG")
-    p.add_argument("--checkpoint", required=True, help="run directory or .safetensors file")
+    p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
     p.add_argument("--data", default="digits", help=DATA_HELP)
     p.add_argument("--split", default="test", choices=SPLITS, help="data split (default test)")
-    p.add_argument("--n", type=int, default=10, help="images to inpaint (default 10)")
-    p.add_argument("--mask", default="bottom", help="which part is hidden: bottom | top | left | right | random")
-    p.add_argument("--steps", type=int, default=100, help="Gibbs sweeps (default 100)")
-    p.add_argument("--k", type=int, default=10, help="Gibbs candidates per update (default 10)")
-    p.add_argument("--out", default="inpaint.png")
+    p.add_argument("--n", type=_int_at_least(1), default=10, help="images to inpaint (10)")
+    p.add_argument("--mask", default="bottom", choices=("bottom", "top", "left", "right", "random"),
+                   help="which part is hidden (default bottom)")
+    p.add_argument("--steps", type=_int_at_least(0), default=100, help="Gibbs sweeps (100)")
+    p.add_argument("--k", type=_int_at_least(1), default=10, help="Gibbs candidates per update (10)")
+    p.add_argument("--out", default="inpaint.png", help="PNG to write (.png is added if missing)")
     _common(p)
     p.set_defaults(func=_inpaint)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prefix = f"bihm-triton {args.command}: error:"
+    debug = bool(os.environ.get("BIHM_TRITON_DEBUG"))
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-        if os.environ.get("BIHM_TRITON_DEBUG"):
+    except KeyboardInterrupt:
+        if debug:
             raise
-        print(f"bihm-triton {args.command}: error: {e}", file=sys.stderr)
+        print(f"bihm-triton {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except FloatingPointError as e:  # training diverged
+        if debug:
+            raise
+        print(f"{prefix} {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        if debug:
+            raise
+        print(f"{prefix} {e}", file=sys.stderr)
         return 2
 
 

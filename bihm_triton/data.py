@@ -36,6 +36,7 @@ names, formats and row counts used here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -59,6 +60,7 @@ __all__ = [
     "load_digits",
     "load_mnist_idx",
     "load_mnist_labels",
+    "idx_image_shape",
     "load_dataset",
     "list_datasets",
     "dataset_info",
@@ -191,7 +193,31 @@ def _mnist_file(path: str, split: Optional[str], kind: str) -> str:
 def _binarized_idx_images(path: str, threshold: float = 0.5) -> np.ndarray:
     """``(n, rows·cols)`` float32 array of ``pixel / 255 > threshold`` from an IDX image file."""
     images = _read_idx(path, IDX_IMAGES_MAGIC)
+    if len(images) == 0:
+        raise ValueError(f"{path}: the IDX file holds no images (its header gives shape {images.shape})")
     return (images.reshape(len(images), -1) / 255.0 > threshold).astype(np.float32)
+
+
+def idx_image_shape(path: str, *, split: Optional[str] = None) -> tuple[int, int]:
+    """(rows, cols) of the images in an IDX image file (or a folder's ``split`` file), from its header.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`load_mnist_idx`.
+    """
+    path = _mnist_file(path, split, "images-idx3")
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            header = f.read(16)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    if len(header) < 16:
+        raise ValueError(f"{path}: truncated IDX header ({len(header)} bytes, need 16)")
+    magic, _, rows, cols = struct.unpack(">4I", header)
+    if magic != IDX_IMAGES_MAGIC:
+        raise ValueError(f"{path}: bad IDX magic number {magic}, expected {IDX_IMAGES_MAGIC}")
+    return rows, cols
 
 
 def _read_idx(path: str, magic: int) -> np.ndarray:
@@ -259,6 +285,8 @@ class DatasetInfo:
     description: str
     license: str
     redistributable: bool
+    image_shape: Optional[tuple] = None  #: (height, width) of an image, None for non-image data
+    pixel_order: str = "C"  #: "C": row-major pixels; "F": column-major (MATLAB)
 
 
 def _read_amat(path: str, *, extra_columns: int = 0) -> np.ndarray:
@@ -471,6 +499,12 @@ _DATASETS: dict[str, DatasetInfo] = {
         ),
     )
 }
+
+
+_IMAGE_SHAPES = {"binarized_mnist": ((28, 28), "C"), "mnist": ((28, 28), "C"),
+                 "caltech101_silhouettes": ((28, 28), "F"), "ocr_letters": ((16, 8), "C")}
+_DATASETS = {name: dataclasses.replace(info, image_shape=_IMAGE_SHAPES[name][0], pixel_order=_IMAGE_SHAPES[name][1])
+             if name in _IMAGE_SHAPES else info for name, info in _DATASETS.items()}
 
 
 def list_datasets() -> list[str]:

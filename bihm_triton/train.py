@@ -10,6 +10,11 @@ A run lives in one directory:
 
 Every random choice is a function of ``(seed, epoch, step)``: the shuffling of epoch e and the
 Philox seed of step t; so :meth:`Trainer.resume` continues a run exactly as if it had not stopped.
+
+A new trainer never overwrites a run: a folder that already holds one is refused unless
+``overwrite=True``. :meth:`Trainer.resume` takes every setting from the run, checks that the data
+are the run's (a fingerprint of each split is stored with the run), and rewrites the log from the
+checkpoint, so an interruption between a log line and its checkpoint leaves no duplicate epochs.
 """
 
 from __future__ import annotations
@@ -57,6 +62,24 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
+RUN_FILES = ("config.json", "last.safetensors", "best.safetensors", "log.jsonl")
+
+
+def data_fingerprint(x: torch.Tensor | None) -> str | None:
+    """SHA-256 (16 hex digits) of a binary data tensor's shape and bits: identifies a training set."""
+    import hashlib
+
+    if x is None:
+        return None
+    bits = (x.detach() != 0).to(torch.uint8).cpu().contiguous().numpy()
+    return hashlib.sha256(repr(tuple(x.shape)).encode() + bits.tobytes()).hexdigest()[:16]
+
+
+def _check_rows(x: torch.Tensor, name: str) -> None:
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} has no rows: a training run needs at least one data point in it")
+
+
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + (step + 1) * _GOLDEN) % MAX_SEED
 
@@ -70,6 +93,8 @@ class Trainer:
             the training bound drives early stopping).
         config: :class:`TrainConfig`.
         out_dir: run directory for config, checkpoints and the log; None keeps nothing on disk.
+        overwrite: replace a run already in ``out_dir`` (its files are deleted first); without it a
+            folder holding a run is refused (continue it with :meth:`resume`).
 
         cuda_graph: on a CUDA model, capture one training step (loss, backward, Adam) in a CUDA
             graph and replay it for every full batch (``None``, the default: on CUDA). The step
@@ -81,19 +106,26 @@ class Trainer:
     epoch (and every ``check_every`` steps, where a non-finite loss stops training).
 
     Raises:
-        ValueError: data of the wrong width or not binary, bad settings.
+        ValueError: data of the wrong width, not binary or empty; bad settings.
+        FileExistsError: ``out_dir`` already holds a run and ``overwrite`` is false, or names a file.
     """
 
     check_every = 100
 
     def __init__(self, model: BiHM, train_x: torch.Tensor, valid_x: torch.Tensor | None = None,
                  config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None, *,
-                 cuda_graph: bool | None = None):
+                 cuda_graph: bool | None = None, overwrite: bool = False, _resuming: bool = False):
         self.model = model
         self.config = config or TrainConfig()
         self.train_x = model._check_x(train_x, "train_x")
+        _check_rows(self.train_x, "train_x")
         self.valid_x = None if valid_x is None else model._check_x(valid_x, "valid_x")
+        if self.valid_x is not None:
+            _check_rows(self.valid_x, "valid_x")
+        self.fingerprints = {"train": data_fingerprint(self.train_x), "valid": data_fingerprint(self.valid_x)}
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
+        if self.out_dir is not None and not _resuming:
+            _claim_run_dir(self.out_dir, overwrite)
         on_cuda = model.device.type == "cuda"
         self.cuda_graph = on_cuda if cuda_graph is None else (bool(cuda_graph) and on_cuda)
         # capturable: Adam's step counter lives on the device, so the update can be replayed in a graph
@@ -105,9 +137,11 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict] = []
         if self.out_dir is not None:
-            os.makedirs(self.out_dir, exist_ok=True)
-            write_json_atomic({"model": model.config(), "train": dataclasses.asdict(self.config)},
-                              os.path.join(self.out_dir, "config.json"))
+            self._write_config()
+
+    def _write_config(self) -> None:
+        write_json_atomic({"model": self.model.config(), "train": dataclasses.asdict(self.config),
+                           "data": self.fingerprints}, os.path.join(self.out_dir, "config.json"))
 
     # ------------------------------------------------------------------ epochs
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -263,7 +297,7 @@ class Trainer:
     # -------------------------------------------------------------- checkpoints
     def _state(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs,
-                "history": self.history, "train": dataclasses.asdict(self.config)}
+                "history": self.history, "train": dataclasses.asdict(self.config), "data": self.fingerprints}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Weights, Adam state and counters in one safetensors file, written atomically."""
@@ -277,16 +311,22 @@ class Trainer:
 
     @classmethod
     def resume(cls, out_dir: str | os.PathLike, train_x: torch.Tensor, valid_x: torch.Tensor | None = None, *,
-               device=None, backend: str = "auto", max_epochs: int | None = None) -> "Trainer":
-        """Continue the run in ``out_dir`` from ``last.safetensors`` (same data required).
+               device=None, backend: str = "auto", max_epochs: int | None = None,
+               cuda_graph: bool | None = None) -> "Trainer":
+        """Continue the run in ``out_dir`` from ``last.safetensors``, exactly as if it had not stopped.
 
-        ``max_epochs`` raises (or lowers) the run's epoch limit; every other setting is the run's own.
+        Every setting is the run's own; ``max_epochs`` raises (or lowers) its epoch limit. The data
+        must be the run's: their fingerprints (:func:`data_fingerprint`) are checked. The log is
+        rewritten from the checkpoint's history (epochs logged after the last checkpoint are dropped:
+        they will be trained again).
 
         Raises:
             FileNotFoundError: no checkpoint in out_dir.
-            ValueError: the checkpoint does not fit (architecture mismatch, corrupt file).
+            ValueError: the checkpoint does not fit (architecture mismatch, corrupt file), or the
+                data are not the run's (the message names the split).
         """
-        path = os.path.join(os.fspath(out_dir), "last.safetensors")
+        out_dir = os.fspath(out_dir)
+        path = os.path.join(out_dir, "last.safetensors")
         tensors, metadata = read_safetensors(path)
         if "trainer" not in metadata:
             raise ValueError(f"{path} is not a trainer checkpoint (no trainer state in its metadata)")
@@ -296,7 +336,13 @@ class Trainer:
         model.check_compatible(weights)
         model.load_state_dict(weights)
         settings = dict(state["train"], **({} if max_epochs is None else {"max_epochs": max_epochs}))
-        trainer = cls(model, train_x, valid_x, TrainConfig(**settings), out_dir=out_dir)
+        trainer = cls(model, train_x, valid_x, TrainConfig(**settings), out_dir=out_dir, cuda_graph=cuda_graph,
+                      _resuming=True)
+        for split, fp in (state.get("data") or {}).items():
+            if fp is not None and trainer.fingerprints.get(split) != fp:
+                raise ValueError(f"the {split} data differ from the run's in {out_dir} (fingerprint "
+                                 f"{trainer.fingerprints.get(split)} vs {fp}): resume with the data the run was "
+                                 f"trained on, or start a new run")
         opt = trainer.optimizer.state_dict()
         for i, _ in enumerate(model.parameters()):
             prefix = f"trainer.adam.{i}."
@@ -308,4 +354,34 @@ class Trainer:
         trainer.epoch, trainer.step = state["epoch"], state["step"]
         trainer.best, trainer.bad_epochs = state["best"], state["bad_epochs"]
         trainer.history = state["history"]
+        # the log as of the checkpoint: no duplicate epochs after an interruption between the two writes
+        _write_text_atomic(os.path.join(out_dir, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in trainer.history))
+        if max_epochs is not None:
+            trainer._write_config()
         return trainer
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    from .checkpoint import _atomic_write
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    _atomic_write(path, write)
+
+
+def _claim_run_dir(out_dir: str, overwrite: bool) -> None:
+    """Make ``out_dir`` a fresh run folder: refuse one that holds a run unless ``overwrite`` (then clear it)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"run folder {out_dir} is an existing file; choose another --out")
+    present = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+    if present and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a run ({', '.join(present)}): continue it with --resume "
+                              f"(Trainer.resume), replace it with --overwrite (overwrite=True), or choose another "
+                              f"--out")
+    os.makedirs(out_dir, exist_ok=True)
+    if not os.access(out_dir, os.W_OK):
+        raise PermissionError(f"run folder {out_dir} is not writable")
+    for f in present:
+        os.remove(os.path.join(out_dir, f))
