@@ -58,12 +58,13 @@ class Data:
     source: str
     shape: tuple
     order: str = "C"
+    data_dir: str | None = None
 
     def split(self, name: str) -> torch.Tensor:
-        return load_split(self.source, name)
+        return load_split(self.source, name, data_dir=self.data_dir)
 
 
-def open_data(source: str) -> Data:
+def open_data(source: str, data_dir: str | None = None) -> Data:
     """The :class:`Data` of a ``--data`` string; checks the name and reads image shapes from the files."""
     from . import data
 
@@ -83,7 +84,7 @@ def open_data(source: str) -> Data:
         raise ValueError(f"--data {source!r}: expected 'digits', 'idx:<path to MNIST IDX files>' or one of "
                          f"{data.list_datasets()}")
     info = data.dataset_info(source)
-    return Data(source, info.image_shape or (1, info.dim), info.pixel_order)
+    return Data(source, info.image_shape or (1, info.dim), info.pixel_order, data_dir)
 
 
 def _idx_splits(path: str) -> dict:
@@ -112,8 +113,9 @@ def _idx_splits(path: str) -> dict:
     return out
 
 
-def load_split(source: str, split: str) -> torch.Tensor:
-    """(n, d) float32 binary data of one split of a ``--data`` source."""
+def load_split(source: str, split: str, *, data_dir: str | None = None) -> torch.Tensor:
+    """(n, d) float32 binary data of one split of a ``--data`` source (``data_dir``: local copies of the
+    registered sets, see :func:`bihm_triton.data.load_dataset`)."""
     from . import data
 
     if split not in SPLITS:
@@ -125,7 +127,7 @@ def load_split(source: str, split: str) -> torch.Tensor:
     if source not in data.list_datasets():
         raise ValueError(f"--data {source!r}: expected 'digits', 'idx:<path to MNIST IDX files>' or one of "
                          f"{data.list_datasets()}")
-    return data.load_dataset(source, split)
+    return data.load_dataset(source, split, data_dir=data_dir)
 
 
 # ------------------------------------------------------------------------------ destinations
@@ -321,7 +323,7 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
         _check_writable_parent(os.path.join(out, "config.json"), "--out")
     torch.manual_seed(settings["seed"])
     device = _device(args.device)
-    data = open_data(args.data)
+    data = open_data(args.data, args.data_dir)
     train_x, valid_x = data.split("train").to(device), data.split("valid").to(device)
     if resume:
         _check_resume_conflicts(out, given, train_x.shape[1])
@@ -353,7 +355,7 @@ def _eval(args) -> int:
     json_out = output_file(args.json, "--json")
     figure = output_file(args.figure, "--figure", ".png")
     device = _device(args.device)
-    data = open_data(args.data)
+    data = open_data(args.data, args.data_dir)
     model = _load_model(args.checkpoint, device, args.backend)
     x = model._check_x(data.split(args.split).to(device))  # fail on the wrong data before any work
     if x.shape[0] < 1:
@@ -388,7 +390,7 @@ def _sample(args) -> int:
                                paper_compatible=args.paper_compatible).x
     else:
         x = model.sir_sample(args.n, args.oversample, seed=args.seed).x
-    shape = open_data(args.data).shape if args.data else None
+    shape = open_data(args.data, args.data_dir).shape if args.data else None
     figure_panels([(f"samples ({args.method})", x)], out, cols=min(10, args.n), shape=shape)
     print(f"wrote {out}")
     return 0
@@ -399,7 +401,7 @@ def _inpaint(args) -> int:
 
     out = output_file(args.out, "--out", ".png")
     device = _device(args.device)
-    data = open_data(args.data)
+    data = open_data(args.data, args.data_dir)
     x = data.split(args.split)
     if x.shape[0] < 1:
         raise ValueError(f"the {args.split} split of --data {args.data} has no data points")
@@ -476,6 +478,9 @@ def _positive_float(text: str) -> float:
 
 
 def _common(p: argparse.ArgumentParser, *, seed_default=0) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="folder of local copies of the registered sets (default $BIHM_DATA_DIR), e.g. the "
+                        "project's shared data: binarized_mnist/, mnist/, uci/<name>/")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--seed", type=_seed, default=seed_default,
                    help="seed of every random choice, an integer in [0, 2**63) (default 0)")

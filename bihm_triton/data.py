@@ -6,9 +6,11 @@ Every loader returns a ``torch.float32`` tensor of shape ``(n, d)`` whose values
   train/valid/test split; small enough for tests and exact enumeration.
 * :func:`load_mnist_idx` / :func:`load_mnist_labels` — MNIST images / labels in IDX format, from a
   path (gzipped or not), images binarized by thresholding.
-* :func:`load_dataset` — the benchmark sets of the BiHM paper (Bornschein et al., 2016), downloaded
-  on first use into a cache folder, checked against a SHA-256 where one is published, parsed and
-  validated; :func:`list_datasets` names them and :func:`dataset_info` describes one.
+* :func:`load_dataset` — the benchmark sets of the BiHM paper (Bornschein et al., 2016), read from
+  a local data folder when they are there (``data_dir`` / ``$BIHM_DATA_DIR``, the layout of the
+  project's shared data), else downloaded on first use into a cache folder; checked against a
+  published checksum where one exists, parsed and validated; :func:`list_datasets` names them and
+  :func:`dataset_info` describes one.
 * :func:`batches` — mini-batches for a training loop.
 
 Registered sets (``d`` columns; train/valid/test rows):
@@ -17,7 +19,8 @@ Registered sets (``d`` columns; train/valid/test rows):
 name                       d     rows                          source file format
 =========================  ====  ============================  ==========================================
 ``binarized_mnist``        784   50000 / 10000 / 10000         Larochelle's fixed binarization, ``.amat``
-``mnist``                  784   60000 / – / 10000             MNIST IDX, thresholded at pixel/255 > 0.5
+``mnist``                  784   50000 / 10000 / 10000         MNIST IDX, thresholded at pixel/255 > 0.5
+                                 (``train_all``: all 60000)
 ``caltech101_silhouettes`` 784   4100 / 2264 / 2307            Marlin's split 1, MATLAB ``.mat``
 ``adult``                  123   5000 / 1414 / 26147           LIBSVM (``a5a``), label dropped
 ``connect4``               126   16000 / 4000 / 47557          LIBSVM, label dropped
@@ -48,6 +51,8 @@ import secrets
 import struct
 import urllib.error
 import urllib.request
+import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Optional
@@ -65,6 +70,8 @@ __all__ = [
     "list_datasets",
     "dataset_info",
     "default_cache_dir",
+    "default_data_dir",
+    "LocalCopy",
     "batches",
     "DatasetInfo",
     "SplitSource",
@@ -264,11 +271,28 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class SplitSource:
-    """Where one split comes from: the file, the reader that parses it to an ``(n, d)`` array, and ``n``."""
+    """Where one split comes from: the file, the reader that parses it to an ``(n, d)`` array, ``n``,
+    and ``take``: the rows of the parsed file that form the split (None: all of them)."""
 
     file: RemoteFile
     read: Callable[[str], np.ndarray]
     size: int
+    take: Optional[slice] = None
+
+
+@dataclass(frozen=True)
+class LocalCopy:
+    """A data set file as it may sit in a local data folder (``--data-dir`` / ``$BIHM_DATA_DIR``), in
+    the layout of the project's shared data: ``relpath`` under the folder, its reader, and what it is
+    checked against — the SHA-256 of the file as stored, of its gunzipped content (a published
+    ``.amat`` checksum kept gzipped), or the MD5 of its gunzipped content (MNIST's canonical IDX
+    files). A file passes when any given checksum matches."""
+
+    relpath: str
+    read: Callable[[str], np.ndarray]
+    sha256: Optional[str] = None
+    content_sha256: Optional[str] = None
+    content_md5: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -287,15 +311,67 @@ class DatasetInfo:
     redistributable: bool
     image_shape: Optional[tuple] = None  #: (height, width) of an image, None for non-image data
     pixel_order: str = "C"  #: "C": row-major pixels; "F": column-major (MATLAB)
+    local: Mapping[str, tuple] = dataclasses.field(default_factory=dict)  #: split -> LocalCopy candidates
 
 
 def _read_amat(path: str, *, extra_columns: int = 0) -> np.ndarray:
-    """A whitespace-separated text matrix (``.amat``), without its last ``extra_columns`` columns."""
+    """A whitespace-separated text matrix (``.amat``, gzipped or not), without its last
+    ``extra_columns`` columns. Single-digit 0/1 matrices with one separator between values are
+    parsed directly from the bytes (the 78 MB binarized-MNIST file in a second); anything else
+    with ``numpy.loadtxt``."""
+    fast = _read_digit_matrix(path, separators=b" \n")
+    if fast is not None:
+        return fast[:, : fast.shape[1] - extra_columns]
     try:
         x = np.loadtxt(path, dtype=np.float32, ndmin=2)
     except ValueError as exc:
         raise ValueError(f"{path}: not a whitespace-separated numeric matrix ({exc})") from exc
     return x[:, : x.shape[1] - extra_columns]
+
+
+def _read_digit_matrix(path: str, *, separators: bytes) -> Optional[np.ndarray]:
+    """A matrix of single 0/1 digits each followed by one separator (the last of a row by a newline),
+    as float32 — or None when the file is not exactly that (the caller falls back to a general parser)."""
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    first = raw.find(b"\n")
+    if first <= 0 or (first + 1) % 2 or len(raw) % (first + 1):
+        return None
+    cols, rows = (first + 1) // 2, len(raw) // (first + 1)
+    b = np.frombuffer(raw, dtype=np.uint8).reshape(rows, 2 * cols)
+    digits, seps = b[:, 0::2], b[:, 1::2]
+    if not (np.isin(digits, (48, 49)).all() and (seps[:, -1] == 10).all()
+            and np.isin(seps[:, :-1], np.frombuffer(separators, dtype=np.uint8)).all()):
+        return None
+    return (digits - 48).astype(np.float32)
+
+
+def _read_csv01(path: str) -> np.ndarray:
+    """Comma-separated 0/1 rows (the NADE ``.data`` files)."""
+    fast = _read_digit_matrix(path, separators=b",")
+    if fast is not None:
+        return fast
+    try:
+        return np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a comma-separated numeric matrix ({exc})") from exc
+
+
+def _read_npz(path: str, *, key: str) -> np.ndarray:
+    """Array ``key`` of an ``.npz`` file (the MADE releases: ``train_data``/``valid_data``/``test_data``)."""
+    try:
+        with warnings.catch_warnings(), np.load(path, allow_pickle=False) as f:
+            warnings.simplefilter("ignore", UserWarning)  # "created on Python 2": the MADE files were
+            if key not in f.files:
+                raise ValueError(f"{path}: no array {key!r} in the .npz file (it has {f.files})")
+            return np.asarray(f[key], dtype=np.float32)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
 def _read_libsvm(path: str, *, dim: int) -> np.ndarray:
@@ -400,6 +476,10 @@ def _sizes(name: str) -> dict[str, int]:
 
 
 _MNIST_LICENSE = "MNIST: Creative Commons Attribution-Share Alike 3.0 (yann.lecun.com/exdb/mnist)"
+_MNIST_SHA256 = {"train": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                 "t10k": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"}
+#: MD5 of the uncompressed canonical IDX image files (gzip headers differ between copies; the content does not).
+_MNIST_CONTENT_MD5 = {"train": "6bbc9ace898e44ae57da46a324031adb", "t10k": "2646ac647ad5339dbf082846283269ea"}
 
 # URLs and file names: binarized MNIST and the UCI-derived sets from MLPython's `obtain` functions
 # (mlpython/datasets/<name>.py), CalTech-101 Silhouettes from Marlin's data page, MNIST from TFDS and torchvision.
@@ -437,15 +517,18 @@ _DATASETS: dict[str, DatasetInfo] = {
                          f"https://ossci-datasets.s3.amazonaws.com/mnist/{prefix}-images-idx3-ubyte.gz"),
                         sha256,  # [TFDS-MNIST]
                     ),
-                    _binarized_idx_images, size,
+                    _binarized_idx_images, size, take,
                 )
-                for split, prefix, size, sha256 in (
-                    ("train", "train", 60000, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-                    ("test", "t10k", 10000, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+                for split, prefix, size, take, sha256 in (
+                    ("train", "train", 50000, slice(0, 50000), _MNIST_SHA256["train"]),
+                    ("valid", "train", 10000, slice(50000, 60000), _MNIST_SHA256["train"]),
+                    ("test", "t10k", 10000, None, _MNIST_SHA256["t10k"]),
+                    ("train_all", "train", 60000, None, _MNIST_SHA256["train"]),
                 )
             },
-            "MNIST (LeCun, Cortes & Burges) thresholded at pixel/255 > 0.5, row-major 28x28; "
-            "no validation split (the standard 60000 / 10000 train / test).",
+            "MNIST (LeCun, Cortes & Burges) thresholded at pixel/255 > 0.5, row-major 28x28; the usual "
+            "split: the first 50000 training images train, the last 10000 validate, the 10000 test images "
+            "test ('train_all' is all 60000 training images).",
             _MNIST_LICENSE, True,
         ),
         DatasetInfo(
@@ -501,6 +584,35 @@ _DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+def _local_copies(info: DatasetInfo) -> dict:
+    """Where each split of a registered set may sit in a local data folder (the shared data layout)."""
+    name = info.name
+    if name == "binarized_mnist":
+        return {split: (LocalCopy(f"binarized_mnist/{src.file.filename}.gz", src.read, content_sha256=src.file.sha256),
+                        LocalCopy(f"binarized_mnist/{src.file.filename}", src.read, sha256=src.file.sha256))
+                for split, src in info.splits.items()}
+    if name == "mnist":
+        out = {}
+        for split, src in info.splits.items():
+            prefix = src.file.filename.split("-")[0]
+            base = f"mnist/{prefix}-images-idx3-ubyte"
+            out[split] = (LocalCopy(base + ".gz", src.read, sha256=src.file.sha256,
+                                    content_md5=_MNIST_CONTENT_MD5[prefix]),
+                          LocalCopy(base, src.read, content_md5=_MNIST_CONTENT_MD5[prefix]))
+        return out
+    if name in ("dna", "mushrooms", "nips"):  # the MADE releases
+        return {split: (LocalCopy(f"uci/{name}/{name}.npz", functools.partial(_read_npz, key=f"{split}_data")),)
+                for split in info.splits}
+    if name in ("adult", "connect4"):  # NADE's train/valid files, a rebuilt test set
+        return {"train": (LocalCopy(f"uci/{name}/{name}.train.data", _read_csv01),),
+                "valid": (LocalCopy(f"uci/{name}/{name}.valid.data", _read_csv01),),
+                "test": (LocalCopy(f"uci/{name}/{name}_test_reconstructed.npz",
+                                   functools.partial(_read_npz, key="test_data")),)}
+    return {}
+
+
+_DATASETS = {name: dataclasses.replace(info, local=_local_copies(info)) for name, info in _DATASETS.items()}
+
 _IMAGE_SHAPES = {"binarized_mnist": ((28, 28), "C"), "mnist": ((28, 28), "C"),
                  "caltech101_silhouettes": ((28, 28), "F"), "ocr_letters": ((16, 8), "C")}
 _DATASETS = {name: dataclasses.replace(info, image_shape=_IMAGE_SHAPES[name][0], pixel_order=_IMAGE_SHAPES[name][1])
@@ -528,11 +640,25 @@ def default_cache_dir() -> str:
     return os.environ.get("BIHM_TRITON_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "bihm_triton")
 
 
-def load_dataset(name: str, split: str = "train", *, cache_dir: Optional[str] = None,
+def default_data_dir() -> Optional[str]:
+    """``$BIHM_DATA_DIR``: a folder of local copies in the shared data layout (see :func:`load_dataset`)."""
+    return os.environ.get("BIHM_DATA_DIR") or None
+
+
+def load_dataset(name: str, split: str = "train", *, data_dir: Optional[str] = None, cache_dir: Optional[str] = None,
                  download: bool = True) -> torch.Tensor:
     """One split of a registered benchmark set (see :func:`list_datasets` and the module docstring).
 
-    The split's file lives at ``<cache_dir>/<name>/<filename>``. If it is missing and ``download``
+    **Local copies first.** With ``data_dir`` (default ``$BIHM_DATA_DIR``) the split is read from
+    the folder when its file is there, in the layout of the project's shared data:
+    ``binarized_mnist/binarized_mnist_<split>.amat[.gz]`` (the gunzipped content checked against the
+    published SHA-256), ``mnist/{train,t10k}-images-idx3-ubyte[.gz]`` (the published SHA-256 of the
+    ``.gz``, or the MD5 of the canonical uncompressed file), ``uci/<name>/<name>.npz`` (the MADE
+    releases of dna, mushrooms, nips) and ``uci/<name>/<name>.{train,valid}.data`` plus
+    ``uci/<name>/<name>_test_reconstructed.npz`` (adult, connect4). Sets without a published
+    checksum are validated structurally (rows, width, values in {0, 1}).
+
+    Otherwise the split's file lives at ``<cache_dir>/<name>/<filename>``. If it is missing and ``download``
     is true it is downloaded (urllib, progress bar on a terminal) from the recorded URLs in turn,
     checked against the published SHA-256 where there is one, and only then moved into place
     (temporary file + ``os.replace``), so a failed or corrupt download never sits under the final name.
@@ -541,7 +667,9 @@ def load_dataset(name: str, split: str = "train", *, cache_dir: Optional[str] = 
 
     Args:
         name: a name from :func:`list_datasets`.
-        split: ``"train"``, ``"valid"`` or ``"test"`` (``mnist`` has no ``"valid"``).
+        split: ``"train"``, ``"valid"`` or ``"test"`` (``mnist`` also ``"train_all"``: all 60000
+            training images; its ``"train"``/``"valid"`` are the usual 50000/10000 split of them).
+        data_dir: a folder of local copies (default :func:`default_data_dir`).
         cache_dir: defaults to :func:`default_cache_dir` (``$BIHM_TRITON_DATA`` or ``~/.cache/bihm_triton``).
         download: if false, a missing file raises instead of being downloaded.
 
@@ -560,11 +688,61 @@ def load_dataset(name: str, split: str = "train", *, cache_dir: Optional[str] = 
     info = dataset_info(name)
     _check_split(split, info.splits, f"split of {name}")
     source = info.splits[split]
-    folder = os.path.abspath(os.path.join(cache_dir or default_cache_dir(), name))
-    path = _fetch(source.file, folder, download, info)
-    x = source.read(path)
+    path, read = _local_path(info, split, data_dir or default_data_dir()), None
+    if path is not None:
+        path, read = path
+    else:
+        folder = os.path.abspath(os.path.join(cache_dir or default_cache_dir(), name))
+        path, read = _fetch(source.file, folder, download, info), source.read
+    x = read(path)
+    if source.take is not None:
+        x = x[source.take]
     _validate_binary(x, path, dim=info.dim, rows=source.size)
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _local_path(info: DatasetInfo, split: str, data_dir: Optional[str]):
+    """``(path, reader)`` of a checked local copy of the split in ``data_dir``, or None if there is none."""
+    if not data_dir:
+        return None
+    for copy in info.local.get(split, ()):
+        path = os.path.join(os.path.expanduser(data_dir), copy.relpath)
+        if os.path.isfile(path):
+            _check_local(path, copy)
+            return path, copy.read
+    return None
+
+
+def _check_local(path: str, copy: LocalCopy) -> None:
+    """Raise :class:`ChecksumError` unless one of the copy's checksums matches (none given: no check)."""
+    expected = [(k, v) for k, v in (("sha256", copy.sha256), ("content_sha256", copy.content_sha256),
+                                    ("content_md5", copy.content_md5)) if v]
+    if not expected:
+        return
+    found = {}
+    for kind, want in expected:
+        if kind == "sha256":
+            got = _file_digest(path, hashlib.sha256, gunzip=False)
+        else:
+            got = _file_digest(path, hashlib.sha256 if kind == "content_sha256" else hashlib.md5, gunzip=True)
+        if got == want:
+            return
+        found[kind] = got
+    raise ChecksumError(f"{path} (local copy) matches none of its published checksums: "
+                        + "; ".join(f"{k} expected {dict(expected)[k]}, got {v}" for k, v in found.items()))
+
+
+def _file_digest(path: str, algorithm, *, gunzip: bool) -> str:
+    digest = algorithm()
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open if gunzip and gzipped else open)(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    return digest.hexdigest()
 
 
 _DOWNLOAD_TIMEOUT_S = 60

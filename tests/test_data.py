@@ -315,14 +315,14 @@ def test_unknown_name_and_split(tmp_path):
         data.load_dataset("bmnist", cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="split of binarized_mnist must be one of 'train', 'valid', 'test'; got 'va"):
         data.load_dataset("binarized_mnist", "val", cache_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="split of mnist must be one of 'train', 'test'; got 'valid'"):
-        data.load_dataset("mnist", "valid", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="split of mnist must be one of 'train', 'valid', 'test', 'train_all'; got 'va'"):
+        data.load_dataset("mnist", "va", cache_dir=str(tmp_path))
     assert not os.listdir(tmp_path)
 
 
 EXPECTED = {  # name: (d, train, valid, test), from the papers and the distributors' loaders
     "binarized_mnist": (784, 50000, 10000, 10000),
-    "mnist": (784, 60000, None, 10000),
+    "mnist": (784, 50000, 10000, 10000),
     "caltech101_silhouettes": (784, 4100, 2264, 2307),
     "adult": (123, 5000, 1414, 26147),
     "connect4": (126, 16000, 4000, 47557),
@@ -340,7 +340,7 @@ def test_registry_entries():
     for name, (dim, *sizes) in EXPECTED.items():
         info = data.dataset_info(name)
         assert info.name == name and info.dim == dim
-        assert {s: info.splits[s].size for s in info.splits} == {s: n for s, n in zip(SPLITS, sizes) if n}
+        assert {s: info.splits[s].size for s in info.splits if s in SPLITS} == {s: n for s, n in zip(SPLITS, sizes)}
         for source in info.splits.values():
             assert source.file.urls and all(u.startswith(("http://", "https://")) for u in source.file.urls)
             checksum = source.file.sha256
@@ -361,3 +361,51 @@ def test_batches():
     assert torch.equal(shuffled, again)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         next(data.batches(x, 0))
+
+
+# ------------------------------------------------------------------------- local copies (shared data)
+
+SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED), reason=f"no shared data folder at {SHARED}")
+
+
+@needs_shared
+@pytest.mark.parametrize("name", ["binarized_mnist", "mnist", "dna", "mushrooms", "nips", "adult", "connect4"])
+def test_local_copies_load_with_their_checksums(name):
+    """Every split of the sets in ../shared/data loads from there (no network), with the registry's shapes."""
+    dim, *sizes = EXPECTED[name]
+    for split, n in zip(SPLITS, sizes):
+        x = data.load_dataset(name, split, data_dir=SHARED, cache_dir="/nonexistent", download=False)
+        assert tuple(x.shape) == (n, dim) and x.dtype == torch.float32
+        assert set(torch.unique(x).tolist()) <= {0.0, 1.0}
+    if name == "binarized_mnist":  # the shared README's first-row sums
+        assert [int(data.load_dataset(name, s, data_dir=SHARED)[0].sum()) for s in SPLITS] == [123, 90, 147]
+    if name == "mnist":
+        full = data.load_dataset(name, "train_all", data_dir=SHARED)
+        assert full.shape == (60000, 784)
+        assert torch.equal(full[50000:], data.load_dataset(name, "valid", data_dir=SHARED))
+
+
+@needs_shared
+def test_a_tampered_local_copy_fails_its_checksum(tmp_path):
+    import gzip as gz
+    import shutil
+
+    folder = tmp_path / "binarized_mnist"
+    folder.mkdir()
+    src = os.path.join(SHARED, "binarized_mnist", "binarized_mnist_valid.amat.gz")
+    with gz.open(src, "rb") as f:
+        raw = bytearray(f.read())
+    raw[0] = ord("1")  # one pixel flipped: still a valid matrix, no longer the published file
+    with gz.open(folder / "binarized_mnist_valid.amat.gz", "wb") as f:
+        f.write(bytes(raw))
+    with pytest.raises(data.ChecksumError, match="matches none of its published checksums"):
+        data.load_dataset("binarized_mnist", "valid", data_dir=str(tmp_path), download=False)
+    shutil.copy(src, folder / "binarized_mnist_valid.amat.gz")
+    assert data.load_dataset("binarized_mnist", "valid", data_dir=str(tmp_path), download=False).shape == (10000, 784)
+
+
+def test_data_dir_falls_back_to_the_cache(monkeypatch, tmp_path):
+    """A data folder without the set's files is not an error: the cache (or a download) is used."""
+    cache = _toy(monkeypatch, tmp_path, TOY_CONTENT, sha256=None)
+    assert data.load_dataset("toy", data_dir=str(tmp_path / "empty"), cache_dir=str(cache)).tolist() == TOY_ROWS
