@@ -1,0 +1,298 @@
+"""Reproduce the BiHM paper's experiments on its own data (docs/REPRODUCTION.md).
+
+Experiments (each trains for a wall-clock budget, evaluates on the test split once, and writes
+``<out>/<experiment>.json`` and a figure ``<out>/<experiment>.png``; runs go to ``--runs``):
+
+* ``ess`` — sample efficiency: the same architecture trained with the BiHM objective and with
+  reweighted wake-sleep (RWS) on binarized MNIST; on test images, the estimate each model's
+  estimator gives (BiHM: log p*(x) = log p̃*(x) − log Ẑ²; RWS: log p(x)) and the effective sample
+  size of its weights, for K = 1 … 10⁴ samples; how many samples each needs to come within
+  0.1 nats of its K = 10⁴ value.
+* ``depth`` — binarized MNIST, BiHMs of 2, 4, 6 and 12 latent layers at about 0.62 M parameters
+  each (the authors' ``<f>x-<n>l-<last>`` widths), test log p*(x) side by side.
+* ``uci`` — adult, connect4, dna, mushrooms, nips: two candidate architectures per set, the one
+  with the better validation bound evaluated on the test split.
+* ``headline`` — the paper's 12-layer net 784-300-200-100-75-50-35-30-25-20-15-10-10 on binarized
+  MNIST (the authors report 84.8 nats); ``--resume`` continues the run.
+
+Model selection uses the validation split only; test numbers are computed once per final model.
+Everything is seeded (``--seed``); budgets are wall time, so the number of epochs depends on the
+machine (it is recorded). Usage::
+
+    python bench/reproduce.py ess --data-dir ../shared/data --minutes 20
+    python bench/reproduce.py depth --data-dir ../shared/data --minutes 10
+    python bench/reproduce.py uci --data-dir ../shared/data --minutes 3
+    python bench/reproduce.py headline --data-dir ../shared/data --minutes 60 [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+DEPTH_SPECS = {2: "0.5x-2l-10", 4: "0.45x-4l-10", 6: "0.4x-6l-10", 12: "0.33x-12l-10"}
+HEADLINE_SIZES = "300,200,100,75,50,35,30,25,20,15,10,10"
+UCI_SETS = ("adult", "connect4", "dna", "mushrooms", "nips")
+UCI_CANDIDATES = ("100,50", "200,100,50,25")
+K_GRID = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000)
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _data(name: str, args):
+    from bihm_triton import data
+
+    train_x, valid_x, test_x = (data.load_dataset(name, s, data_dir=args.data_dir) for s in ("train", "valid", "test"))
+    if args.train_points:  # smoke runs only: results with it are not the experiment's
+        train_x, valid_x = train_x[: args.train_points], valid_x[: max(1, args.train_points // 5)]
+    return train_x, valid_x, test_x
+
+
+def _params(sizes) -> int:
+    return sum(2 * a * b + a + b for a, b in zip(sizes[:-1], sizes[1:])) + sizes[-1]
+
+
+def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", lr: float | None = None,
+          resume: bool = False):
+    """Train until early stopping or ``args.minutes`` of wall time; returns (trainer, facts)."""
+    from bihm_triton.model import BiHM
+    from bihm_triton.train import TrainConfig, Trainer
+
+    out = os.path.join(args.runs, name)
+    device = torch.device(args.device)
+    train_x, valid_x = train_x.to(device), valid_x.to(device)
+    if resume and os.path.exists(os.path.join(out, "last.safetensors")):
+        trainer = Trainer.resume(out, train_x, valid_x, device=device)
+    else:
+        torch.manual_seed(args.seed)
+        model = BiHM(sizes, device=device)
+        cfg = TrainConfig(objective=objective, lr=lr or args.lr, max_epochs=100_000, seed=args.seed,
+                          valid_k=args.valid_k)
+        trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=True)
+    t0, e0 = time.perf_counter(), trainer.epoch
+    while trainer.bad_epochs < trainer.config.patience and time.perf_counter() - t0 < 60 * args.minutes:
+        trainer.fit(1, progress=False, verbose=False)
+        r = trainer.history[-1]
+        _log(f"{name}: epoch {r['epoch']} train bound {r['train_bound']:.2f} valid bound {r['valid_bound']:.2f}"
+             f"{' *' if r['valid_bound'] >= trainer.best else ''}")
+    facts = {"sizes": list(trainer.model.sizes), "parameters": _params(trainer.model.sizes),
+             "objective": trainer.config.objective, "lr": trainer.config.lr, "epochs": trainer.epoch,
+             "epochs_this_session": trainer.epoch - e0, "train_minutes_this_session":
+             round((time.perf_counter() - t0) / 60, 1), "best_valid_bound": trainer.best,
+             "early_stopped": trainer.bad_epochs >= trainer.config.patience, "run": out}
+    return trainer, facts
+
+
+def best_model(run: str, device):
+    from bihm_triton.model import BiHM
+
+    return BiHM.load(run, device=device)
+
+
+def evaluate(model, test_x, args, *, k: int, seed: int) -> dict:
+    """Test log p̃*, log p (IS), log Ẑ² ± se, log p* ± se (nats), once."""
+    x = test_x.to(model.device)
+    z = model.estimate_log_z2(args.z_samples, n_inner=args.n_inner, seed=seed + 1)
+    ll = model.log_likelihood(x, k, log_z2=z.value, seed=seed + 2)
+    lpt = ll.log_p_tilde_star.double()
+    n = x.shape[0]
+    se = float(lpt.std() / math.sqrt(n))
+    return {"test_points": n, "k": k, "z_samples": args.z_samples, "n_inner": args.n_inner,
+            "log_p_tilde_star": float(lpt.mean()), "log_p_tilde_star_se": se, "log_p": float(ll.log_p.double().mean()),
+            "log_p_se": float(ll.log_p.double().std() / math.sqrt(n)),
+            "log_z2": z.value, "log_z2_se": z.se, "log_p_star": float(lpt.mean()) - z.value,
+            "log_p_star_se": math.hypot(se, z.se)}
+
+
+def _save(args, name: str, result: dict) -> None:
+    os.makedirs(args.out, exist_ok=True)
+    result = dict(result, date=time.strftime("%Y-%m-%d"), device=str(args.device), torch=torch.__version__,
+                  threads=torch.get_num_threads(), command=" ".join(["python bench/reproduce.py", *sys.argv[1:]]))
+    path = os.path.join(args.out, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    _log(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------ experiments
+
+
+def run_ess(args) -> dict:
+    from bihm_triton.model import parse_sizes
+
+    train_x, valid_x, test_x = _data("binarized_mnist", args)
+    sizes = parse_sizes(args.sizes or "200,100,50", 784)
+    test_x = test_x[: args.test_points]
+    result = {"experiment": "ess", "data": "binarized_mnist", "k_grid": list(K_GRID), "models": {}}
+    for objective in ("bihm", "rws"):
+        _, facts = train(f"ess-{objective}", sizes, train_x, valid_x, args, objective=objective)
+        model = best_model(facts["run"], torch.device(args.device))
+        x = test_x.to(model.device)
+        z = model.estimate_log_z2(args.z_samples, n_inner=args.n_inner, seed=args.seed + 1) if objective == "bihm" \
+            else None
+        rows = []
+        for i, k in enumerate(K_GRID):
+            ll = model.log_likelihood(x, k, seed=args.seed + 100 + i)
+            ess = model.effective_sample_size(x, k, seed=args.seed + 100 + i)
+            est = ll.log_p_tilde_star.double() - z.value if objective == "bihm" else ll.log_p.double()
+            w_ess = ess.p_star if objective == "bihm" else ess.p
+            rows.append({"k": k, "estimate": float(est.mean()), "se": float(est.std() / math.sqrt(est.numel())),
+                         "ess": float(w_ess.double().mean()), "ess_fraction": float(w_ess.double().mean()) / k})
+            _log(f"ess-{objective}: K = {k}: {rows[-1]['estimate']:.3f} +- {rows[-1]['se']:.3f} nats, "
+                 f"ESS {rows[-1]['ess']:.1f}")
+        final = rows[-1]["estimate"]
+        within = next((r["k"] for r in rows if abs(r["estimate"] - final) <= 0.1), None)
+        result["models"][objective] = dict(facts, rows=rows, log_z2=None if z is None else z.value,
+                                           log_z2_se=None if z is None else z.se, k_within_0_1_nats=within,
+                                           estimator="log p*(x)" if objective == "bihm" else "log p(x)")
+    _save(args, "ess", result)
+    figure_ess(result, os.path.join(args.out, "ess.png"))
+    return result
+
+
+def run_depth(args) -> dict:
+    from bihm_triton.model import parse_sizes
+
+    train_x, valid_x, test_x = _data("binarized_mnist", args)
+    test_x = test_x[: args.test_points]
+    result = {"experiment": "depth", "data": "binarized_mnist", "nets": {}}
+    for depth in args.depths:
+        spec = DEPTH_SPECS[depth]
+        _, facts = train(f"depth-{depth}", parse_sizes(spec, 784), train_x, valid_x, args)
+        model = best_model(facts["run"], torch.device(args.device))
+        result["nets"][str(depth)] = dict(facts, spec=spec, **evaluate(model, test_x, args, k=args.k, seed=args.seed))
+        _log(f"depth {depth}: test log p* {result['nets'][str(depth)]['log_p_star']:.2f}")
+        _save(args, "depth", result)
+    figure_depth(result, os.path.join(args.out, "depth.png"))
+    return result
+
+
+def run_uci(args) -> dict:
+    from bihm_triton.model import parse_sizes
+
+    result = {"experiment": "uci", "candidates": list(UCI_CANDIDATES), "sets": {}}
+    for name in args.sets:
+        train_x, valid_x, test_x = _data(name, args)
+        tried = {}
+        for spec in UCI_CANDIDATES:
+            _, facts = train(f"uci-{name}-{spec.replace(',', '-')}", parse_sizes(spec, train_x.shape[1]), train_x,
+                             valid_x, args)
+            tried[spec] = facts
+        chosen = max(tried, key=lambda s: tried[s]["best_valid_bound"])  # the validation split only
+        model = best_model(tried[chosen]["run"], torch.device(args.device))
+        result["sets"][name] = {"chosen": chosen, "candidates": tried,
+                                **evaluate(model, test_x, args, k=args.k, seed=args.seed)}
+        _log(f"uci {name}: chose {chosen}, test log p* {result['sets'][name]['log_p_star']:.2f}")
+        _save(args, "uci", result)
+    return result
+
+
+def run_headline(args) -> dict:
+    from bihm_triton.model import parse_sizes
+
+    train_x, valid_x, test_x = _data("binarized_mnist", args)
+    _, facts = train("headline", parse_sizes(HEADLINE_SIZES, 784), train_x, valid_x, args, resume=args.resume)
+    model = best_model(facts["run"], torch.device(args.device))
+    test_x = test_x[: args.test_points]
+    result = {"experiment": "headline", "data": "binarized_mnist", "published_log_p_star": -84.8,
+              **facts, **evaluate(model, test_x, args, k=args.k, seed=args.seed)}
+    _save(args, "headline", result)
+    return result
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_ess(result: dict, path: str) -> None:
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for objective, color in (("bihm", "C0"), ("rws", "C3")):
+        m = result["models"].get(objective)
+        if not m:
+            continue
+        ks = [r["k"] for r in m["rows"]]
+        final = m["rows"][-1]["estimate"]
+        label = f"{objective.upper()}: {m['estimator']}"
+        a.errorbar(ks, [r["estimate"] - final for r in m["rows"]], yerr=[r["se"] for r in m["rows"]], color=color,
+                   marker="o", capsize=3, label=label)
+        b.plot(ks, [r["ess"] for r in m["rows"]], color=color, marker="o", label=f"{objective.upper()} weights")
+    a.axhline(-0.1, color="gray", ls=":", lw=1)
+    a.set(xscale="log", xlabel="samples per test point K", ylabel="estimate − its K = 10⁴ value (nats)",
+          title="convergence of the likelihood estimate")
+    b.set(xscale="log", yscale="log", xlabel="samples per test point K", ylabel="effective sample size",
+          title="ESS of the importance weights")
+    b.plot(result["k_grid"], result["k_grid"], color="gray", ls=":", lw=1, label="ESS = K")
+    for ax in (a, b):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure_depth(result: dict, path: str) -> None:
+    plt = _plt()
+    nets = sorted(result["nets"].items(), key=lambda kv: int(kv[0]))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.errorbar([int(d) for d, _ in nets], [r["log_p_star"] for _, r in nets],
+                yerr=[r["log_p_star_se"] for _, r in nets], marker="o", capsize=3)
+    ax.set(xlabel="latent layers", ylabel="test log p*(x) (nats)", xticks=[int(d) for d, _ in nets],
+           title="binarized MNIST, ~0.62 M parameters each")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("experiment", choices=("ess", "depth", "uci", "headline"))
+    ap.add_argument("--data-dir", default=os.environ.get("BIHM_DATA_DIR"), help="local copies of the data sets")
+    ap.add_argument("--out", default="docs/reproduction", help="where the JSON and figures go")
+    ap.add_argument("--runs", default="runs/reproduce", help="run folders (checkpoints)")
+    ap.add_argument("--minutes", type=float, default=20.0, help="training wall time per model")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the authors': 1e-3)")
+    ap.add_argument("--valid-k", type=int, default=100, help="samples per validation point")
+    ap.add_argument("--k", type=int, default=1000, help="samples per test point (depth, uci, headline)")
+    ap.add_argument("--z-samples", type=int, default=100_000, help="samples of p for log Z^2")
+    ap.add_argument("--n-inner", type=int, default=10, help="q-samples per log Z^2 term")
+    ap.add_argument("--test-points", type=int, default=None, help="evaluate on the first N test points only")
+    ap.add_argument("--train-points", type=int, default=None, help="smoke runs: train on the first N points only")
+    ap.add_argument("--sizes", default=None, help="ess: the architecture (default 200,100,50)")
+    ap.add_argument("--depths", type=int, nargs="*", default=sorted(DEPTH_SPECS), help="depth: which nets")
+    ap.add_argument("--sets", nargs="*", default=list(UCI_SETS), help="uci: which sets")
+    ap.add_argument("--resume", action="store_true", help="headline: continue the run")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.experiment == "ess" and args.test_points is None:
+        args.test_points = 200
+    {"ess": run_ess, "depth": run_depth, "uci": run_uci, "headline": run_headline}[args.experiment](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
