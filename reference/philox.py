@@ -215,11 +215,11 @@ def philox_uniform(
             raise ValueError(f"{name} must be a non-negative int, got {v!r}")
     if device is None:
         device = seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu")
-    if torch.compiler.is_compiling():
-        # an opaque op under torch.compile: with a constant seed inductor would otherwise try to fold
-        # (or generate code for) all ten Philox rounds of the whole draw, for minutes
-        key = seed.reshape(()).to(device) if isinstance(seed, torch.Tensor) else torch.tensor(seed, device=device)
-        return _philox_uniform_op(key, offset, rows, cols)
+    if torch.compiler.is_compiling() and not isinstance(seed, torch.Tensor):
+        # an opaque op under torch.compile for a constant seed: inductor would otherwise try to fold (or
+        # generate code for) all ten Philox rounds of the whole draw, for minutes. A tensor seed is a
+        # graph input: the rounds compile into one fused loop (seconds) and run several times faster.
+        return _philox_uniform_op(torch.tensor(int(seed), device=device), offset, rows, cols)
     return _philox_uniform_impl(seed, offset, rows, cols, device)
 
 
