@@ -72,6 +72,12 @@ def parse_sizes(spec: str, d0: int) -> list[int]:
     return ref.check_sizes([d0, *latent])
 
 
+def _params_key(modules) -> tuple:
+    """Identity, storage and autograd version of every parameter of ``modules``: changes whenever a
+    parameter is replaced, re-pointed (``.data = …``) or updated in place through autograd-visible ops."""
+    return tuple((id(p), p.data_ptr(), p._version) for m in modules for p in m._parameters.values() if p is not None)
+
+
 def _is_compile_failure(e: Exception) -> bool:
     """A Triton compilation error or an out-of-resources launch (shared memory, registers)."""
     return type(e).__name__ in ("CompilationError", "OutOfResources", "CompileTimeAssertionFailure")
@@ -284,7 +290,7 @@ class BiHM(ref.BiHM):
             cached = self.__dict__["_fused_passes_cache"] = [None, FusedPasses(self.sizes, self.device)]
         if pack:
             layers = self._pass_layers()
-            key = tuple((id(p), p.data_ptr(), p._version) for m in layers for p in m.parameters())
+            key = _params_key(layers)
             if cached[0] != key:
                 cached[1].pack([m.weight for m in layers], [m.bias for m in layers])
                 cached[0] = key
@@ -348,9 +354,8 @@ class BiHM(ref.BiHM):
         """
         from .kernels.chain import FusedChain
 
-        order = [self.p_top, *reversed(self.p_layers)]
-        params = [p for m in order for p in m.parameters()]
-        key = tuple((id(p), p.data_ptr(), p._version) for p in params)
+        order = [self.p_top, *list(self.p_layers._modules.values())[::-1]]  # (ModuleList indexing is slow)
+        key = _params_key(order)
         cached = self.__dict__.get("_fused_p_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -405,7 +410,7 @@ class BiHM(ref.BiHM):
 
     def _sample_p_fused(self, n, seed, offset, return_hidden, want_lp, out_dtype):
         chain = self._fused_p_chain()
-        plan, dev = chain.plan, self.device
+        plan, dev = chain.plan, chain.device
         x = torch.empty((n, self.sizes[0]), device=dev, dtype=out_dtype)
         log_p = torch.empty(n, device=dev, dtype=torch.float32) if want_lp else None
         hidden = torch.empty(n * plan.hidden_width, device=dev, dtype=out_dtype) if return_hidden else None

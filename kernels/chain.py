@@ -301,6 +301,7 @@ class FusedChain:
                               external_input=external_input, reg_max=self.config["reg_max"],
                               bm_max=self.config["bm_max"], bk_max=self.config["bk_max"])
         self.weights = WeightPack(self.plan.layers, self.plan.plane, self.plan.n_bias, self.device)
+        self._kernels = {}
         self.pack(weights, biases)
 
     def pack(self, weights, biases) -> None:
@@ -331,7 +332,9 @@ class FusedChain:
         if rows <= 0:
             return
         store_hidden = hidden is not None
-        kernel = chain_kernel(plan, store_hidden)
+        kernel = self._kernels.get(store_hidden)
+        if kernel is None:
+            kernel = self._kernels[store_hidden] = chain_kernel(plan, store_hidden)
         seed_ptr, seed_val, from_ptr = seed_args(seed, self.device)
         block_r = cfg["block_r"]
         if store_hidden:
