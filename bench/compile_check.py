@@ -162,3 +162,41 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def compile_gibbs(sizes, l: int, *, k: int = 10, arch: int = 90, warps: int = 4, terms: int = 2) -> str:
+    """Compile the fused Gibbs update of hidden layer l of ``sizes`` (see kernels/gibbs.py)."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from bihm_triton.kernels.codegen import round_up
+    from bihm_triton.kernels.gibbs import _gibbs_hidden_kernel
+    from bihm_triton.kernels.passes import make_pass_plan
+
+    plan = make_pass_plan(sizes, reg_max=64)
+    L = len(sizes) - 1
+    top = l == L
+    q, p, down = plan.q[l - 1], plan.p[L] if top else plan.p[l], plan.p[l - 1]
+    up = down if top else plan.q[l]
+    N = 2 * k
+    NP = 1 << (N - 1).bit_length()
+    M = sizes[l]
+    const = dict(M=M, D_LO=sizes[l - 1], D_HI=0 if top else sizes[l + 1], TOP=top,
+                 QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw,
+                 PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=max(p.BK, 16), PLDW=p.ldw,
+                 DW=down.w_off, DB=down.b_off, DKP=down.KP, DBK=down.BK, DLDW=down.ldw, DBM=down.BM,
+                 UW=up.w_off, UB=up.b_off, UKP=up.KP, UBK=up.BK, ULDW=up.ldw, UBM=up.BM,
+                 BM=q.BM, SLD=round_up(max(round_up(M, q.BM), down.KP, up.KP), 16), PLANE=plan.plane, N=N, NP=NP,
+                 G=max(1, 64 // NP), SEED_FROM_PTR=True, TERMS=terms, OP=tl.bfloat16)
+    fn = _gibbs_hidden_kernel
+    sig = {"w_ptr": "*bf16", "b_ptr": "*fp32", "lo_ptr": "*fp32", "hi_ptr": "*fp32", "cur_ptr": "*fp32",
+           "new_ptr": "*fp32", "scratch_ptr": "*u8", "seed_ptr": "*i64", "seed": "i64", "off_p": "i64",
+           "off_q": "i64", "off_c": "i64", "off_s": "i64", "R": "i32"}
+    sig.update({k2: "constexpr" for k2 in const})
+    kk = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=aligned_pointers(fn, sig)),
+                        target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 2})
+    ptx = kk.asm["ptx"]
+    mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
+    return f"shared {kk.metadata.shared} B, {mma}, {_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}"

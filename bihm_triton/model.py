@@ -311,6 +311,32 @@ class BiHM(ref.BiHM):
                 self.__dict__[flag] = repr(e)
         return fallback()
 
+    def _fused_gibbs_hidden(self, states, l: int, k: int, stream):
+        """The exact block-Gibbs update of h_l in one launch (:mod:`bihm_triton.kernels.gibbs`), drawing
+        the reference's stream; None where it does not apply (the caller runs the reference path)."""
+        from .kernels.chain import precision_terms
+        from .kernels.gibbs import gibbs_hidden_supported, gibbs_hidden_update
+
+        if not (self._uses_fused_sampler() and gibbs_hidden_supported(k)) or "_fused_gibbs_failed" in self.__dict__:
+            return None
+        start = stream.offset
+
+        def fused():
+            passes = self._fused_passes(pack=True)
+            plan, L, top = passes.plan, self.n_layers, l == self.n_layers
+            plans = {"q": plan.q[l - 1], "p": plan.p[L] if top else plan.p[l], "down": plan.p[l - 1],
+                     "up": None if top else plan.q[l]}
+            R, N, d = states[0].shape[0], 2 * k, self.sizes[l]
+            offsets = (stream.take(R * N, d), stream.take(R * N, d), stream.take(R * N, 1), stream.take(R, 1))
+            return gibbs_hidden_update(passes.weights, plans, l, top, states, k, seed=stream.seed, offsets=offsets,
+                                       terms=precision_terms())
+
+        def reference_path():
+            stream.offset = start  # nothing drawn: the caller's path takes the same draws
+            return None
+
+        return self._fused("gibbs", fused, reference_path)
+
     def _chunk_log_weights(self, x, k, rows, seed, offset, *, total_rows, row_start, x_row0=0):
         def layers():
             return super(BiHM, self)._chunk_log_weights(x, k, rows, seed, offset, total_rows=total_rows,

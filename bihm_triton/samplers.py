@@ -112,6 +112,10 @@ def _sample_layer(model, layer, h, n_cand: int, stream: RandomStream):
 
 def _update_hidden(model, states, l: int, K: int, paper: bool, stream: RandomStream):
     """Importance-resampling update of h_l (1 ≤ l ≤ L) given its neighbours; returns the new h_l."""
+    if not paper and hasattr(model, "_fused_gibbs_hidden"):  # one fused launch on the Triton backend
+        new = model._fused_gibbs_hidden(states, l, K, stream)
+        if new is not None:
+            return new
     L = model.n_layers
     R = states[0].shape[0]
     N = 2 * K

@@ -1,0 +1,217 @@
+"""One block-Gibbs update of a hidden layer of a BiHM in one launch (SPEC §4; the exact sampler of
+:func:`bihm_triton.samplers.gibbs_sample`).
+
+For chains ``c`` with neighbours ``h_{l−1}`` (below) and ``h_{l+1}`` (above; the top layer has the
+prior instead), the update of ``h_l`` draws N = 2K candidates per chain from the mixture of
+``p(h_l | h_{l+1})`` and ``q(h_l | h_{l−1})`` (a coin per candidate), puts the current state in slot
+0, weighs every candidate by the balance heuristic
+``½·log[p(c|h_{l+1}) q(c|h_{l−1}) p(h_{l−1}|c) q(h_{l+1}|c)] − log(½ p(c|h_{l+1}) + ½ q(c|h_{l−1}))``
+and resamples one per chain by inverse CDF. The reference does this with some thirty tensor
+operations; here one program owns ``G`` chains and their candidates (``NP`` ≥ N rows per chain,
+the padding masked):
+
+1. for each column tile of h_l: both proposals' logits (dots), both draws and the coin from the
+   SPEC §5 stream at exactly the reference's counters, the candidate tile, its two proposal
+   log-likelihoods; the candidate tile goes to a uint8 scratch (L1/L2-resident);
+2. the two neighbour log-likelihoods ``log p(h_{l−1} | c)`` and ``log q(h_{l+1} | c)`` with the
+   candidates as the dot's input;
+3. per chain: softmax of the log-weights, the inverse-CDF choice with the stream's uniform, and
+   the chosen candidate copied to the new state.
+
+The stream draws are the reference's, in the same order: from p (R·N, d_l), from q (R·N, d_l),
+the coin (R·N, 1), the choice (R, 1). The candidate rows ``r = c·N + s`` share Philox calls in
+groups of four, so a tile's groups are whole when N is a multiple of 4 (K even); the launcher
+refuses other K (the caller keeps the reference path for them).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._config import as_loadable, check_device, interpreting
+from .codegen import round_up
+from .philox import load_seed, seed_args
+from .sbn import bernoulli_elementwise
+from .tiles import dot_terms, interleave4, load_bits_masked
+
+
+@triton.jit
+def _group_uniforms(key, off, rg, cols, M):
+    """(4·len(rg), C) uniforms: tile group q holds rows 4q…4q+3, which are the stream's row group rg[q]."""
+    u0, u1, u2, u3 = tl.rand4x(key, off + rg.to(tl.int64)[:, None] * M + cols[None, :].to(tl.int64))
+    return interleave4(u0, u1, u2, u3)
+
+
+@triton.jit
+def _row_logits(in_ptr, in_rows, row_limit, D: tl.constexpr, w_ptr, W_OFF: tl.constexpr, KP: tl.constexpr,
+                BK: tl.constexpr, LDW: tl.constexpr, b_ptr, B_OFF: tl.constexpr, cols, PLANE: tl.constexpr,
+                BLOCK_R: tl.constexpr, BM: tl.constexpr, TERMS: tl.constexpr, OP: tl.constexpr):
+    """``in[in_rows] · Wᵀ[:, cols] + b[cols]`` (BLOCK_R, BM) for a packed layer (D inputs, 0: bias only)."""
+    acc = tl.zeros((BLOCK_R, BM), dtype=tl.float32)
+    if D > 0:
+        for k0 in range(0, KP, BK):
+            ks = k0 + tl.arange(0, BK)
+            h = load_bits_masked(in_ptr, in_rows, ks, row_limit, D, D, OP)
+            acc = dot_terms(h, w_ptr + W_OFF, ks, cols, LDW, PLANE, acc, TERMS, OP)
+    return acc + tl.load(b_ptr + B_OFF + cols)[None, :]
+
+
+@triton.jit
+def _score(a, x, cols, M):
+    """Σ_j log Bern(x_j; σ(a_j)) over the columns j < M (BLOCK_R,)."""
+    _, lp = bernoulli_elementwise(a, a, x, False, True)
+    return tl.sum(tl.where((cols < M)[None, :], lp, 0.0), axis=1)
+
+
+@triton.jit
+def _neighbour_score(scratch, SLD: tl.constexpr, r_loc, tgt_ptr, chain, R, D: tl.constexpr, w_ptr,
+                     W_OFF: tl.constexpr, KP: tl.constexpr, BK: tl.constexpr, LDW: tl.constexpr, BM: tl.constexpr,
+                     b_ptr, B_OFF: tl.constexpr, PLANE: tl.constexpr, BLOCK_R: tl.constexpr,
+                     TERMS: tl.constexpr, OP: tl.constexpr):
+    """``log p(target[chain] | candidate)`` (BLOCK_R,) for a packed layer whose input is the candidates
+    (in the scratch, KP ≤ SLD columns) and whose D outputs are the chain's neighbour state."""
+    total = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for m0 in range(0, D, BM):
+        cols = m0 + tl.arange(0, BM)
+        acc = tl.zeros((BLOCK_R, BM), dtype=tl.float32)
+        for k0 in range(0, KP, BK):
+            ks = k0 + tl.arange(0, BK)
+            c = (tl.load(scratch + r_loc[:, None] * SLD + ks[None, :]) != 0).to(OP)
+            acc = dot_terms(c, w_ptr + W_OFF, ks, cols, LDW, PLANE, acc, TERMS, OP)
+        a = acc + tl.load(b_ptr + B_OFF + cols)[None, :]
+        t = tl.load(tgt_ptr + chain.to(tl.int64)[:, None] * D + cols[None, :],
+                    mask=(chain < R)[:, None] & (cols < D)[None, :], other=0) != 0
+        total += _score(a, t, cols, D)
+    return total
+
+
+@triton.jit(do_not_specialize=["seed", "off_p", "off_q", "off_c", "off_s"])
+def _gibbs_hidden_kernel(
+    w_ptr, b_ptr, lo_ptr, hi_ptr, cur_ptr, new_ptr, scratch_ptr, seed_ptr, seed, off_p, off_q, off_c, off_s, R,
+    M: tl.constexpr, D_LO: tl.constexpr, D_HI: tl.constexpr, TOP: tl.constexpr,
+    QW: tl.constexpr, QB: tl.constexpr, QKP: tl.constexpr, QBK: tl.constexpr, QLDW: tl.constexpr,
+    PW: tl.constexpr, PB: tl.constexpr, PKP: tl.constexpr, PBK: tl.constexpr, PLDW: tl.constexpr,
+    DW: tl.constexpr, DB: tl.constexpr, DKP: tl.constexpr, DBK: tl.constexpr, DLDW: tl.constexpr, DBM: tl.constexpr,
+    UW: tl.constexpr, UB: tl.constexpr, UKP: tl.constexpr, UBK: tl.constexpr, ULDW: tl.constexpr, UBM: tl.constexpr,
+    BM: tl.constexpr, SLD: tl.constexpr, PLANE: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, G: tl.constexpr,
+    SEED_FROM_PTR: tl.constexpr, TERMS: tl.constexpr, OP: tl.constexpr,
+):
+    BLOCK_R: tl.constexpr = G * NP
+    pid = tl.program_id(0)
+    key = load_seed(seed_ptr, seed, SEED_FROM_PTR)
+    r_loc = tl.arange(0, BLOCK_R)
+    slot = r_loc % NP
+    chain = pid * G + r_loc // NP
+    valid = (slot < N) & (chain < R)
+    # the stream's row group of tile group q (rows 4q … 4q+3): chain·N/4 + slot/4
+    q = tl.arange(0, BLOCK_R // 4)
+    rg = (pid * G + q // (NP // 4)).to(tl.int64) * (N // 4) + q % (NP // 4)
+    coin = _group_uniforms(key, off_c, rg, tl.arange(0, 1), 1)  # (BLOCK_R, 1)
+    use_p = coin < 0.5
+    scratch = scratch_ptr + pid.to(tl.int64) * BLOCK_R * SLD
+    lp_prop = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    lq_prop = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    # 1. candidates, tile by tile of h_l's columns
+    for m0 in range(0, M, BM):
+        cols = m0 + tl.arange(0, BM)
+        if TOP:
+            a_p = tl.zeros((BLOCK_R, BM), dtype=tl.float32) + tl.load(b_ptr + PB + cols)[None, :]
+        else:
+            a_p = _row_logits(hi_ptr, chain, R, D_HI, w_ptr, PW, PKP, PBK, PLDW, b_ptr, PB, cols, PLANE,
+                              BLOCK_R, BM, TERMS, OP)
+        a_q = _row_logits(lo_ptr, chain, R, D_LO, w_ptr, QW, QKP, QBK, QLDW, b_ptr, QB, cols, PLANE,
+                          BLOCK_R, BM, TERMS, OP)
+        x_p, _ = bernoulli_elementwise(a_p, _group_uniforms(key, off_p, rg, cols, M), a_p, True, False)
+        x_q, _ = bernoulli_elementwise(a_q, _group_uniforms(key, off_q, rg, cols, M), a_q, True, False)
+        cur = tl.load(cur_ptr + chain.to(tl.int64)[:, None] * M + cols[None, :],
+                      mask=(chain < R)[:, None] & (cols < M)[None, :], other=0) != 0
+        cand = tl.where((slot == 0)[:, None], cur, tl.where(use_p, x_p, x_q))
+        lp_prop += _score(a_p, cand, cols, M)
+        lq_prop += _score(a_q, cand, cols, M)
+        tl.store(scratch + r_loc[:, None] * SLD + cols[None, :], cand.to(tl.uint8))
+    tl.debug_barrier()  # the neighbour scores read the candidates back
+    # 2. the neighbours' log-likelihoods given each candidate
+    target = lp_prop + lq_prop
+    target += _neighbour_score(scratch, SLD, r_loc, lo_ptr, chain, R, D_LO, w_ptr, DW, DKP, DBK, DLDW, DBM, b_ptr,
+                               DB, PLANE, BLOCK_R, TERMS, OP)
+    if not TOP:
+        target += _neighbour_score(scratch, SLD, r_loc, hi_ptr, chain, R, D_HI, w_ptr, UW, UKP, UBK, ULDW, UBM,
+                                   b_ptr, UB, PLANE, BLOCK_R, TERMS, OP)
+    mx = tl.maximum(lp_prop, lq_prop)
+    mx = tl.where(mx == -float("inf"), 0.0, mx)  # both −inf: the mixture is −inf, not NaN
+    mixture = mx + tl.log(tl.exp(lp_prop - mx) + tl.exp(lq_prop - mx)) - 0.6931471805599453
+    log_w = tl.where(valid, 0.5 * target - mixture, -float("inf"))
+    # 3. per chain: softmax, inverse CDF with the stream's uniform (R, 1) draw, copy the choice
+    lw = tl.reshape(log_w, (G, NP))
+    top_w = tl.max(lw, axis=1)
+    dead = top_w == -float("inf")
+    e = tl.exp(lw - tl.where(dead, 0.0, top_w)[:, None])
+    p = e / tl.where(dead, 1.0, tl.sum(e, axis=1))[:, None]
+    cdf = tl.cumsum(p, axis=1)
+    chains = pid * G + tl.arange(0, G)
+    u0, u1, u2, u3 = tl.rand4x(key, off_s + (chains // 4).to(tl.int64))
+    lane = chains % 4
+    u = tl.where(lane == 0, u0, tl.where(lane == 1, u1, tl.where(lane == 2, u2, u3)))
+    total = tl.max(cdf, axis=1)  # the last entry: cdf is non-decreasing
+    pick = tl.sum((cdf <= (u * total)[:, None]).to(tl.int32), axis=1)
+    pick = tl.where(dead, 0, tl.minimum(pick, N - 1))
+    src = scratch + (tl.arange(0, G) * NP + pick).to(tl.int64) * SLD
+    for m0 in range(0, M, BM):
+        cols = m0 + tl.arange(0, BM)
+        bits = tl.load(src[:, None] + cols[None, :])
+        tl.store(new_ptr + chains.to(tl.int64)[:, None] * M + cols[None, :], bits.to(new_ptr.dtype.element_ty),
+                 mask=(chains < R)[:, None] & (cols < M)[None, :])
+
+
+def gibbs_hidden_supported(k: int) -> bool:
+    """The fused update needs N = 2K candidates in whole groups of four rows: K even."""
+    return k % 2 == 0
+
+
+def gibbs_hidden_update(pack, plans: dict, l: int, top: bool, states, k: int, *, seed, offsets, terms: int,
+                        chains_per_program: int | None = None) -> torch.Tensor:
+    """The new h_l (R, d_l) of the exact block-Gibbs update, in one launch.
+
+    Args:
+        pack: :class:`~bihm_triton.kernels.chain.WeightPack` holding the layers named in ``plans``.
+        plans: ``{"q": q_{l−1}, "p": p_l (or the prior), "down": p_{l−1}, "up": q_l (None if top)}``,
+            :class:`~bihm_triton.kernels.codegen.LayerPlan` of each within ``pack``.
+        states: ``[h_0, …, h_L]`` (R, d_i) each, binary, contiguous.
+        k: candidates per proposal (N = 2K per chain; K must be even).
+        offsets: ``(from_p, from_q, coin, choice)`` offsets of the four stream draws.
+    """
+    if not gibbs_hidden_supported(k):
+        raise ValueError(f"the fused Gibbs update needs an even k, got {k}")
+    cur = states[l].contiguous()
+    check_device(cur)
+    R, M = cur.shape
+    N = 2 * k
+    NP = max(4, 1 << (N - 1).bit_length())
+    G = max(chains_per_program or max(1, 64 // NP), -(-16 // NP))  # a tile of at least 16 rows (tl.dot)
+    q, p, down, up = plans["q"], plans["p"], plans["down"], plans.get("up")
+    BM = q.BM
+    SLD = round_up(max(round_up(M, BM), down.KP, up.KP if up is not None else 0), 16)
+    grid = (triton.cdiv(R, G),)
+    scratch = torch.empty(grid[0] * G * NP * SLD, device=cur.device, dtype=torch.uint8)
+    new = torch.empty_like(cur)
+    lo = states[l - 1].contiguous()
+    hi = lo if top else states[l + 1].contiguous()
+    seed_ptr, seed_val, from_ptr = seed_args(seed, cur.device)
+    u = up or down  # placeholders when top (unused)
+    _gibbs_hidden_kernel[grid](
+        pack.planes, pack.bias, as_loadable(lo), as_loadable(hi), as_loadable(cur), as_loadable(new), scratch,
+        seed_ptr if from_ptr else pack.bias, seed_val, *offsets, R,
+        M=M, D_LO=lo.shape[1], D_HI=0 if top else hi.shape[1], TOP=top,
+        QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw,
+        PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=max(p.BK, 16), PLDW=p.ldw,
+        DW=down.w_off, DB=down.b_off, DKP=down.KP, DBK=down.BK, DLDW=down.ldw, DBM=down.BM,
+        UW=u.w_off, UB=u.b_off, UKP=u.KP, UBK=u.BK, ULDW=u.ldw, UBM=u.BM,
+        BM=BM, SLD=SLD, PLANE=pack.plane, N=N, NP=NP, G=G,
+        SEED_FROM_PTR=from_ptr, TERMS=terms, OP=tl.float32 if interpreting() else tl.bfloat16,
+    )
+    return new
+
+
+__all__ = ["gibbs_hidden_update", "gibbs_hidden_supported"]
