@@ -212,13 +212,7 @@ def idx_image_shape(path: str, *, split: Optional[str] = None) -> tuple[int, int
         FileNotFoundError / ValueError: as :func:`load_mnist_idx`.
     """
     path = _mnist_file(path, split, "images-idx3")
-    try:
-        with open(path, "rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
-        with (gzip.open if gzipped else open)(path, "rb") as f:
-            header = f.read(16)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    header = _read_bytes(path, 16)
     if len(header) < 16:
         raise ValueError(f"{path}: truncated IDX header ({len(header)} bytes, need 16)")
     magic, _, rows, cols = struct.unpack(">4I", header)
@@ -227,16 +221,22 @@ def idx_image_shape(path: str, *, split: Optional[str] = None) -> tuple[int, int
     return rows, cols
 
 
-def _read_idx(path: str, magic: int) -> np.ndarray:
-    """The ``uint8`` array of an IDX file whose magic number must be ``magic`` (2051 or 2049)."""
-    ndim = magic & 0xFF
+def _read_bytes(path: str, size: int = -1) -> bytes:
+    """The bytes of a file, gunzipped when it is gzipped (recognized by its content); the first
+    ``size`` bytes only when given. Raises ValueError naming the file for a corrupt gzip stream."""
     try:
         with open(path, "rb") as f:
             gzipped = f.read(2) == b"\x1f\x8b"
         with (gzip.open if gzipped else open)(path, "rb") as f:
-            raw = f.read()
+            return f.read(size)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+
+
+def _read_idx(path: str, magic: int) -> np.ndarray:
+    """The ``uint8`` array of an IDX file whose magic number must be ``magic`` (2051 or 2049)."""
+    ndim = magic & 0xFF
+    raw = _read_bytes(path)
     header_size = 4 * (1 + ndim)
     if len(raw) < header_size:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header_size})")
@@ -332,13 +332,7 @@ def _read_amat(path: str, *, extra_columns: int = 0) -> np.ndarray:
 def _read_digit_matrix(path: str, *, separators: bytes) -> Optional[np.ndarray]:
     """A matrix of single 0/1 digits each followed by one separator (the last of a row by a newline),
     as float32 — or None when the file is not exactly that (the caller falls back to a general parser)."""
-    try:
-        with open(path, "rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
-        with (gzip.open if gzipped else open)(path, "rb") as f:
-            raw = f.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise ValueError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    raw = _read_bytes(path)
     first = raw.find(b"\n")
     if first <= 0 or (first + 1) % 2 or len(raw) % (first + 1):
         return None

@@ -75,3 +75,15 @@ def assert_few_rounding_flips(got: torch.Tensor, want: torch.Tensor) -> None:
         assert flips / want.numel() < 1e-3, f"{flips} of {want.numel()} samples differ"
     else:
         assert flips <= 2, f"{flips} of {want.numel()} samples differ"
+
+
+def dyadic_model(sizes, seed: int, weight_norm: bool = False):
+    """A float32 reference BiHM with random parameters rounded to multiples of 2**-8 (exact logits:
+    kernel and reference samples agree element for element). Weight-normalized models keep their
+    (non-dyadic) parameters."""
+    m = random_model(sizes, seed=seed, dtype=torch.float32, scale=1.0, weight_norm=weight_norm)
+    if not weight_norm:
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(dyadic(p))
+    return m

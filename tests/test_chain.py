@@ -13,18 +13,9 @@ import torch
 
 from bihm_triton.kernels.chain import FusedChain, chain_source, launch_config, make_plan
 from bihm_triton.model import BiHM
-from helpers import assert_few_rounding_flips, assert_samples_match, dyadic, random_model
+from helpers import assert_few_rounding_flips, assert_samples_match, dyadic_model, random_model
 
 NETS = [[1, 1], [17, 3, 100, 1], [300, 200, 17, 3], [30, 17, 9, 3], [40, 130, 70, 20]]
-
-
-def _dyadic_model(sizes, seed, weight_norm=False):
-    m = random_model(sizes, seed=seed, dtype=torch.float32, scale=1.0, weight_norm=weight_norm)
-    if not weight_norm:
-        with torch.no_grad():
-            for p in m.parameters():
-                p.copy_(dyadic(p))
-    return m
 
 
 def _chain(m, device, **cfg):
@@ -51,7 +42,7 @@ def _run(chain, n, device, *, seed, offset, hidden=False, log_p=True, out_dtype=
 @pytest.mark.parametrize("sizes", NETS, ids=str)
 @pytest.mark.parametrize("rows", [1, 5, 70])
 def test_fused_equals_reference_pass(sizes, rows, device, poison_empty):
-    m = _dyadic_model(sizes, seed=len(sizes) + rows)
+    m = dyadic_model(sizes, seed=len(sizes) + rows)
     chain = _chain(m, device)
     want, want_lp = m.p_pass(rows, 2**40 + 3, 11)
     x, states, lp = _run(chain, rows, device, seed=2**40 + 3, offset=11, hidden=True)
@@ -70,7 +61,7 @@ def test_fused_equals_reference_pass(sizes, rows, device, poison_empty):
                                  dict(reg_max=128, bm_max=128, bk_max=128)], ids=str)
 def test_tiling_does_not_change_the_samples(cfg, device):
     """Tile sizes, register/memory placement and chunking are invisible in the output."""
-    m = _dyadic_model([40, 130, 70, 20], seed=9)
+    m = dyadic_model([40, 130, 70, 20], seed=9)
     base = _run(_chain(m, device), 70, device, seed=5, offset=2**33, hidden=True)
     other = _run(_chain(m, device, **cfg), 70, device, seed=5, offset=2**33, hidden=True, chunk=36)
     assert torch.equal(base[0], other[0])
@@ -114,7 +105,7 @@ def test_weight_terms(terms, device):
 
 
 def test_seed_tensor_and_large_counters(device):
-    m = _dyadic_model([30, 17, 9, 3], seed=3)
+    m = dyadic_model([30, 17, 9, 3], seed=3)
     chain = _chain(m, device)
     a = _run(chain, 33, device, seed=2**62 + 5, offset=2**32 - 50)
     b = _run(chain, 33, device, seed=torch.tensor(2**62 + 5, device=device), offset=2**32 - 50)
@@ -138,7 +129,7 @@ def test_saturated_logits_keep_their_log_likelihood(device):
 
 
 def test_model_sample_p_is_the_reference_in_chunks(device):
-    ref_model = _dyadic_model([20, 9, 5], seed=4)
+    ref_model = dyadic_model([20, 9, 5], seed=4)
     fast = BiHM(ref_model.sizes, backend="triton", device=device, chunk_rows=16)
     fast.load_state_dict(ref_model.state_dict())
     got = fast.sample_p(50, seed=7, offset=2, return_hidden=True)
@@ -155,7 +146,7 @@ def test_model_sample_p_is_the_reference_in_chunks(device):
 
 
 def test_packed_weights_are_cached_and_refreshed(device, monkeypatch):
-    ref_model = _dyadic_model([20, 9, 5], seed=4)
+    ref_model = dyadic_model([20, 9, 5], seed=4)
     fast = BiHM(ref_model.sizes, backend="triton", device=device)
     fast.load_state_dict(ref_model.state_dict())
     packs = []
@@ -179,7 +170,7 @@ def test_packed_weights_are_cached_and_refreshed(device, monkeypatch):
 
 
 def test_weight_norm_model_fused(device):
-    ref_model = _dyadic_model([20, 9, 5], seed=5, weight_norm=True)
+    ref_model = dyadic_model([20, 9, 5], seed=5, weight_norm=True)
     fast = BiHM(ref_model.sizes, weight_norm=True, backend="triton", device=device)
     fast.load_state_dict(ref_model.state_dict())
     # ‖v‖ is not dyadic (and the fused path builds g·v/‖v‖ explicitly): last-bit logit differences only
@@ -195,7 +186,7 @@ def test_a_compile_failure_falls_back_to_the_layer_path(device, monkeypatch):
     def broken(*args, **kwargs):
         raise CompilationError("no such instruction on this GPU")
 
-    ref_model = _dyadic_model([20, 9, 5], seed=4)
+    ref_model = dyadic_model([20, 9, 5], seed=4)
     fast = BiHM(ref_model.sizes, backend="triton", device=device)
     fast.load_state_dict(ref_model.state_dict())
     monkeypatch.setattr(chain_mod.FusedChain, "launch", broken)

@@ -14,21 +14,12 @@ import torch
 
 from bihm_triton.kernels.passes import FusedPasses
 from bihm_triton.model import BiHM
-from helpers import dyadic, random_model
-
-
-def _dyadic_model(sizes, seed, weight_norm=False):
-    m = random_model(sizes, seed=seed, dtype=torch.float32, scale=1.0, weight_norm=weight_norm)
-    if not weight_norm:
-        with torch.no_grad():
-            for p in m.parameters():
-                p.copy_(dyadic(p))
-    return m
+from helpers import dyadic_model, random_model
 
 
 @pytest.mark.parametrize("sizes", [[5, 3], [17, 3, 100, 1], [30, 17, 9, 3], [70, 130, 20]], ids=str)
 def test_log_weights_and_gradients_equal_the_reference(sizes, device, poison_empty):
-    m = _dyadic_model(sizes, seed=3)
+    m = dyadic_model(sizes, seed=3)
     layers = [*m.q_layers, *m.p_layers, m.p_top]
     fp = FusedPasses(sizes, device)
     fp.pack([l.weight.to(device) for l in layers], [l.bias.to(device) for l in layers])
@@ -56,7 +47,7 @@ def test_log_weights_and_gradients_equal_the_reference(sizes, device, poison_emp
 
 def test_model_estimators_take_the_fused_pass(device, monkeypatch):
     """log p̃*, ESS and log Ẑ² on the Triton backend (fused passes, tiny chunks) equal the reference's."""
-    r = _dyadic_model([6, 5, 3], seed=41)
+    r = dyadic_model([6, 5, 3], seed=41)
     m = BiHM(r.sizes, backend="triton", device=device, chunk_rows=12)
     m.load_state_dict(r.state_dict())
     calls = []
