@@ -36,8 +36,10 @@ otherwise the last 20 % are test and the 10 % before validation), or a registere
 downloaded and checksum-verified). Layer sizes (--sizes): latent widths '200,100,50' or the
 authors' '<f>x-<n>l-<last>'.
 
-Errors are one line; exit status 2 for bad arguments, data or files, 1 when training diverges,
-130 on Ctrl-C. Threads: --threads N (or OMP_NUM_THREADS) sets torch's CPU thread count.
+Errors are one line (argument errors after the usage line); exit status 2 for bad arguments,
+data or files, 1 when training diverges, 130 on Ctrl-C. --threads N sets torch's CPU threads
+(default 1: these networks are small and more threads fight over a busy machine).
+A run remembers its --data/--data-dir: --resume, eval and inpaint use them unless given.
 """
 
 # Training settings: None on the command line means "not given" (the defaults below apply to a new
@@ -68,6 +70,10 @@ def open_data(source: str, data_dir: str | None = None) -> Data:
     """The :class:`Data` of a ``--data`` string; checks the name and reads image shapes from the files."""
     from . import data
 
+    if data_dir is not None:
+        data_dir = os.path.expanduser(data_dir)
+        if not os.path.isdir(data_dir):
+            raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
     if source == "digits":
         return Data(source, (8, 8))
     if source.startswith("idx:"):
@@ -147,6 +153,8 @@ def output_file(path: str | None, what: str, suffix: str | None = None) -> str |
     if path is None:
         return None
     path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path} is a folder; give a file name")
     if suffix and not path.lower().endswith(suffix):
         path += suffix
     if os.path.isdir(path):
@@ -279,6 +287,24 @@ def _settings(args, defaults: dict) -> tuple[dict, dict]:
     return {**defaults, **given}, given
 
 
+def _run_config(path: str) -> dict:
+    """The config.json of a run folder (or of the folder holding a checkpoint file); {} if there is none."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _data_of(args, run_path: str | None = None) -> tuple[str, str | None]:
+    """``(--data, --data-dir)``: as given, else the run's own (recorded when it was trained), else digits."""
+    recorded = (_run_config(run_path).get("data_source") or {}) if run_path else {}
+    data = args.data or recorded.get("data") or "digits"
+    data_dir = args.data_dir or (recorded.get("data_dir") if data == recorded.get("data") else None)
+    return data, data_dir
+
+
 def _check_resume_conflicts(out_dir: str, given: dict, d0: int) -> None:
     """Refuse settings given with --resume that differ from the run's (by name)."""
     from .model import parse_sizes
@@ -318,30 +344,43 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
             raise FileExistsError(f"--out {out} is an existing file; give a folder for the run")
         present = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
         if present and not getattr(args, "overwrite", False):
-            raise FileExistsError(f"--out {out} already holds a run ({', '.join(present)}): continue it with "
-                                  f"--resume, replace it with --overwrite, or choose another --out")
+            how = "continue it with --resume, " if args.command == "train" else ""
+            raise FileExistsError(f"--out {out} already holds a run ({', '.join(present)}): {how}replace it with "
+                                  f"--overwrite, or choose another --out")
         _check_writable_parent(os.path.join(out, "config.json"), "--out")
+    elif not os.path.isfile(os.path.join(out, "last.safetensors")):
+        raise FileNotFoundError(f"--resume: no run to continue in {out} (no last.safetensors)")
     torch.manual_seed(settings["seed"])
     device = _device(args.device)
-    data = open_data(args.data, args.data_dir)
+    source, data_dir = _data_of(args, out if resume else None)
+    if resume and args.data and (_run_config(out).get("data_source") or {}).get("data") not in (None, args.data):
+        raise ValueError(f"--resume: the run in {out} was trained on --data "
+                         f"{_run_config(out)['data_source']['data']}, not {args.data}")
+    data = open_data(source, data_dir)
     train_x, valid_x = data.split("train").to(device), data.split("valid").to(device)
     if resume:
         _check_resume_conflicts(out, given, train_x.shape[1])
         trainer = Trainer.resume(out, train_x, valid_x, device=device, backend=args.backend,
                                  max_epochs=given.get("epochs"))
-        print(f"resuming {out} at epoch {trainer.epoch} (up to epoch {trainer.config.max_epochs})")
+        if trainer.epoch >= trainer.config.max_epochs or trainer.bad_epochs >= trainer.config.patience:
+            why = "its epoch limit" if trainer.epoch >= trainer.config.max_epochs else "early stopping"
+            print(f"the run in {out} already ended at epoch {trainer.epoch} ({why}); give --epochs to go further")
+            return 0
+        print(f"resuming {out} (--data {source}) at epoch {trainer.epoch} (up to epoch {trainer.config.max_epochs})")
     else:
         sizes = parse_sizes(settings["sizes"], train_x.shape[1])
         model = BiHM(sizes, weight_norm=settings["weight_norm"], backend=args.backend, device=device)
         cfg = TrainConfig(k=settings["k"], batch_size=settings["batch_size"], lr=settings["lr"],
                           objective=settings["objective"], max_epochs=settings["epochs"],
                           patience=settings["patience"], valid_k=settings["valid_k"], seed=settings["seed"])
-        trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=getattr(args, "overwrite", False))
-        print(f"training BiHM {sizes} ({cfg.objective}) on {args.data}: {train_x.shape[0]} train / "
+        trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=getattr(args, "overwrite", False),
+                          data_source={"data": source,
+                                       "data_dir": os.path.abspath(data_dir) if data_dir else None})
+        print(f"training BiHM {sizes} ({cfg.objective}) on {source}: {train_x.shape[0]} train / "
               f"{valid_x.shape[0]} valid points, K = {cfg.k}, batch {cfg.batch_size}, Adam lr {cfg.lr}, "
               f"device {device}")
     t0 = time.perf_counter()
-    trainer.fit(progress=not args.no_progress)
+    trainer.fit(progress=not args.no_progress, heartbeat_s=30.0 if args.no_progress else None)
     print(f"trained {trainer.epoch} epochs in {time.perf_counter() - t0:.0f}s; best valid bound {trainer.best:.3f}; "
           f"checkpoints in {out}")
     return 0
@@ -355,11 +394,11 @@ def _eval(args) -> int:
     json_out = output_file(args.json, "--json")
     figure = output_file(args.figure, "--figure", ".png")
     device = _device(args.device)
-    data = open_data(args.data, args.data_dir)
+    data = open_data(*_data_of(args, os.path.expanduser(args.checkpoint)))
     model = _load_model(args.checkpoint, device, args.backend)
     x = model._check_x(data.split(args.split).to(device))  # fail on the wrong data before any work
     if x.shape[0] < 1:
-        raise ValueError(f"the {args.split} split of --data {args.data} has no data points")
+        raise ValueError(f"the {args.split} split of --data {data.source} has no data points")
     r = evaluate(model, x, k=args.k, z_samples=args.z_samples, n_inner=args.n_inner, seed=args.seed,
                  progress=_progress(args))
     print_evaluation(r)
@@ -368,10 +407,10 @@ def _eval(args) -> int:
             json.dump(r, f, indent=2)
         print(f"wrote {json_out}")
     if figure:
-        source = f"idx:{os.path.basename(os.path.normpath(data.source[4:]))}" if data.source.startswith("idx:") \
+        name = f"idx:{os.path.basename(os.path.normpath(data.source[4:]))}" if data.source.startswith("idx:") \
             else data.source
         overview_figure(model, x, figure, steps=args.gibbs_steps, seed=args.seed, progress=_progress(args),
-                        title=f"BiHM {model.sizes} on {source} ({args.split}): log p*(x) = {r['log_p_star']:.2f} nats",
+                        title=f"BiHM {model.sizes} on {name} ({args.split}): log p*(x) = {r['log_p_star']:.2f} nats",
                         shape=data.shape, order=data.order)
         print(f"wrote {figure}")
     return 0
@@ -390,7 +429,8 @@ def _sample(args) -> int:
                                paper_compatible=args.paper_compatible).x
     else:
         x = model.sir_sample(args.n, args.oversample, seed=args.seed).x
-    shape = open_data(args.data, args.data_dir).shape if args.data else None
+    source, data_dir = _data_of(args, os.path.expanduser(args.checkpoint))
+    shape = open_data(source, data_dir).shape if (args.data or source != "digits") else None
     figure_panels([(f"samples ({args.method})", x)], out, cols=min(10, args.n), shape=shape)
     print(f"wrote {out}")
     return 0
@@ -401,10 +441,10 @@ def _inpaint(args) -> int:
 
     out = output_file(args.out, "--out", ".png")
     device = _device(args.device)
-    data = open_data(args.data, args.data_dir)
+    data = open_data(*_data_of(args, os.path.expanduser(args.checkpoint)))
     x = data.split(args.split)
     if x.shape[0] < 1:
-        raise ValueError(f"the {args.split} split of --data {args.data} has no data points")
+        raise ValueError(f"the {args.split} split of --data {data.source} has no data points")
     x = x[: args.n]
     mask = make_mask(x, args.mask, torch.Generator().manual_seed(args.seed), shape=data.shape, order=data.order)
     model = _load_model(args.checkpoint, device, args.backend)
@@ -486,8 +526,9 @@ def _common(p: argparse.ArgumentParser, *, seed_default=0) -> None:
                    help="seed of every random choice, an integer in [0, 2**63) (default 0)")
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
                    help="auto: Triton on CUDA tensors, the reference on CPU (default auto)")
-    p.add_argument("--threads", type=_int_at_least(1), default=None,
-                   help="CPU threads for torch (default: torch's; on a busy machine 1 can be much faster)")
+    p.add_argument("--threads", type=_int_at_least(1), default=1,
+                   help="CPU threads for torch (default 1: these networks are small, and more threads fight "
+                        "over a busy machine; try 2+ on an idle many-core machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per stage instead)")
 
 
@@ -532,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="train a BiHM (authors' defaults: K = 10, batch 100, Adam lr 1e-3)")
-    p.add_argument("--data", default="digits", help=DATA_HELP)
+    p.add_argument("--data", default=None, help=DATA_HELP + " (with --resume: the run's own)")
     _train_options(p, TRAIN_DEFAULTS, "bihm-run")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out with its own settings (give --epochs to raise its limit)")
@@ -541,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="likelihood estimates on a data split")
     p.add_argument("--checkpoint", required=True, help="run folder (its best.safetensors) or a .safetensors file")
-    p.add_argument("--data", default="digits", help=DATA_HELP)
+    p.add_argument("--data", default=None, help=DATA_HELP + " (default: the run's own, else digits)")
     p.add_argument("--split", default="test", choices=SPLITS, help="data split (default test)")
     p.add_argument("--k", type=_int_at_least(1), default=1000, help="importance samples per data point (1000)")
     p.add_argument("--z-samples", type=_int_at_least(2), default=100_000, help="samples of p for log Z^2 (100000)")
@@ -568,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inpaint", help="complete partly hidden images and save a PNG")
     p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
-    p.add_argument("--data", default="digits", help=DATA_HELP)
+    p.add_argument("--data", default=None, help=DATA_HELP + " (default: the run's own, else digits)")
     p.add_argument("--split", default="test", choices=SPLITS, help="data split (default test)")
     p.add_argument("--n", type=_int_at_least(1), default=10, help="images to inpaint (10)")
     p.add_argument("--mask", default="bottom", choices=("bottom", "top", "left", "right", "random"),
@@ -584,8 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     prefix = f"bihm-triton {args.command}: error:"
     debug = bool(os.environ.get("BIHM_TRITON_DEBUG"))
     try:

@@ -94,10 +94,10 @@ class _SegmentLSE:
         self.max = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
         self.sum = torch.zeros(B, dtype=torch.float64, device=device)
 
-    def update(self, b_lo: int, seg: torch.Tensor, v: torch.Tensor) -> None:
-        """Add values v (rows,) whose data points are ``b_lo + seg`` (seg starts at 0, contiguous)."""
+    def update(self, b_lo: int, n: int, seg: torch.Tensor, v: torch.Tensor) -> None:
+        """Add values v (rows,) whose data points are ``b_lo + seg`` (seg: 0 … n−1, contiguous; n given by
+        the caller, so nothing is read back from the device)."""
         v = v.double()
-        n = int(seg[-1]) + 1
         cm = torch.full((n,), -math.inf, dtype=v.dtype, device=v.device).scatter_reduce(0, seg, v, "amax")
         shift = torch.where(torch.isfinite(cm), cm, 0.0)  # exp(-inf - 0) = 0 where a chunk has no weight
         cs = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, seg, torch.exp(v - shift[seg]))
@@ -207,7 +207,7 @@ class BiHM(ref.BiHM):
             log_p, log_q = self._chunk_log_weights(x, k, r1 - r0, seed, offset, total_rows=R, row_start=r0)
             log_w = log_p - log_q
             for m, a in acc.items():
-                a.update(b_lo, b - b_lo, m * log_w)
+                a.update(b_lo, (r1 - 1) // k - b_lo + 1, b - b_lo, m * log_w)
         return {m: a.value() for m, a in acc.items()}
 
     # ------------------------------------------------------------- estimators
@@ -314,14 +314,14 @@ class BiHM(ref.BiHM):
     def _fused_gibbs_hidden(self, states, l: int, k: int, stream):
         """The exact block-Gibbs update of h_l in one launch (:mod:`bihm_triton.kernels.gibbs`), drawing
         the reference's stream; None where it does not apply (the caller runs the reference path)."""
-        from .kernels.chain import precision_terms
-        from .kernels.gibbs import gibbs_hidden_supported, gibbs_hidden_update
-
-        if not (self._uses_fused_sampler() and gibbs_hidden_supported(k)) or "_fused_gibbs_failed" in self.__dict__:
-            return None
+        if k % 2 or not self._uses_fused_sampler() or "_fused_gibbs_failed" in self.__dict__:
+            return None  # the fused update takes K even (whole Philox row groups per chain)
         start = stream.offset
 
         def fused():
+            from .kernels.chain import precision_terms
+            from .kernels.gibbs import gibbs_hidden_update
+
             passes = self._fused_passes(pack=True)
             plan, L, top = passes.plan, self.n_layers, l == self.n_layers
             plans = {"q": plan.q[l - 1], "p": plan.p[L] if top else plan.p[l], "down": plan.p[l - 1],
@@ -395,8 +395,15 @@ class BiHM(ref.BiHM):
         return chain
 
     def refresh_fused_cache(self) -> None:
-        """Forget the packed weights of the fused samplers; the next call repacks them from the parameters."""
-        self.__dict__.pop("_fused_p_cache", None)
+        """Mark the packed weights of the fused kernels stale: the next call repacks them from the
+        parameters (needed after changes the version counters do not see: ``.data`` edits, CUDA-graph
+        replays of an optimizer step)."""
+        cached = self.__dict__.get("_fused_p_cache")
+        if cached is not None:
+            self.__dict__["_fused_p_cache"] = (None, cached[1])
+        passes = self.__dict__.get("_fused_passes_cache")
+        if passes is not None:
+            passes[0] = None
 
     @torch.no_grad()
     def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False, return_log_p: bool = False,

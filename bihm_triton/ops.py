@@ -86,6 +86,15 @@ def _seed_arg(seed):
     return seed.reshape(()) if isinstance(seed, torch.Tensor) else int(seed)
 
 
+def _reference_seed(seed):
+    """The seed for the reference path: ints stay ints (under torch.compile the reference then keeps
+    the constant-keyed Philox opaque instead of unrolling it), None draws one, tensors as given."""
+    if seed is None:
+        return _seed_tensor(None) if torch.compiler.is_compiling() else int(torch.randint(0, MAX_SEED - 1, ()))
+    check_seed(seed)
+    return seed.reshape(()) if isinstance(seed, torch.Tensor) else int(seed)
+
+
 def _seed_tensor(seed) -> torch.Tensor:
     """A one-element int64 tensor for the op; ``None`` draws one from torch's default generator."""
     if seed is None:
@@ -350,7 +359,7 @@ def sbn_sample(
     check_offset(offset)
     backend = resolve_backend(backend, h.device)
     if backend == "reference":
-        return ref.sbn_sample(h, weight, bias, seed=_seed_tensor(seed), offset=offset, out_dtype=out_dtype)
+        return ref.sbn_sample(h, weight, bias, seed=_reference_seed(seed), offset=offset, out_dtype=out_dtype)
     return _sample(h, weight, bias, None, _seed_arg(seed), offset, out_dtype)
 
 
@@ -411,7 +420,7 @@ def sbn_sample_wn(
     check_offset(offset)
     backend = resolve_backend(backend, h.device)
     if backend == "reference":
-        return ref.sbn_sample_wn(h, weight_v, g, bias, seed=_seed_tensor(seed), offset=offset, out_dtype=out_dtype)
+        return ref.sbn_sample_wn(h, weight_v, g, bias, seed=_reference_seed(seed), offset=offset, out_dtype=out_dtype)
     return _sample(h, weight_v, bias, g, _seed_arg(seed), offset, out_dtype)
 
 

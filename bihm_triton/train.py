@@ -19,7 +19,6 @@ checkpoint, so an interruption between a log line and its checkpoint leaves no d
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -95,6 +94,8 @@ class Trainer:
         out_dir: run directory for config, checkpoints and the log; None keeps nothing on disk.
         overwrite: replace a run already in ``out_dir`` (its files are deleted first); without it a
             folder holding a run is refused (continue it with :meth:`resume`).
+        data_source: a note of where the data came from, kept in ``config.json`` (the CLI records
+            its ``--data`` and ``--data-dir`` there, so ``--resume`` and ``eval`` find them again).
 
         cuda_graph: on a CUDA model, capture one training step (loss, backward, Adam) in a CUDA
             graph and replay it for every full batch (``None``, the default: on CUDA). The step
@@ -114,7 +115,8 @@ class Trainer:
 
     def __init__(self, model: BiHM, train_x: torch.Tensor, valid_x: torch.Tensor | None = None,
                  config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None, *,
-                 cuda_graph: bool | None = None, overwrite: bool = False, _resuming: bool = False):
+                 cuda_graph: bool | None = None, overwrite: bool = False, data_source: dict | None = None,
+                 _resuming: bool = False):
         self.model = model
         self.config = config or TrainConfig()
         self.train_x = model._check_x(train_x, "train_x")
@@ -123,6 +125,7 @@ class Trainer:
         if self.valid_x is not None:
             _check_rows(self.valid_x, "valid_x")
         self.fingerprints = {"train": data_fingerprint(self.train_x), "valid": data_fingerprint(self.valid_x)}
+        self.data_source = data_source
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
         if self.out_dir is not None and not _resuming:
             _claim_run_dir(self.out_dir, overwrite)
@@ -140,8 +143,10 @@ class Trainer:
             self._write_config()
 
     def _write_config(self) -> None:
-        write_json_atomic({"model": self.model.config(), "train": dataclasses.asdict(self.config),
-                           "data": self.fingerprints}, os.path.join(self.out_dir, "config.json"))
+        config = {"model": self.model.config(), "train": dataclasses.asdict(self.config), "data": self.fingerprints}
+        if self.data_source is not None:
+            config["data_source"] = self.data_source
+        write_json_atomic(config, os.path.join(self.out_dir, "config.json"))
 
     # ------------------------------------------------------------------ epochs
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -158,28 +163,43 @@ class Trainer:
 
     def _capture(self, batch: int) -> None:
         """Record one step on static buffers in a CUDA graph. The warm-up steps it needs (lazy
-        allocations, kernel compilation) are undone, so the run is the same as without a graph."""
+        allocations, kernel compilation) are undone in place — parameters and Adam state get their
+        values back in the very tensors the graph reads and writes — so the run is the same as
+        without a graph, whether or not the capture succeeds."""
         model, opt = self.model, self.optimizer
+        params = list(model.parameters())
+        saved_params = [p.detach().clone() for p in params]
+        saved_state = {p: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
+                       for p in params if p in opt.state}
         static_x = torch.zeros(batch, model.sizes[0], device=model.device, dtype=model.dtype)
         static_seed = torch.zeros((), device=model.device, dtype=torch.int64)
-        params = [p.detach().clone() for p in model.parameters()]
-        opt_state = copy.deepcopy(opt.state_dict())
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                opt.zero_grad(set_to_none=True)
-                self._loss_and_step(static_x, static_seed)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            loss, stats = self._loss_and_step(static_x, static_seed)
-        with torch.no_grad():  # undo the warm-up steps
-            for p, p0 in zip(model.parameters(), params):
-                p.copy_(p0)
-        opt.load_state_dict(opt_state)
-        self._graph = (graph, static_x, static_seed, loss, stats)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    opt.zero_grad(set_to_none=True)
+                    self._loss_and_step(static_x, static_seed)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                loss, stats = self._loss_and_step(static_x, static_seed)
+            self._graph = (graph, static_x, static_seed, loss, stats)
+        finally:
+            torch.cuda.synchronize()
+            with torch.no_grad():  # undo the warm-up steps, in place
+                for p, p0 in zip(params, saved_params):
+                    p.copy_(p0)
+                for p in params:
+                    for k, v in opt.state.get(p, {}).items():
+                        if not torch.is_tensor(v):
+                            continue
+                        old = saved_state.get(p, {}).get(k)
+                        if old is None:
+                            v.zero_()  # state born in the warm-up: a fresh Adam's (zero moments, step 0)
+                        else:
+                            v.copy_(old)
 
     def train_step(self, x: torch.Tensor, *, seed=None) -> dict:
         """One optimizer step on the batch x: the loss of SPEC §3, its backward, and Adam.
@@ -200,11 +220,11 @@ class Trainer:
         if self.cuda_graph and full and self._graph is None:
             try:
                 self._capture(x.shape[0])
-            except Exception as e:  # noqa: BLE001 - any capture failure: go on eagerly
+            except Exception as e:  # noqa: BLE001 - any capture failure: go on eagerly (state restored)
                 print(f"bihm-triton: CUDA-graph capture of the training step failed ({type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''}); training without it", flush=True)
                 self.cuda_graph = False
-                torch.cuda.synchronize()
+                self._graph = None
         if self.cuda_graph and full and self._graph is not None:
             graph, static_x, static_seed, loss, stats = self._graph
             static_x.copy_(x)
@@ -219,8 +239,10 @@ class Trainer:
         self.step += 1
         return {"loss": loss, **stats}
 
-    def train_epoch(self, progress: bool = True) -> dict:
+    def train_epoch(self, progress: bool = True, heartbeat_s: float | None = None) -> dict:
         """One pass over the training data; returns the epoch's mean bound and ESS (floats).
+
+        Without a progress bar, ``heartbeat_s`` prints a line every so many seconds (long epochs).
 
         Raises:
             FloatingPointError: the loss became non-finite (checked every ``check_every`` steps and
@@ -234,6 +256,7 @@ class Trainer:
         total_ess = torch.zeros((), device=dev, dtype=torch.float64)
         first_bad = torch.full((), -1, device=dev, dtype=torch.int64)
         bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
+        beat = time.perf_counter()
         for i, start in enumerate(bar):
             xb = self.train_x[perm[start:start + cfg.batch_size]]
             step = self.step
@@ -244,6 +267,11 @@ class Trainer:
             if (i + 1) % self.check_every == 0 or start + cfg.batch_size >= n:
                 self._raise_if_bad(first_bad)
                 bar.set_postfix(bound=f"{float(total_bound) / min(n, start + cfg.batch_size):.2f}")
+            if heartbeat_s and not progress and time.perf_counter() - beat > heartbeat_s:
+                beat = time.perf_counter()
+                done = min(n, start + cfg.batch_size)
+                print(f"  epoch {self.epoch + 1}: {done} of {n} points, train bound {float(total_bound) / done:.2f}",
+                      flush=True)
         self.model.refresh_fused_cache()  # graph replays change the parameters without version bumps
         return {"train_bound": float(total_bound) / n, "train_ess": float(total_ess) / n}
 
@@ -261,7 +289,8 @@ class Trainer:
                                        progress=progress)
         return float(ll.log_p_tilde_star.mean())
 
-    def fit(self, epochs: int | None = None, *, progress: bool = True, verbose: bool = True) -> list[dict]:
+    def fit(self, epochs: int | None = None, *, progress: bool = True, verbose: bool = True,
+            heartbeat_s: float | None = None) -> list[dict]:
         """Train until early stopping, ``max_epochs``, or ``epochs`` more epochs; returns the log records.
 
         Each epoch appends a record (epoch, step, train_bound, train_ess, valid_bound, seconds) to
@@ -271,7 +300,7 @@ class Trainer:
         stop_at = cfg.max_epochs if epochs is None else min(cfg.max_epochs, self.epoch + epochs)
         while self.epoch < stop_at and self.bad_epochs < cfg.patience:
             t0 = time.perf_counter()
-            record = {"epoch": self.epoch + 1, **self.train_epoch(progress)}
+            record = {"epoch": self.epoch + 1, **self.train_epoch(progress, heartbeat_s if verbose else None)}
             self.epoch += 1
             record["valid_bound"] = self.validate()
             record["step"] = self.step
@@ -337,7 +366,7 @@ class Trainer:
         model.load_state_dict(weights)
         settings = dict(state["train"], **({} if max_epochs is None else {"max_epochs": max_epochs}))
         trainer = cls(model, train_x, valid_x, TrainConfig(**settings), out_dir=out_dir, cuda_graph=cuda_graph,
-                      _resuming=True)
+                      data_source=_read_json(os.path.join(out_dir, "config.json")).get("data_source"), _resuming=True)
         for split, fp in (state.get("data") or {}).items():
             if fp is not None and trainer.fingerprints.get(split) != fp:
                 raise ValueError(f"the {split} data differ from the run's in {out_dir} (fingerprint "
@@ -359,6 +388,14 @@ class Trainer:
         if max_epochs is not None:
             trainer._write_config()
         return trainer
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def _write_text_atomic(path: str, text: str) -> None:

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from ._config import as_loadable, check_device, interpreting
-from .codegen import BARRIER, LayerPlan, Mem, emit_layer, load_generated, padded_width, pick_block, round_up
+from .codegen import BARRIER, LayerPlan, Mem, block_choices, emit_layer, load_generated, padded_width, pick_block, round_up
 from .philox import seed_args
 
 #: Layers whose padded width is at most this keep their states in registers between layers.
@@ -71,7 +71,7 @@ class ChainPlan:
 
 
 def make_plan(in_widths, widths, *, external_input: bool = False, reg_max: int = REG_MAX, bm_max: int = 64,
-              bk_max: int = 64, w_off: int = 0, b_off: int = 0, store_all: bool = False) -> ChainPlan:
+              bk_max: int = 64, w_off: int = 0, b_off: int = 0) -> ChainPlan:
     """Tile sizes, register/memory placement and buffer offsets of a chain of layers.
 
     Args:
@@ -80,7 +80,6 @@ def make_plan(in_widths, widths, *, external_input: bool = False, reg_max: int =
         reg_max: largest padded width kept in registers between layers.
         bm_max, bk_max: largest output / input tile widths of memory-resident layers.
         w_off, b_off: where the chain's weights start in a larger packed buffer.
-        store_all: every layer (the last too) gets a scratch region (the fused passes keep all states).
     """
     in_widths, widths = tuple(int(n) for n in in_widths), tuple(int(m) for m in widths)
     if len(in_widths) != len(widths) or not widths:
@@ -90,8 +89,7 @@ def make_plan(in_widths, widths, *, external_input: bool = False, reg_max: int =
             raise ValueError(f"layer {i} takes {in_widths[i]} inputs but layer {i - 1} has {widths[i - 1]} units")
     if external_input != (in_widths[0] > 0):
         raise ValueError("layer 0 must have inputs exactly when the chain reads external input")
-    bm_choices = tuple(b for b in (16, 32, 64, 128) if b <= bm_max)
-    bk_choices = tuple(b for b in (16, 32, 64, 128) if b <= bk_max)
+    bm_choices, bk_choices = block_choices(bm_max), block_choices(bk_max)
     last = len(widths) - 1
     P = [padded_width(M) for M in widths]
     out_reg = [i < last and P[i] <= reg_max for i in range(len(widths))]
@@ -102,15 +100,15 @@ def make_plan(in_widths, widths, *, external_input: bool = False, reg_max: int =
     for i, (N, M) in enumerate(zip(in_widths, widths)):
         KP = 0 if N == 0 else round_up(N, BK[i])
         ldw = round_up(M, BM[i])
-        nxt = BK[i + 1] if i < last else 64
-        sld = round_up(max(round_up(M, BM[i]), round_up(M, nxt)), 64 if store_all else 16)
+        nxt = BK[i + 1] if i < last else 16
+        sld = round_up(max(round_up(M, BM[i]), round_up(M, nxt)), 16)
         in_reg = i > 0 and out_reg[i - 1]
         layers.append(LayerPlan(N, M, P[i], BM[i], BK[i], KP, ldw, in_reg, out_reg[i], w_off, b_off, pfx, hoff,
                                 soff, sld))
         w_off += round_up(KP * ldw, _ALIGN)
         b_off += round_up(ldw, _ALIGN)
         pfx += M
-        if i < last or store_all:
+        if i < last:
             hoff += M
             soff += sld
     return ChainPlan(widths, in_widths, external_input, tuple(layers), max(w_off, _ALIGN), max(b_off, _ALIGN),
@@ -140,7 +138,7 @@ def fused_chain(
 #: The per-tile prologue shared by the generated kernels: rows of the tile, the stream's key.
 PROLOGUE = """    # rows: chunk-local; chunk row r is row row0 + r of the pass and of the outputs
     pid = tl.program_id(0)
-    tile0 = pid * BLOCK_R
+    tile0 = pid.to(tl.int64) * BLOCK_R  # int64: tile0 · row stride can pass 2**31
     r_loc = tl.arange(0, BLOCK_R)
     rows = tile0 + r_loc
     row_ok = rows < R
@@ -190,7 +188,7 @@ def chain_source(plan: ChainPlan, store_hidden: bool) -> str:
         where_in = "registers" if L.in_reg else ("nothing" if L.N == 0 else "memory")
         body.append(emit_layer(
             str(i), L, plane=plan.plane, mode="sample", inp=inp, stores=stores, keep=L.out_reg,
-            rng_base=f"offset + groups_total * {L.pfx} + g_tile * {L.M}",
+            rng_base=f"offset + groups_total.to(tl.int64) * {L.pfx} + g_tile * {L.M}",
             comment=f"layer {i}: {L.N} -> {L.M} (input in {where_in}, output in "
                     f"{'registers' if L.out_reg else 'memory'})"))
         if not L.out_reg and i < last:
@@ -211,6 +209,13 @@ def chain_kernel(plan: ChainPlan, store_hidden: bool):
 
 
 # --------------------------------------------------------------------------------- launcher
+
+
+def launch_options(cfg: dict, terms: int | None) -> dict:
+    """The constexpr and launch keywords every generated kernel takes: TERMS, OP, warps, stages, maxnreg."""
+    return dict(TERMS=terms or precision_terms(), OP=tl.float32 if interpreting() else tl.bfloat16,
+                num_warps=cfg["warps"], num_stages=cfg["stages"],
+                **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}))
 
 
 def precision_terms() -> int:
@@ -242,6 +247,13 @@ def launch_config() -> dict:
             raise ValueError(f"block_r must be a power of two >= 16, got {cfg['block_r']}")
         _CONFIG[key] = cfg
     return _CONFIG[key]
+
+
+def _check_out(t: torch.Tensor, name: str, shape: tuple, device, dtype=None) -> None:
+    """A buffer a kernel reads or writes: the shape, device (and dtype) the launcher assumes, contiguous."""
+    if tuple(t.shape) != tuple(shape) or t.device != device or not t.is_contiguous() or (dtype and t.dtype != dtype):
+        raise ValueError(f"{name} must be a contiguous {dtype or ''} tensor of shape {tuple(shape)} on {device}, got "
+                         f"{t.dtype} {tuple(t.shape)} on {t.device}{'' if t.is_contiguous() else ' (not contiguous)'}")
 
 
 class WeightPack:
@@ -331,6 +343,16 @@ class FusedChain:
             raise ValueError(f"row0 must be a multiple of 4, got {row0}")
         if rows <= 0:
             return
+        if row0 + rows > total_rows:
+            raise ValueError(f"rows {row0}…{row0 + rows} lie outside the pass of {total_rows} rows")
+        _check_out(final, "final", (total_rows, plan.widths[-1]), self.device)
+        if log_prob is not None:
+            _check_out(log_prob, "log_prob", (total_rows,), self.device, torch.float32)
+        if hidden is not None:
+            _check_out(hidden, "hidden", (total_rows * plan.hidden_width,), self.device)
+        if inputs is not None:
+            inputs = inputs.contiguous()
+            _check_out(inputs, "inputs", (inputs.shape[0], plan.in_widths[0]), self.device)
         store_hidden = hidden is not None
         kernel = self._kernels.get(store_hidden)
         if kernel is None:
@@ -347,9 +369,7 @@ class FusedChain:
             as_loadable(final), hid, log_prob if log_prob is not None else self.weights.bias,
             seed_ptr if from_ptr else self.weights.bias,
             seed_val, offset, -(-total_rows // 4), row0 // 4, rows, row0, hid_rows, hid_row0, in_repeat,
-            SEED_FROM_PTR=from_ptr, TERMS=terms or precision_terms(),
-            OP=tl.float32 if interpreting() else tl.bfloat16, WANT_LP=log_prob is not None, BLOCK_R=block_r,
-            num_warps=cfg["warps"], num_stages=cfg["stages"], **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}),
+            SEED_FROM_PTR=from_ptr, WANT_LP=log_prob is not None, BLOCK_R=block_r, **launch_options(cfg, terms),
         )
 
 

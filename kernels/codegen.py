@@ -38,6 +38,11 @@ def pick_block(n: int, choices=(16, 32, 64), per_step: int = 8) -> int:
     return best[1]
 
 
+def block_choices(limit: int) -> tuple:
+    """Tile widths a plan may pick: powers of two from 16 (``tl.dot``'s minimum) up to ``limit``."""
+    return tuple(b for b in (16, 32, 64, 128) if b <= limit)
+
+
 def padded_width(m: int) -> int:
     """Width of a register tile holding m units (a power of two >= 16, ``tl.dot``'s minimum)."""
     return max(16, next_pow2(m))
@@ -111,7 +116,7 @@ def emit_layer(tag: str, L: LayerPlan, *, plane: int, mode: str, inp, comment: s
         stores: where the layer's output (sample, or ∂L/∂a) goes.
         keep: keep the sample in registers as ``s{tag}`` (the next layer's dot operand).
     """
-    N, M = L.N, L.M
+    M = L.M
     lines = [f"    # ---- {comment}"]
     if mode == "sample":
         lines.append(f"    base{tag} = {rng_base}")

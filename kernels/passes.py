@@ -5,13 +5,13 @@ for K importance samples per data point in one launch, and its backward in two.
 
 1. runs the q pass bottom-up exactly like the fused chain sampler (:mod:`.chain`): layer l draws
    ``h_{l+1} ~ q(· | h_l)`` from the stream (``x`` is read in place: row r uses data point
-   ``r // K``), narrow layers keep their states in registers for the next layer, and every state is
-   written to a padded uint8 state buffer (the backward needs them);
+   ``r // K``), narrow q layers also keep their states in registers for the next q layer, and every
+   state is written to a padded uint8 state buffer (the p scores and the backward read them);
 2. scores the p model top-down from that buffer: the prior ``log p(h_L)`` and every
    ``log p(h_l | h_{l+1})``, with the same dots and epilogue.
 
-It returns ``log p(x, h)`` and ``log q(h | x)`` per row; the logits never reach memory and no
-state is read from HBM (the program reads back what it just wrote, from L1/L2).
+It returns ``log p(x, h)`` and ``log q(h | x)`` per row; the logits never reach memory, and the
+states a program reads back are the ones it just wrote (usually still in L1/L2).
 
 **Backward**, given per-row coefficients ``g_p = ∂L/∂log p`` and ``g_q = ∂L/∂log q``:
 
@@ -34,9 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import as_loadable, check_device, dot_precision, interpreting
-from .chain import PROLOGUE, WeightPack, external_input, launch_config, make_plan, precision_terms
-from .codegen import BARRIER, Mem, emit_layer, load_generated, pick_block, round_up
+from ._config import as_loadable, check_device, dot_precision
+from .chain import _ALIGN, PROLOGUE, WeightPack, external_input, launch_config, launch_options, make_plan
+from .codegen import BARRIER, Mem, block_choices, emit_layer, load_generated, pick_block, round_up
 from .philox import seed_args
 
 #: Tile of the grouped weight-gradient matmul: (output units (at most; a layer's own BM), input units,
@@ -109,10 +109,8 @@ class PassPlan:
 def make_pass_plan(sizes, *, reg_max: int, bm_max: int = 64, bk_max: int = 64) -> PassPlan:
     sizes = tuple(int(d) for d in sizes)
     L = len(sizes) - 1
-    qplan = make_plan(sizes[:-1], sizes[1:], external_input=True, reg_max=reg_max, bm_max=bm_max, bk_max=bk_max,
-                      store_all=True)
-    bm_choices = tuple(b for b in (16, 32, 64, 128) if b <= bm_max)
-    bk_choices = tuple(b for b in (16, 32, 64, 128) if b <= bk_max)
+    qplan = make_plan(sizes[:-1], sizes[1:], external_input=True, reg_max=reg_max, bm_max=bm_max, bk_max=bk_max)
+    bm_choices, bk_choices = block_choices(bm_max), block_choices(bk_max)
     w_off, b_off = qplan.plane, qplan.n_bias
     p = []
     for l in [*range(L), L]:
@@ -122,8 +120,8 @@ def make_pass_plan(sizes, *, reg_max: int, bm_max: int = 64, bk_max: int = 64) -
         KP, ldw = (round_up(N, BK) if N else 0), round_up(M, BM)
         p.append(replace(qplan.layers[0], N=N, M=M, P=0, BM=BM, BK=BK, KP=KP, ldw=ldw, in_reg=False, out_reg=False,
                          w_off=w_off, b_off=b_off, pfx=0, hoff=0, soff=0, sld=0))
-        w_off += round_up(KP * ldw, 64)
-        b_off += round_up(ldw, 64)
+        w_off += round_up(KP * ldw, _ALIGN)
+        b_off += round_up(ldw, _ALIGN)
     # every tile grid that touches state s (1..L): the q layer producing it and the one reading it,
     # the p layer reading it, the p layer (or prior) scoring it, the weight-gradient tiles
     st_off, st_ld, off = [], [], 0
@@ -141,14 +139,8 @@ def make_pass_plan(sizes, *, reg_max: int, bm_max: int = 64, bk_max: int = 64) -
         goff += lay.ldw
         grad_off.append((gpos, gpos + lay.M * lay.N))
         gpos += lay.M * lay.N + lay.M
-    return PassPlan(sizes, qplan.layers, tuple(p), max(w_off, 64), max(b_off, 64), tuple(st_off), tuple(st_ld), off,
-                    tuple(ga_off), goff, tuple(grad_off), gpos)
-
-
-def _ga_ld(plan: PassPlan, j: int) -> int:
-    """Row stride of layer j's ∂L/∂a region: its output tile grid (the weight-gradient tiles use the
-    layer's own BM, so every column they read was written)."""
-    return plan.layers[j].ldw
+    return PassPlan(sizes, qplan.layers, tuple(p), max(w_off, _ALIGN), max(b_off, _ALIGN), tuple(st_off),
+                    tuple(st_ld), off, tuple(ga_off), goff, tuple(grad_off), gpos)
 
 
 # ------------------------------------------------------------------------------ code generation
@@ -196,9 +188,10 @@ def log_weights_source(plan: PassPlan) -> str:
         inp = _data(plan) if i == 0 else (f"sq{i - 1}" if Lq.in_reg else _state(plan, i))
         body.append(emit_layer(
             f"q{i}", Lq, plane=plan.plane, mode="sample", inp=inp, stores=(_state(plan, i + 1),), keep=Lq.out_reg,
-            lp_var="lq", rng_base=f"offset + groups_total * {Lq.pfx} + g_tile * {Lq.M}",
+            lp_var="lq", rng_base=f"offset + groups_total.to(tl.int64) * {Lq.pfx} + g_tile * {Lq.M}",
             comment=f"q layer {i}: h_{i} ({Lq.N}) -> h_{i + 1} ({Lq.M})"))
-    body.append(BARRIER)
+        if not Lq.out_reg:  # the next q layer (or, after the last, the p scores) reads these states back
+            body.append(BARRIER)
     for l in [L, *range(L - 1, -1, -1)]:
         Lp = plan.p[l]
         inp = None if l == L else _state(plan, l + 1)
@@ -218,7 +211,7 @@ def grad_logits_source(plan: PassPlan) -> str:
             "    cq = tl.load(gq_ptr + rows, mask=row_ok, other=0.0)\n"
             "    cp = tl.load(gp_ptr + rows, mask=row_ok, other=0.0)\n"]
     for j, lay in enumerate(plan.layers):
-        ld = _ga_ld(plan, j)
+        ld = plan.layers[j].ldw
         dest = Mem(f"(ga_ptr + st_base * {plan.ga_off[j]} + tile0 * {ld})", ld, "tl.float32")
         if j < L:  # q layer j: h_j -> h_{j+1}
             inp, target, coef, what = (_data(plan) if j == 0 else _state(plan, j)), _state(plan, j + 1), "cq", \
@@ -260,7 +253,7 @@ def weight_grads_source(plan: PassPlan) -> str:
         kw = "if" if j == 0 else "elif"
         lines += [f"    {kw} pid < {start + tm * tn}:  # layer {j}: {lay.N} -> {lay.M}",
                   f"        t = pid - {start}",
-                  f"        wgrad_tile(ga_ptr + st_base * {plan.ga_off[j]}, {_ga_ld(plan, j)}, {src}, {src_ld}, "
+                  f"        wgrad_tile(ga_ptr + st_base * {plan.ga_off[j]}, {plan.layers[j].ldw}, {src}, {src_ld}, "
                   f"grad_ptr + {w_off}, grad_ptr + {b_off}, t // {tn}, t % {tn}, st_rows, R, row0, in_repeat, in_row0, "
                   f"{lay.M}, {lay.N}, {j == 0}, {BM}, {BN}, {BR}, PRECISION)"]
         start += tm * tn
@@ -310,11 +303,21 @@ class FusedPasses:
         """log p(x, h) and log q(h | x) (rows,) float32 for rows ``row0 … row0 + rows`` of a q pass over
         ``total_rows`` rows (row0 a multiple of 4), and the uint8 state buffer the backward reads.
 
-        Row r of the pass uses data point ``x[r // in_repeat − in_row0]`` (x: (B, d_0), binary).
+        Row r of the pass uses data point ``x[r // in_repeat − in_row0]`` (x: (B, d_0) binary, any
+        dtype, made contiguous here). The packed weights (:meth:`pack`) must be current.
+
+        Raises:
+            ValueError: row0 not a multiple of 4, rows outside the pass, x of the wrong width.
+            RuntimeError: tensors on the CPU without ``TRITON_INTERPRET=1``.
         """
         check_device(x)
         if row0 % 4:
             raise ValueError(f"row0 must be a multiple of 4, got {row0}")
+        if row0 + rows > total_rows:
+            raise ValueError(f"rows {row0}…{row0 + rows} lie outside the pass of {total_rows} rows")
+        x = x.contiguous()
+        if x.dim() != 2 or x.shape[1] != self.plan.sizes[0]:
+            raise ValueError(f"x must have shape (B, {self.plan.sizes[0]}), got {tuple(x.shape)}")
         fwd, _, _, _ = self.kernels()
         ra = self.rows_alloc(rows)
         st = torch.empty(ra * self.plan.st_width, device=self.device, dtype=torch.uint8)
@@ -325,25 +328,34 @@ class FusedPasses:
         fwd[(triton.cdiv(rows, cfg["block_r"]),)](
             self.weights.planes, self.weights.bias, as_loadable(x), st, lq, lp, seed_ptr if from_ptr else lq,
             seed_val, offset, -(-total_rows // 4), row0 // 4, rows, row0, ra, in_repeat, in_row0,
-            SEED_FROM_PTR=from_ptr, TERMS=terms or precision_terms(), OP=tl.float32 if interpreting() else tl.bfloat16,
-            WANT_LP=True, BLOCK_R=cfg["block_r"], num_warps=cfg["warps"], num_stages=cfg["stages"],
-            **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}))
+            SEED_FROM_PTR=from_ptr, WANT_LP=True, BLOCK_R=cfg["block_r"], **launch_options(cfg, terms))
         return lp, lq, st
 
     def backward(self, x: torch.Tensor, st: torch.Tensor, rows: int, g_p: torch.Tensor, g_q: torch.Tensor, *,
                  row0: int, in_repeat: int, in_row0: int = 0, terms: int | None = None) -> list:
         """Gradients of ``Σ_r g_p[r]·log p_r + g_q[r]·log q_r`` for every packed layer: a list of
-        ``(dW (M, N), db (M,))`` float32 in :meth:`pack` order (the prior's dW is (d_L, 0))."""
+        ``(dW (M, N), db (M,))`` float32 in :meth:`pack` order (the prior's dW is (d_L, 0)).
+
+        Args:
+            x, rows, row0, in_repeat, in_row0: as the :meth:`forward` call that returned ``st``.
+            st: the state buffer :meth:`forward` returned. g_p, g_q: (rows,) coefficients.
+
+        Raises:
+            ValueError: ``st``, ``g_p`` or ``g_q`` not from a forward over ``rows`` rows.
+        """
         _, glogits, wgrads, n_programs = self.kernels()
         ra = self.rows_alloc(rows)
+        x = x.contiguous()
+        if st.numel() != ra * self.plan.st_width or g_p.shape != (rows,) or g_q.shape != (rows,):
+            raise ValueError(f"backward: st must hold {ra * self.plan.st_width} states and g_p, g_q ({rows},), got "
+                             f"{st.numel()}, {tuple(g_p.shape)}, {tuple(g_q.shape)}")
         ga = torch.empty(ra * self.plan.ga_width, device=self.device, dtype=torch.float32)
         cfg = self.config
         glogits[(ra // cfg["block_r"],)](  # every padded row: rows >= R get coefficient 0, so ∂L/∂a = 0
             self.weights.planes, self.weights.bias, as_loadable(x), st, g_q.contiguous().float(),
             g_p.contiguous().float(), ga, self.weights.bias,
             0, 0, 0, 0, rows, row0, ra, in_repeat, in_row0,
-            SEED_FROM_PTR=False, TERMS=terms or precision_terms(), OP=tl.float32 if interpreting() else tl.bfloat16,
-            WANT_LP=False, BLOCK_R=cfg["block_r"], num_warps=cfg["warps"], num_stages=cfg["stages"])
+            SEED_FROM_PTR=False, WANT_LP=False, BLOCK_R=cfg["block_r"], **launch_options(cfg, terms))
         grads = torch.empty(self.plan.grad_size, device=self.device, dtype=torch.float32)
         wgrads[(n_programs,)](ga, as_loadable(x), st, grads, ra, rows, row0, in_repeat, in_row0,
                               PRECISION=dot_precision())

@@ -84,8 +84,6 @@ def dot_terms(a, w_ptr, ks, cols, LDW, PLANE: tl.constexpr, acc, TERMS: tl.const
     return acc
 
 
-
-
 @triton.jit
 def score_tile(acc, bias_ptr, cols, M, x):
     """Σ_j log Bern(x_j; σ(a_j)) over the columns j < M of a tile (BLOCK_R,), for logits ``acc + bias`` and

@@ -341,7 +341,7 @@ class BiHM(nn.Module):
             raise ValueError(f"{name} must have shape (B, d_0) = (B, {self.sizes[0]}), got {tuple(x.shape)}")
         if validate:
             check_binary(x, name)
-        return x.to(device=self.device, dtype=self.dtype)
+        return x.to(device=self.device, dtype=self.dtype).contiguous()
 
     @staticmethod
     def _seed(seed, offset):

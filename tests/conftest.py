@@ -44,6 +44,11 @@ GPU_TIER = (
     "test_chain.py::test_fused_equals_reference_pass[70-[300, 200, 17, 3]]",
     "test_chain.py::test_saturated_logits_keep_their_log_likelihood",
     "test_chain.py::test_model_sample_p_is_the_reference_in_chunks",
+    "test_passes.py::test_log_weights_and_gradients_equal_the_reference[[70, 130, 20]]",
+    "test_passes.py::test_model_estimators_take_the_fused_pass",
+    "test_samplers.py::test_fused_gibbs_update_draws_the_reference_chains[[20, 9, 70, 3]-4]",
+    "test_chain.py::test_counters_past_2_to_the_31",
+    "test_passes.py::test_counters_past_2_to_the_31",
     "test_train.py::test_cuda_graph_step_equals_eager",
     "test_compile.py::test_compiled_sampler_matches_eager",
 )

@@ -197,3 +197,12 @@ def test_a_compile_failure_falls_back_to_the_layer_path(device, monkeypatch):
     fresh = BiHM(ref_model.sizes, backend="triton", device=device)
     with pytest.raises(KeyError):  # anything that is not a compile failure still surfaces
         fresh.sample_p(4, seed=1)
+
+
+
+def test_counters_past_2_to_the_31():
+    """ceil(total/4)·Σwidths passes 2**31 for passes of a few million rows: the generated source forms the
+    counters in int64 (the passes' test runs such a pass; the chain's outputs cover the whole pass, so
+    a pass that long cannot be run here)."""
+    src = chain_source(make_plan([0, 10, 20], [10, 20, 30]), store_hidden=False)
+    assert "groups_total.to(tl.int64)" in src and "tile0 = pid.to(tl.int64)" in src

@@ -124,7 +124,14 @@ def test_resume_keeps_the_runs_settings_and_refuses_conflicts(tmp_path, capsys):
     _write_idx(other / "imgs", [[[255 * ((i + j) % 2)] * 8] * 8 for i in range(30) for j in range(1)])
     assert main(["train", "--data", f"idx:{other / 'imgs'}", "--out", str(run), "--resume", "--epochs", "3",
                  "--no-progress"]) == 2
-    assert "differ from the run's" in capsys.readouterr().err
+    assert "was trained on --data digits" in capsys.readouterr().err
+    # the library checks the data themselves (a fingerprint stored with the run)
+    from bihm_triton.cli import load_split
+    from bihm_triton.train import Trainer
+
+    other_x = 1.0 - load_split("digits", "train")
+    with pytest.raises(ValueError, match="differ from the run's"):
+        Trainer.resume(run, other_x, load_split("digits", "valid"))
 
 
 def test_resume_after_a_kill_between_log_and_checkpoint_leaves_no_duplicate_epochs(tmp_path):
@@ -258,3 +265,33 @@ def test_eval_says_what_it_is_doing_without_progress_bars(tmp_path, capsys):
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "estimating log Z^2" in out and "estimating log-likelihoods" in out
+
+
+def test_a_run_remembers_its_data(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    _write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (60, 8, 8)))
+    _write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (10, 8, 8)))
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"idx:{folder}", "--sizes", "4", "--epochs", "1", "--valid-k", "2",
+                 "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    # no --data: the run's own (a digits default would have the same width here and train on the wrong data)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert f"--data idx:{folder}" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(run), "--k", "3", "--z-samples", "10", "--n-inner", "1",
+                 "--no-progress"]) == 0
+    assert "mean over 10 points" in capsys.readouterr().out  # the t10k file, not the digits test split
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0  # already at its limit
+    assert "already ended at epoch 2" in capsys.readouterr().out
+    assert main(["demo", "--out", str(run), "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--resume" not in err  # demo cannot resume: do not suggest it
+    assert main(["train", "--data", "dna", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "r2"),
+                 "--no-progress"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(run), "--method", "p", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err

@@ -77,3 +77,19 @@ def test_weight_norm_training_gradients_through_the_fused_pass(device):
     for (name, a), b in zip(m.named_parameters(), torch.autograd.grad(lr_, list(r.parameters()))):
         (ga,) = torch.autograd.grad(lm, [a], retain_graph=True)
         torch.testing.assert_close(ga.cpu(), b, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_counters_past_2_to_the_31(device):
+    """A chunk deep inside a q pass of 2**29 rows (counters past 2**31) equals the reference's chunk."""
+    m = dyadic_model([70, 130, 20], seed=4)
+    layers = [*m.q_layers, *m.p_layers, m.p_top]
+    fp = FusedPasses(m.sizes, device)
+    fp.pack([l.weight.to(device) for l in layers], [l.bias.to(device) for l in layers])
+    k, rows, total, row0 = 5, 40, 2**29, 2**28 + 20
+    x = (torch.rand(9, 70, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    x_row0 = row0 // k  # the chunk's rows read x[r // k − x_row0]: data points 0 … 8
+    log_p, log_q, _ = fp.forward(x.to(device), rows, seed=3, offset=2**40, total_rows=total, row0=row0,
+                                 in_repeat=k, in_row0=x_row0)
+    want_p, want_q = m._chunk_log_weights(x, k, rows, 3, 2**40, total_rows=total, row_start=row0, x_row0=x_row0)
+    torch.testing.assert_close(log_q.cpu(), want_q)
+    torch.testing.assert_close(log_p.cpu(), want_p)
