@@ -123,47 +123,6 @@ def compile_passes(sizes, *, arch: int, block_r: int, warps: int, stages: int, t
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", type=int, default=90)
-    ap.add_argument("--net", default="all", choices=[*NETS, "all"])
-    ap.add_argument("--block-r", type=int, default=64)
-    ap.add_argument("--warps", type=int, default=4)
-    ap.add_argument("--stages", type=int, default=2)
-    ap.add_argument("--terms", type=int, default=2)
-    ap.add_argument("--dump", help="write the PTX and TTGIR here")
-    args = ap.parse_args(argv)
-    import triton
-
-    print(f"triton {triton.__version__}, sm_{args.arch}")
-    nets = NETS if args.net == "all" else {args.net: NETS[args.net]}
-    status = 0
-    for name, sizes in nets.items():
-        try:
-            for kname, info in compile_passes(sizes, arch=args.arch, block_r=args.block_r, warps=args.warps,
-                                              stages=args.stages, terms=args.terms).items():
-                print(f"{name} passes.{kname}: {info}")
-        except Exception as e:  # noqa: BLE001
-            status = 1
-            print(f"{name} passes: FAILED {type(e).__name__}: {str(e)[:2000]}")
-        for store_hidden, want_lp in ((False, False), (False, True), (True, True)):
-            tag = f"{name} block_r={args.block_r} warps={args.warps} stages={args.stages} terms={args.terms} " \
-                  f"hidden={store_hidden} log_p={want_lp}"
-            try:
-                info = compile_chain(sizes, arch=args.arch, block_r=args.block_r, warps=args.warps,
-                                     stages=args.stages, terms=args.terms, store_hidden=store_hidden,
-                                     want_lp=want_lp, dump=args.dump)
-                print(f"{tag}: {info}")
-            except Exception as e:  # noqa: BLE001 - report every failure, keep going
-                status = 1
-                print(f"{tag}: FAILED {type(e).__name__}: {str(e)[:2000]}")
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def compile_gibbs(sizes, l: int, *, k: int = 10, arch: int = 90, warps: int = 4, terms: int = 2) -> str:
     """Compile the fused Gibbs update of hidden layer l of ``sizes`` (see kernels/gibbs.py)."""
     import triton
@@ -200,3 +159,99 @@ def compile_gibbs(sizes, l: int, *, k: int = 10, arch: int = 90, warps: int = 4,
     ptx = kk.asm["ptx"]
     mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
     return f"shared {kk.metadata.shared} B, {mma}, {_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}"
+
+
+def compile_gibbs_x(sizes, *, k: int = 10, arch: int = 90, warps: int = 4, terms: int = 2,
+                    block_r: int = 64) -> dict:
+    """Compile the two kernels of the fused Gibbs update of x (see kernels/gibbs.py)."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from bihm_triton.kernels.gibbs import _gibbs_x_candidates_kernel, _gibbs_x_choose_kernel
+    from bihm_triton.kernels.passes import make_pass_plan
+
+    plan = make_pass_plan(sizes, reg_max=64)
+    p, q = plan.p[0], plan.q[0]
+    KP = max(2, 1 << (k - 1).bit_length())
+    kernels = {
+        "candidates": (_gibbs_x_candidates_kernel,
+                       {"w_ptr": "*bf16", "b_ptr": "*fp32", "h1_ptr": "*fp32", "cur_ptr": "*fp32", "mask_ptr": "*u8",
+                        "obs_ptr": "*fp32", "cand_ptr": "*u8", "half_ptr": "*fp32", "seed_ptr": "*i64", "seed": "i64",
+                        "off_p": "i64", "R": "i32", "RK": "i32", "K": "i32"},
+                       dict(D0=sizes[0], D1=sizes[1], PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=p.BK, PLDW=p.ldw,
+                            PBM=p.BM, QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw, QBM=q.BM,
+                            PLANE=plan.plane, BLOCK_R=block_r, HAS_MASK=False, EXACT=True, SEED_FROM_PTR=True,
+                            TERMS=terms, OP=tl.bfloat16)),
+        "choose": (_gibbs_x_choose_kernel,
+                   {"cand_ptr": "*u8", "half_ptr": "*fp32", "lp_ptr": "*fp32", "lq_ptr": "*fp32",
+                    "cur_s_ptr": "*fp32", "new_ptr": "*fp32", "new_s_ptr": "*fp32", "seed_ptr": "*i64",
+                    "seed": "i64", "off_s": "i64", "R": "i32", "K": "i32", "n_inner": "i32", "log_n_inner": "fp32"},
+                   dict(D0=sizes[0], KP=KP, G=max(1, 128 // KP), BM=64, EXACT=True, SEED_FROM_PTR=True)),
+    }
+    out = {}
+    for name, (fn, sig, const) in kernels.items():
+        sig = {**sig, **{k2: "constexpr" for k2 in const}}
+        kk = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=aligned_pointers(fn, sig)),
+                            target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 2})
+        ptx = kk.asm["ptx"]
+        mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
+        out[name] = f"shared {kk.metadata.shared} B, {mma}, " \
+                    f"{_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}"
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--net", default="all", choices=[*NETS, "all"])
+    ap.add_argument("--block-r", type=int, default=64)
+    ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--stages", type=int, default=2)
+    ap.add_argument("--terms", type=int, default=2)
+    ap.add_argument("--dump", help="write the PTX and TTGIR here")
+    args = ap.parse_args(argv)
+    import triton
+
+    print(f"triton {triton.__version__}, sm_{args.arch}")
+    nets = NETS if args.net == "all" else {args.net: NETS[args.net]}
+    status = 0
+    for name, sizes in nets.items():
+        try:
+            for kname, info in compile_passes(sizes, arch=args.arch, block_r=args.block_r, warps=args.warps,
+                                              stages=args.stages, terms=args.terms).items():
+                print(f"{name} passes.{kname}: {info}")
+        except Exception as e:  # noqa: BLE001
+            status = 1
+            print(f"{name} passes: FAILED {type(e).__name__}: {str(e)[:2000]}")
+        for store_hidden, want_lp in ((False, False), (False, True), (True, True)):
+            tag = f"{name} block_r={args.block_r} warps={args.warps} stages={args.stages} terms={args.terms} " \
+                  f"hidden={store_hidden} log_p={want_lp}"
+            try:
+                info = compile_chain(sizes, arch=args.arch, block_r=args.block_r, warps=args.warps,
+                                     stages=args.stages, terms=args.terms, store_hidden=store_hidden,
+                                     want_lp=want_lp, dump=args.dump)
+                print(f"{tag}: {info}")
+            except Exception as e:  # noqa: BLE001 - report every failure, keep going
+                status = 1
+                print(f"{tag}: FAILED {type(e).__name__}: {str(e)[:2000]}")
+        for l in (1, len(sizes) - 1):
+            try:
+                info = compile_gibbs(sizes, l, arch=args.arch, warps=args.warps, terms=args.terms)
+                print(f"{name} gibbs hidden l={l} k=10: {info}")
+            except Exception as e:  # noqa: BLE001
+                status = 1
+                print(f"{name} gibbs hidden l={l}: FAILED {type(e).__name__}: {str(e)[:2000]}")
+        try:
+            for kname, info in compile_gibbs_x(sizes, arch=args.arch, warps=args.warps, terms=args.terms).items():
+                print(f"{name} gibbs x.{kname} k=10: {info}")
+        except Exception as e:  # noqa: BLE001
+            status = 1
+            print(f"{name} gibbs x: FAILED {type(e).__name__}: {str(e)[:2000]}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -337,6 +337,36 @@ class BiHM(ref.BiHM):
 
         return self._fused("gibbs", fused, reference_path)
 
+    def _fused_gibbs_x(self, states, log_s, k: int, n_inner: int, paper: bool, stream, mask, x_obs):
+        """The block-Gibbs update of x in three launches (:func:`bihm_triton.kernels.gibbs.gibbs_x_update`),
+        drawing the reference's stream; returns ``(new x, its log Ŝ)``, or None where it does not apply."""
+        if not self._uses_fused_sampler() or "_fused_gibbs_x_failed" in self.__dict__:
+            return None
+        start = stream.offset
+
+        def fused():
+            from .kernels.chain import precision_terms
+            from .kernels.gibbs import gibbs_x_update
+
+            passes = self._fused_passes(pack=True)
+            R, rows = states[0].shape[0], states[0].shape[0] * k
+            off_cand = stream.take(rows, self.sizes[0])
+            off_inner = stream.offset
+            for d in self.sizes[1:]:
+                stream.take(rows * n_inner, d)
+            off_choice = stream.take(R, 1)
+            new, new_s = gibbs_x_update(passes.weights, {"p": passes.plan.p[0], "q": passes.plan.q[0]}, passes,
+                                        states, log_s, k, n_inner, seed=stream.seed,
+                                        offsets=(off_cand, off_inner, off_choice), terms=precision_terms(),
+                                        exact=not paper, mask=mask, x_obs=x_obs)
+            return new.to(self.dtype), new_s.to(self.dtype)
+
+        def reference_path():
+            stream.offset = start
+            return None
+
+        return self._fused("gibbs_x", fused, reference_path)
+
     def _chunk_log_weights(self, x, k, rows, seed, offset, *, total_rows, row_start, x_row0=0):
         def layers():
             return super(BiHM, self)._chunk_log_weights(x, k, rows, seed, offset, total_rows=total_rows,

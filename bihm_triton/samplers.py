@@ -149,6 +149,10 @@ def _update_hidden(model, states, l: int, K: int, paper: bool, stream: RandomStr
 
 def _update_x(model, states, log_s, K: int, n_inner: int, paper: bool, stream: RandomStream, mask, x_obs):
     """Importance-resampling update of x given h_1; returns (new x, its log Ŝ)."""
+    if hasattr(model, "_fused_gibbs_x"):  # three fused launches on the Triton backend
+        out = model._fused_gibbs_x(states, log_s, K, n_inner, paper, stream, mask, x_obs)
+        if out is not None:
+            return out
     R = states[0].shape[0]
     h1 = states[1]
     cand = _sample_layer(model, model.p_layers[0], h1, K, stream)

@@ -22,9 +22,17 @@ The stream draws are the reference's, in the same order: from p (R·N, d_l), fro
 the coin (R·N, 1), the choice (R, 1). The candidate rows ``r = c·N + s`` share Philox calls in
 groups of four, so a tile's groups are whole when N is a multiple of 4 (K even); the launcher
 refuses other K (the caller keeps the reference path for them).
+
+The update of x (:func:`gibbs_x_update`) takes three launches for any K: the candidates kernel
+draws K candidates per chain from ``p(x | h_1)`` (observed pixels clamped when inpainting, slot 0
+the current state in exact mode) with their ``½(log q(h_1|c) − log p(c|h_1))``; the fused q pass
+of :mod:`.passes` scores the ``n_inner`` inner samples of every candidate; the choice kernel forms
+``log Ŝ(c)`` (log-mean-exp of ``½ log ω``), the log-weights, and the inverse-CDF choice per chain.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -34,7 +42,7 @@ from ._config import as_loadable, check_device, interpreting
 from .codegen import round_up
 from .philox import load_seed, seed_args
 from .sbn import bernoulli_elementwise
-from .tiles import dot_terms, interleave4, load_bits_masked
+from .tiles import dot_terms, interleave4, load_bits_masked, tile_uniforms
 
 
 @triton.jit
@@ -144,19 +152,8 @@ def _gibbs_hidden_kernel(
     mixture = mx + tl.log(tl.exp(lp_prop - mx) + tl.exp(lq_prop - mx)) - 0.6931471805599453
     log_w = tl.where(valid, 0.5 * target - mixture, -float("inf"))
     # 3. per chain: softmax, inverse CDF with the stream's uniform (R, 1) draw, copy the choice
-    lw = tl.reshape(log_w, (G, NP))
-    top_w = tl.max(lw, axis=1)
-    dead = top_w == -float("inf")
-    e = tl.exp(lw - tl.where(dead, 0.0, top_w)[:, None])
-    p = e / tl.where(dead, 1.0, tl.sum(e, axis=1))[:, None]
-    cdf = tl.cumsum(p, axis=1)
     chains = pid * G + tl.arange(0, G)
-    u0, u1, u2, u3 = tl.rand4x(key, off_s + (chains // 4).to(tl.int64))
-    lane = chains % 4
-    u = tl.where(lane == 0, u0, tl.where(lane == 1, u1, tl.where(lane == 2, u2, u3)))
-    total = tl.max(cdf, axis=1)  # the last entry: cdf is non-decreasing
-    pick = tl.sum((cdf <= (u * total)[:, None]).to(tl.int32), axis=1)
-    pick = tl.where(dead, 0, tl.minimum(pick, N - 1))
+    pick = _pick(tl.reshape(log_w, (G, NP)), chains, key, off_s, N)
     src = scratch + (tl.arange(0, G) * NP + pick).to(tl.int64) * SLD
     for m0 in range(0, M, BM):
         cols = m0 + tl.arange(0, BM)
@@ -214,4 +211,163 @@ def gibbs_hidden_update(pack, plans: dict, l: int, top: bool, states, k: int, *,
     return new
 
 
-__all__ = ["gibbs_hidden_update", "gibbs_hidden_supported"]
+
+
+@triton.jit
+def _pick(log_w, chains, key, off_s, N):
+    """Per chain (row of log_w (G, NP), −inf in the padding): softmax, and the inverse-CDF choice with
+    the uniform of the stream's (R, 1) draw at ``off_s``; a chain whose weights are all zero keeps 0."""
+    top_w = tl.max(log_w, axis=1)
+    dead = top_w == -float("inf")
+    e = tl.exp(log_w - tl.where(dead, 0.0, top_w)[:, None])
+    p = e / tl.where(dead, 1.0, tl.sum(e, axis=1))[:, None]
+    cdf = tl.cumsum(p, axis=1)
+    u0, u1, u2, u3 = tl.rand4x(key, off_s + (chains // 4).to(tl.int64))
+    lane = chains % 4
+    u = tl.where(lane == 0, u0, tl.where(lane == 1, u1, tl.where(lane == 2, u2, u3)))
+    total = tl.max(cdf, axis=1)  # the last entry: cdf is non-decreasing
+    pick = tl.sum((cdf <= (u * total)[:, None]).to(tl.int32), axis=1)
+    return tl.where(dead, 0, tl.minimum(pick, N - 1))
+
+
+@triton.jit(do_not_specialize=["seed", "off_p", "R", "RK", "K"])
+def _gibbs_x_candidates_kernel(
+    w_ptr, b_ptr, h1_ptr, cur_ptr, mask_ptr, obs_ptr, cand_ptr, half_ptr, seed_ptr, seed, off_p, R, RK, K,
+    D0: tl.constexpr, D1: tl.constexpr,
+    PW: tl.constexpr, PB: tl.constexpr, PKP: tl.constexpr, PBK: tl.constexpr, PLDW: tl.constexpr, PBM: tl.constexpr,
+    QW: tl.constexpr, QB: tl.constexpr, QKP: tl.constexpr, QBK: tl.constexpr, QLDW: tl.constexpr, QBM: tl.constexpr,
+    PLANE: tl.constexpr, BLOCK_R: tl.constexpr, HAS_MASK: tl.constexpr, EXACT: tl.constexpr,
+    SEED_FROM_PTR: tl.constexpr, TERMS: tl.constexpr, OP: tl.constexpr,
+):
+    """Rows ``r = c·K + s`` (chain c, slot s) of the x candidates: the draw from p(x | h_1[c]) at the
+    reference's counters, clamps, the candidate (uint8, (R·K, D0)) and ``½(log q(h_1|x) − log p(x|h_1))``."""
+    pid = tl.program_id(0)
+    key = load_seed(seed_ptr, seed, SEED_FROM_PTR)
+    row0 = pid.to(tl.int64) * BLOCK_R
+    rows = row0 + tl.arange(0, BLOCK_R)
+    chain = rows // K
+    slot = rows % K
+    live = rows < RK
+    has_chain = chain < R
+    lp = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for m0 in range(0, D0, PBM):
+        cols = m0 + tl.arange(0, PBM)
+        a = _row_logits(h1_ptr, chain, R, D1, w_ptr, PW, PKP, PBK, PLDW, b_ptr, PB, cols, PLANE, BLOCK_R, PBM,
+                        TERMS, OP)
+        x, _ = bernoulli_elementwise(a, tile_uniforms(key, off_p + (row0 // 4) * D0, cols, D0, BLOCK_R), a,
+                                     True, False)
+        at = chain[:, None] * D0 + cols[None, :]
+        in_x = has_chain[:, None] & (cols < D0)[None, :]
+        if HAS_MASK:
+            observed = tl.load(mask_ptr + at, mask=in_x, other=0) != 0
+            x = tl.where(observed, tl.load(obs_ptr + at, mask=in_x, other=0) != 0, x)
+        if EXACT:
+            x = tl.where((slot == 0)[:, None], tl.load(cur_ptr + at, mask=in_x, other=0) != 0, x)
+        lp += _score(a, x, cols, D0)
+        tl.store(cand_ptr + rows[:, None] * D0 + cols[None, :], x.to(tl.uint8),
+                 mask=live[:, None] & (cols < D0)[None, :])
+    tl.debug_barrier()  # log q(h_1 | x) reads the candidates back
+    lq = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for m0 in range(0, D1, QBM):
+        cols = m0 + tl.arange(0, QBM)
+        acc = tl.zeros((BLOCK_R, QBM), dtype=tl.float32)
+        for k0 in range(0, QKP, QBK):
+            ks = k0 + tl.arange(0, QBK)
+            acc = dot_terms(load_bits_masked(cand_ptr, rows, ks, RK, D0, D0, OP), w_ptr + QW, ks, cols, QLDW, PLANE,
+                            acc, TERMS, OP)
+        a = acc + tl.load(b_ptr + QB + cols)[None, :]
+        t = tl.load(h1_ptr + chain[:, None] * D1 + cols[None, :], mask=has_chain[:, None] & (cols < D1)[None, :],
+                    other=0) != 0
+        lq += _score(a, t, cols, D1)
+    tl.store(half_ptr + rows, 0.5 * (lq - lp), mask=live)
+
+
+@triton.jit(do_not_specialize=["seed", "off_s", "R", "K", "n_inner"])
+def _gibbs_x_choose_kernel(
+    cand_ptr, half_ptr, lp_ptr, lq_ptr, cur_s_ptr, new_ptr, new_s_ptr, seed_ptr, seed, off_s, R, K, n_inner,
+    log_n_inner, D0: tl.constexpr, KP: tl.constexpr, G: tl.constexpr, BM: tl.constexpr, EXACT: tl.constexpr,
+    SEED_FROM_PTR: tl.constexpr,
+):
+    """Per chain: ``log Ŝ`` of each candidate (log-mean-exp over its n_inner rows of ``½(log p − log q)``;
+    slot 0 keeps the chain's own in exact mode), the log-weights, the choice, the chosen x and its log Ŝ."""
+    pid = tl.program_id(0)
+    key = load_seed(seed_ptr, seed, SEED_FROM_PTR)
+    chains = pid.to(tl.int64) * G + tl.arange(0, G)
+    s = tl.arange(0, KP)
+    valid = (chains < R)[:, None] & (s < K)[None, :]
+    r = chains[:, None] * K + s[None, :]
+    top_t = tl.full((G, KP), -float("inf"), tl.float32)
+    for i in range(n_inner):
+        t = 0.5 * (tl.load(lp_ptr + r * n_inner + i, mask=valid, other=0.0)
+                   - tl.load(lq_ptr + r * n_inner + i, mask=valid, other=0.0))
+        top_t = tl.maximum(top_t, t)
+    shift = tl.where(top_t == -float("inf"), 0.0, top_t)
+    acc = tl.zeros((G, KP), dtype=tl.float32)
+    for i in range(n_inner):
+        t = 0.5 * (tl.load(lp_ptr + r * n_inner + i, mask=valid, other=0.0)
+                   - tl.load(lq_ptr + r * n_inner + i, mask=valid, other=0.0))
+        acc += tl.exp(t - shift)
+    log_s = shift + tl.log(acc) - log_n_inner
+    if EXACT:
+        log_s = tl.where((s == 0)[None, :], tl.load(cur_s_ptr + chains, mask=chains < R, other=0.0)[:, None], log_s)
+    log_w = tl.where(valid, tl.load(half_ptr + r, mask=valid, other=0.0) + log_s, -float("inf"))
+    pick = _pick(log_w, chains, key, off_s, K)
+    tl.store(new_s_ptr + chains, tl.max(tl.where(s[None, :] == pick[:, None], log_s, -float("inf")), axis=1),
+             mask=chains < R)
+    src = cand_ptr + (chains * K + pick) * D0
+    for m0 in range(0, D0, BM):
+        cols = m0 + tl.arange(0, BM)
+        inside = (chains < R)[:, None] & (cols < D0)[None, :]
+        bits = tl.load(src[:, None] + cols[None, :], mask=inside, other=0)
+        tl.store(new_ptr + chains[:, None] * D0 + cols[None, :], bits.to(new_ptr.dtype.element_ty), mask=inside)
+
+
+def gibbs_x_update(pack, plans: dict, passes, states, log_s, k: int, n_inner: int, *, seed, offsets, terms: int,
+                   exact: bool = True, mask=None, x_obs=None, block_r: int = 64):
+    """The new x (R, d_0) and its ``log Ŝ`` (R,) float32 of a block-Gibbs update of x, in three launches.
+
+    Args:
+        pack: :class:`~bihm_triton.kernels.chain.WeightPack` holding the layers of ``plans`` (and of
+            ``passes``). plans: ``{"p": p_0 (h_1 -> x), "q": q_0 (x -> h_1)}`` :class:`LayerPlan`.
+        passes: the network's fused passes (:class:`~bihm_triton.kernels.passes.FusedPasses`), packed.
+        states: ``[x, h_1, …]`` (R, d_i) binary. log_s: (R,) ``log Ŝ`` of the current x (exact mode).
+        k: candidates per chain (≥ 1). n_inner: q samples per ``Ŝ``.
+        offsets: ``(candidates, inner q pass, choice)`` offsets of the three stream draws.
+        exact: candidate 0 is the current state (i-SIR); False: the paper's plain resampling.
+        mask, x_obs: (R, d_0) observed pixels (True) and their values, or None.
+    """
+    x, h1 = states[0].contiguous(), states[1].contiguous()
+    check_device(x)
+    R, D0 = x.shape
+    RK = R * k
+    p, q = plans["p"], plans["q"]
+    cand = torch.empty(RK, D0, device=x.device, dtype=torch.uint8)
+    half = torch.empty(RK, device=x.device, dtype=torch.float32)
+    seed_ptr, seed_val, from_ptr = seed_args(seed, x.device)
+    seed_ptr = seed_ptr if from_ptr else half
+    op = tl.float32 if interpreting() else tl.bfloat16
+    has_mask = mask is not None
+    _gibbs_x_candidates_kernel[(triton.cdiv(RK, block_r),)](
+        pack.planes, pack.bias, as_loadable(h1), as_loadable(x),
+        as_loadable(mask.contiguous()) if has_mask else half, as_loadable(x_obs.contiguous()) if has_mask else half,
+        cand, half, seed_ptr, seed_val, offsets[0], R, RK, k, D0=D0, D1=h1.shape[1],
+        PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=p.BK, PLDW=p.ldw, PBM=p.BM,
+        QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw, QBM=q.BM,
+        PLANE=pack.plane, BLOCK_R=block_r, HAS_MASK=has_mask, EXACT=exact, SEED_FROM_PTR=from_ptr, TERMS=terms, OP=op,
+    )
+    rows = RK * n_inner
+    lp, lq, _ = passes.forward(cand, rows, seed=seed, offset=offsets[1], total_rows=rows, row0=0, in_repeat=n_inner,
+                               terms=terms)
+    KP = max(2, 1 << (k - 1).bit_length())
+    G = max(1, 128 // KP)
+    new = torch.empty_like(x)
+    new_s = torch.empty(R, device=x.device, dtype=torch.float32)
+    cur_s = log_s.float().contiguous() if (exact and log_s is not None) else new_s
+    _gibbs_x_choose_kernel[(triton.cdiv(R, G),)](
+        cand, half, lp, lq, cur_s, as_loadable(new), new_s, seed_ptr, seed_val, offsets[2], R, k, n_inner,
+        math.log(n_inner), D0=D0, KP=KP, G=G, BM=64, EXACT=exact, SEED_FROM_PTR=from_ptr,
+    )
+    return new, new_s
+
+
+__all__ = ["gibbs_hidden_update", "gibbs_hidden_supported", "gibbs_x_update"]

@@ -158,21 +158,62 @@ def test_sampler_bad_input(tiny):
         samplers.gibbs_sample(model, 5, 1, 2, init=[torch.zeros(4, 4), torch.zeros(4, 3), torch.zeros(4, 2)])
 
 
-@pytest.mark.parametrize("sizes,k", [([6, 5, 3], 2), ([20, 9, 70, 3], 4), ([12, 8, 6, 4], 10)], ids=str)
-def test_fused_gibbs_update_draws_the_reference_chains(sizes, k):
-    """The one-launch hidden-layer update (kernels/gibbs.py, even K) takes the reference's stream and
-    choices: with exact logits (dyadic weights) every chain equals the reference sampler's."""
+def _exact_pair(sizes):
+    """A reference model with dyadic parameters (exact logits) and its Triton-backed copy."""
     exact = random_model(sizes, seed=12, dtype=torch.float32, scale=1.0)
     with torch.no_grad():
         for p in exact.parameters():
             p.copy_(dyadic(p))
     fast = BiHM(sizes, backend="triton", device=DEVICE)
     fast.load_state_dict(exact.state_dict())
+    return exact, fast
+
+
+def _count_calls(model, name):
     calls = []
-    real = fast._fused_gibbs_hidden
-    fast._fused_gibbs_hidden = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    real = getattr(model, name)
+    setattr(model, name, lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
+def _differing_chains(got, want):
+    return [int((g.cpu() != w).any(1).sum()) for g, w in zip([got.x, *got.hidden], [want.x, *want.hidden])]
+
+
+@pytest.mark.parametrize("sizes,k", [([6, 5, 3], 2), ([20, 9, 70, 3], 4), ([12, 8, 6, 4], 10)], ids=str)
+def test_fused_gibbs_update_draws_the_reference_chains(sizes, k):
+    """The one-launch hidden-layer update (kernels/gibbs.py, even K) and the three-launch x update
+    take the reference's stream and choices: with exact logits (dyadic weights) every chain equals
+    the reference sampler's."""
+    exact, fast = _exact_pair(sizes)
+    hidden_calls = _count_calls(fast, "_fused_gibbs_hidden")
+    x_calls = _count_calls(fast, "_fused_gibbs_x")
     got = samplers.gibbs_sample(fast, 13, 3, k, seed=9, progress=False)
     want = samplers.gibbs_sample(exact, 13, 3, k, seed=9, progress=False)
-    assert len(calls) == 3 * (len(sizes) - 1) and "_fused_gibbs_failed" not in fast.__dict__
-    differing = [int((g.cpu() != w).any(1).sum()) for g, w in zip([got.x, *got.hidden], [want.x, *want.hidden])]
+    assert len(hidden_calls) == 3 * (len(sizes) - 1) and len(x_calls) == 3
+    assert "_fused_gibbs_failed" not in fast.__dict__ and "_fused_gibbs_x_failed" not in fast.__dict__
+    differing = _differing_chains(got, want)
+    assert max(differing) <= (1 if DEVICE.type == "cuda" else 0), differing
+
+
+@pytest.mark.parametrize("mode", ["odd-k-n-inner-3", "paper", "inpaint"])
+def test_fused_x_update_draws_the_reference_chains(mode):
+    """The fused x update for any K, several inner samples, the paper's plain resampling and clamped
+    pixels: the same chains as the reference sampler."""
+    sizes = [21, 7, 5]
+    exact, fast = _exact_pair(sizes)
+    x_calls = _count_calls(fast, "_fused_gibbs_x")
+    if mode == "inpaint":
+        g = torch.Generator().manual_seed(3)
+        x = (torch.rand(11, 21, generator=g) < 0.5).float()
+        mask = torch.rand(11, 21, generator=g) < 0.4
+        got = samplers.inpaint(fast, x.to(DEVICE), mask.to(DEVICE), 3, 3, n_inner=2, seed=4, progress=False)
+        want = samplers.inpaint(exact, x, mask, 3, 3, n_inner=2, seed=4, progress=False)
+        assert torch.equal(got.x.cpu()[mask], x[mask])
+    else:
+        kw = dict(n_inner=3) if mode == "odd-k-n-inner-3" else dict(paper_compatible=True)
+        got = samplers.gibbs_sample(fast, 13, 3, 5, seed=9, progress=False, **kw)
+        want = samplers.gibbs_sample(exact, 13, 3, 5, seed=9, progress=False, **kw)
+    assert len(x_calls) == 3 and "_fused_gibbs_x_failed" not in fast.__dict__
+    differing = _differing_chains(got, want)
     assert max(differing) <= (1 if DEVICE.type == "cuda" else 0), differing
