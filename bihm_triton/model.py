@@ -188,8 +188,9 @@ class BiHM(ref.BiHM):
     # --------------------------------------------------------------- chunking
     def _chunks(self, rows: int, chunk: int, progress: bool | None, desc: str):
         starts = range(0, rows, chunk)
-        show = len(starts) > 8 if progress is None else progress
-        return tqdm(starts, desc=desc, disable=not show, leave=False)
+        # default: a bar for long loops, on a terminal only (tqdm's disable=None), not in log files
+        disable = (None if len(starts) > 8 else True) if progress is None else not progress
+        return tqdm(starts, desc=desc, disable=disable, leave=False)
 
     @torch.no_grad()
     def _importance_lse(self, x: torch.Tensor, k: int, seed, offset: int, progress) -> dict:
@@ -220,7 +221,7 @@ class BiHM(ref.BiHM):
 
         Args:
             x: (B, d_0) binary data. k: importance samples per data point (the authors used up to 10⁵).
-            log_z2: log Ẑ² from :meth:`estimate_log_z2`. progress: progress bar (default: long runs).
+            log_z2: log Ẑ² from :meth:`estimate_log_z2`. progress: progress bar (default: long runs, on a terminal).
 
         Returns:
             :class:`~bihm_triton.reference.LogLikelihood` of (B,) tensors.

@@ -188,7 +188,7 @@ def _run_gibbs(model, states, steps, K, n_inner, paper, stream, mask, x_obs, pro
     log_s = None if paper else log_sqrt_p_tilde_star(model, states[0], n_inner, stream)
     chain = [states[0].clone()] if return_chain else None
     L = model.n_layers
-    for _ in tqdm(range(steps), desc="gibbs", disable=not progress, leave=False):
+    for _ in tqdm(range(steps), desc="gibbs", disable=None if progress is None else not progress, leave=False):
         for parity in (1, 0):
             for l in range(parity, L + 1, 2):
                 if l == 0:
@@ -216,7 +216,7 @@ def gibbs_sample(model, n: int, steps: int, k: int = 10, *, n_inner: int = 1, pa
         paper_compatible: the authors' plain resampling (biased; see the module docstring).
         init: starting states [x, h_1, …, h_L] each (n, d_l); default an ancestral sample of p.
         seed, offset: the random stream (``seed=None``: drawn from torch's generator).
-        progress: show a progress bar (default: when steps >= 20).
+        progress: show a progress bar (default: when steps >= 20 and stderr is a terminal).
         return_chain: also return x after every sweep.
 
     Returns:
@@ -236,7 +236,7 @@ def gibbs_sample(model, n: int, steps: int, k: int = 10, *, n_inner: int = 1, pa
         model._check_states(states)
         if states[0].shape[0] != n:
             raise ValueError(f"init must hold n = {n} chains, got {states[0].shape[0]}")
-    progress = steps >= 20 if progress is None else progress
+    progress = (None if steps >= 20 else False) if progress is None else progress
     return _run_gibbs(model, states, steps, k, n_inner, paper_compatible, stream, None, None, progress,
                       return_chain)
 
@@ -273,7 +273,7 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, steps: int, k: int = 10,
         stream.take(B, d)
     fill = _sample_layer(model, model.p_layers[0], states[1], 1, stream)
     states[0] = torch.where(mask, x, fill)
-    progress = steps >= 20 if progress is None else progress
+    progress = (None if steps >= 20 else False) if progress is None else progress
     return _run_gibbs(model, states, steps, k, n_inner, paper_compatible, stream, mask, x, progress, return_chain)
 
 
