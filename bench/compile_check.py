@@ -155,7 +155,7 @@ def compile_gibbs(sizes, l: int, *, k: int = 10, arch: int = 90, warps: int = 4,
            "off_q": "i64", "off_c": "i64", "off_s": "i64", "R": "i32"}
     sig.update({k2: "constexpr" for k2 in const})
     kk = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=aligned_pointers(fn, sig)),
-                        target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 2})
+                        target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})  # as launched: default stages
     ptx = kk.asm["ptx"]
     mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
     return f"shared {kk.metadata.shared} B, {mma}, {_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}"
@@ -194,7 +194,7 @@ def compile_gibbs_x(sizes, *, k: int = 10, arch: int = 90, warps: int = 4, terms
     for name, (fn, sig, const) in kernels.items():
         sig = {**sig, **{k2: "constexpr" for k2 in const}}
         kk = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=aligned_pointers(fn, sig)),
-                            target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 2})
+                            target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})  # as launched
         ptx = kk.asm["ptx"]
         mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
         out[name] = f"shared {kk.metadata.shared} B, {mma}, " \

@@ -341,8 +341,8 @@ class BiHM(ref.BiHM):
     def _fused_gibbs_x(self, states, log_s, k: int, n_inner: int, paper: bool, stream, mask, x_obs):
         """The block-Gibbs update of x in three launches (:func:`bihm_triton.kernels.gibbs.gibbs_x_update`),
         drawing the reference's stream; returns ``(new x, its log Ŝ)``, or None where it does not apply."""
-        if not self._uses_fused_sampler() or "_fused_gibbs_x_failed" in self.__dict__:
-            return None
+        if not self._uses_fused_sampler() or {"_fused_gibbs_x_failed", "_fused_passes_failed"} & self.__dict__.keys():
+            return None  # the x update rides on the fused passes
         start = stream.offset
 
         def fused():

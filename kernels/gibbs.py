@@ -335,7 +335,15 @@ def gibbs_x_update(pack, plans: dict, passes, states, log_s, k: int, n_inner: in
         offsets: ``(candidates, inner q pass, choice)`` offsets of the three stream draws.
         exact: candidate 0 is the current state (i-SIR); False: the paper's plain resampling.
         mask, x_obs: (R, d_0) observed pixels (True) and their values, or None.
+
+    Raises:
+        ValueError: exact mode without log_s; block_r not a multiple of 16.
+        RuntimeError: tensors on the CPU without ``TRITON_INTERPRET=1``.
     """
+    if exact and log_s is None:
+        raise ValueError("exact mode needs log_s, the (R,) log Ŝ of the current x")
+    if block_r % 16:
+        raise ValueError(f"block_r must be a multiple of 16 (whole Philox row groups, tl.dot), got {block_r}")
     x, h1 = states[0].contiguous(), states[1].contiguous()
     check_device(x)
     R, D0 = x.shape
@@ -362,7 +370,7 @@ def gibbs_x_update(pack, plans: dict, passes, states, log_s, k: int, n_inner: in
     G = max(1, 128 // KP)
     new = torch.empty_like(x)
     new_s = torch.empty(R, device=x.device, dtype=torch.float32)
-    cur_s = log_s.float().contiguous() if (exact and log_s is not None) else new_s
+    cur_s = log_s.float().contiguous() if exact else new_s
     _gibbs_x_choose_kernel[(triton.cdiv(R, G),)](
         cand, half, lp, lq, cur_s, as_loadable(new), new_s, seed_ptr, seed_val, offsets[2], R, k, n_inner,
         math.log(n_inner), D0=D0, KP=KP, G=G, BM=64, EXACT=exact, SEED_FROM_PTR=from_ptr,
