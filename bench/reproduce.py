@@ -131,7 +131,8 @@ def run_ess(args) -> dict:
     train_x, valid_x, test_x = _data("binarized_mnist", args)
     sizes = parse_sizes(args.sizes or "200,100,50", 784)
     test_x = test_x[: args.test_points]
-    result = {"experiment": "ess", "data": "binarized_mnist", "k_grid": list(K_GRID), "models": {}}
+    result = {"experiment": "ess", "data": "binarized_mnist", "k_grid": list(K_GRID), "test_points": len(test_x),
+              "models": {}}
     for objective in ("bihm", "rws"):
         _, facts = train(f"ess-{objective}", sizes, train_x, valid_x, args, objective=objective)
         model = best_model(facts["run"], torch.device(args.device))
@@ -292,7 +293,7 @@ def report(args) -> str:
         out += ["### Sample efficiency (ESS) — binarized MNIST", "",
                 f"Architecture {ess['models']['bihm']['sizes']}, both objectives trained for the same wall time "
                 f"({ess['models']['bihm']['train_minutes_this_session']} min, {ess['models']['bihm']['epochs']} and "
-                f"{ess['models']['rws']['epochs']} epochs); the first {len(ess['models']['bihm']['rows']) and 200} test "
+                f"{ess['models']['rws']['epochs']} epochs); the first {ess.get('test_points', 200)} test "
                 "images; estimate ± standard error over the images (nats).", "",
                 "| K | BiHM log p*(x) | ESS (p*-weights) | RWS log p(x) | ESS (p-weights) |", "|---|---|---|---|---|"]
         for rb, rr in zip(ess["models"]["bihm"]["rows"], ess["models"]["rws"]["rows"]):
