@@ -288,6 +288,11 @@ def report(args) -> str:
         return json.load(open(path)) if os.path.exists(path) else None
 
     out = []
+
+    def command(result):
+        return [f"Command: `{result['command']}` ({result['date']}, {result['device']}, torch {result['torch']}, "
+                f"{result['threads']} thread{'s' if result['threads'] != 1 else ''}).", ""]
+
     ess = load("ess")
     if ess:
         out += ["### Sample efficiency (ESS) — binarized MNIST", "",
@@ -302,7 +307,7 @@ def report(args) -> str:
         out += ["", f"Samples needed to come within 0.1 nats of the K = 10⁴ value: BiHM "
                 f"{ess['models']['bihm']['k_within_0_1_nats']}, RWS {ess['models']['rws']['k_within_0_1_nats']}."
                 f" log Ẑ² of the BiHM: {_fmt(ess['models']['bihm']['log_z2'], ess['models']['bihm']['log_z2_se'], 3)}.",
-                "", "![ESS](reproduction/ess.png)", ""]
+                "", *command(ess), "![ESS](reproduction/ess.png)", ""]
     depth = load("depth")
     if depth:
         out += ["### Depth — binarized MNIST", "", "| latent layers | spec | widths | parameters | epochs | "
@@ -313,20 +318,23 @@ def report(args) -> str:
                        f"{_fmt(r['log_z2'], r['log_z2_se'], 3)} | {_fmt(r['log_p_star'], r['log_p_star_se'])} |")
         any_r = next(iter(depth["nets"].values()))
         out += ["", f"K = {any_r['k']} samples per test image on the first {any_r['test_points']} test images; "
-                f"log Ẑ² from {any_r['z_samples']:,} samples ({any_r['n_inner']} inner).", "",
+                f"log Ẑ² from {any_r['z_samples']:,} samples ({any_r['n_inner']} inner).", "", *command(depth),
                 "![depth](reproduction/depth.png)", ""]
     uci = load("uci")
     if uci:
-        out += ["### UCI binary sets", "", "| set | chosen (validation) | epochs | test log p*(x) (ours) | "
-                "published |", "|---|---|---|---|---|"]
+        out += ["### UCI binary sets", "", "| set | candidates: best validation bound (epochs, stopped by) | chosen | "
+                "test log p*(x) (ours) | log Ẑ² | published |", "|---|---|---|---|---|---|"]
         for name, r in uci["sets"].items():
             pub = "; ".join(f"{m}: {v} ({src})" for m, (v, src) in PUBLISHED.get(name, {}).items()) or \
                 "not found in the sources available here"
-            out.append(f"| {name} | `{r['chosen']}` | {r['candidates'][r['chosen']]['epochs']} | "
-                       f"{_fmt(r['log_p_star'], r['log_p_star_se'])} | {pub} |")
+            tried = "; ".join(f"`{spec}`: {c['best_valid_bound']:.2f} ({c['epochs']}, "
+                              f"{'early stopping' if c['early_stopped'] else str(c['train_minutes_this_session']) + ' min budget'})"
+                              for spec, c in r["candidates"].items())
+            out.append(f"| {name} | {tried} | `{r['chosen']}` | {_fmt(r['log_p_star'], r['log_p_star_se'])} | "
+                       f"{_fmt(r['log_z2'], r['log_z2_se'], 3)} | {pub} |")
         any_r = next(iter(uci["sets"].values()))
         out += ["", f"K = {any_r['k']} samples per test point, every test point; log Ẑ² from "
-                f"{any_r['z_samples']:,} samples.", ""]
+                f"{any_r['z_samples']:,} samples.", "", *command(uci)]
     head = load("headline")
     if head:
         out += ["### The headline — the paper's 12-layer net on binarized MNIST", "",
@@ -336,7 +344,7 @@ def report(args) -> str:
                 f"| log Ẑ² | {_fmt(head['log_z2'], head['log_z2_se'], 3)} | — |",
                 f"| epochs / wall time | {head['epochs']} / {head['train_minutes_this_session']} min this session "
                 f"on {head['device']} | hundreds of epochs on a GPU |", "",
-                f"K = {head['k']} samples per test image on {head['test_points']} test images.", ""]
+                f"K = {head['k']} samples per test image on {head['test_points']} test images.", "", *command(head)]
     return "\n".join(out)
 
 
