@@ -10,6 +10,7 @@ that stream K up to 10⁵ per data point and N up to 10⁶ samples for Z through
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -289,13 +290,30 @@ class BiHM(ref.BiHM):
         cached = self.__dict__.get("_fused_passes_cache")
         if cached is None or cached[1].device != self.device:
             cached = self.__dict__["_fused_passes_cache"] = [None, FusedPasses(self.sizes, self.device)]
-        if pack:
+        if pack and not self.__dict__.get("_packed_while_fixed"):
             layers = self._pass_layers()
             key = _params_key(layers)
             if cached[0] != key:
                 cached[1].pack([m.weight for m in layers], [m.bias for m in layers])
                 cached[0] = key
+            if "_packed_while_fixed" in self.__dict__:
+                self.__dict__["_packed_while_fixed"] = True
         return cached[1]
+
+    @contextlib.contextmanager
+    def _parameters_fixed(self):
+        """Within: the parameters do not change (a sampler's own loop), so the packed weights are checked
+        once and the backend is resolved once instead of at every layer update (host time per sweep)."""
+        if "_packed_while_fixed" in self.__dict__:  # nested: the outer one holds
+            yield
+            return
+        self.__dict__["_packed_while_fixed"] = False
+        self.__dict__["_fused_sampler_fixed"] = self._uses_fused_sampler()
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_packed_while_fixed", None)
+            self.__dict__.pop("_fused_sampler_fixed", None)
 
     def _fused(self, name: str, fused, fallback):
         """Run ``fused()``; on a compile failure warn once and use ``fallback()`` from then on."""
@@ -398,6 +416,9 @@ class BiHM(ref.BiHM):
     # ---------------------------------------------------------------- sampling
     def _uses_fused_sampler(self) -> bool:
         """The fused kernels apply: the Triton backend on a float32 model (CUDA, or the interpreter)."""
+        fixed = self.__dict__.get("_fused_sampler_fixed")
+        if fixed is not None:
+            return fixed
         return (ops.resolve_backend(self.backend, self.device) == "triton" and self.dtype != torch.float64
                 and (self.device.type == "cuda" or self.backend == "triton"))
 

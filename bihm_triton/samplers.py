@@ -33,6 +33,7 @@ the factor ``p(h_{L−1}|h_L)``; it is biased for finite K.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -185,6 +186,11 @@ def _check_common(model, steps, k, n_inner, seed, offset, min_k):
 
 
 def _run_gibbs(model, states, steps, K, n_inner, paper, stream, mask, x_obs, progress, return_chain):
+    with getattr(model, "_parameters_fixed", contextlib.nullcontext)():  # no parameter changes inside
+        return _gibbs_loop(model, states, steps, K, n_inner, paper, stream, mask, x_obs, progress, return_chain)
+
+
+def _gibbs_loop(model, states, steps, K, n_inner, paper, stream, mask, x_obs, progress, return_chain):
     log_s = None if paper else log_sqrt_p_tilde_star(model, states[0], n_inner, stream)
     chain = [states[0].clone()] if return_chain else None
     L = model.n_layers

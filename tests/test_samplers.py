@@ -232,3 +232,19 @@ def test_fused_x_update_draws_the_reference_chains(mode):
     assert len(x_calls) == 3 and "_fused_gibbs_x_failed" not in fast.__dict__
     differing = _differing_chains(got, want)
     assert max(differing) <= (1 if DEVICE.type == "cuda" else 0), differing
+
+
+def test_fused_gibbs_repacks_between_runs():
+    """A sampler run checks the packed weights once (parameters are fixed inside it); a parameter
+    changed between runs is seen by the next run."""
+    sizes = [12, 8, 6, 4]
+    exact, fast = _exact_pair(sizes)
+    samplers.gibbs_sample(fast, 9, 1, 2, seed=1, progress=False)
+    assert "_packed_while_fixed" not in fast.__dict__ and "_fused_sampler_fixed" not in fast.__dict__
+    with torch.no_grad():
+        for a, b in zip(exact.parameters(), fast.parameters()):
+            a.mul_(-0.5)
+            b.mul_(-0.5)
+    got = samplers.gibbs_sample(fast, 9, 2, 2, seed=3, progress=False)
+    want = samplers.gibbs_sample(exact, 9, 2, 2, seed=3, progress=False)
+    assert max(_differing_chains(got, want)) <= (1 if DEVICE.type == "cuda" else 0)
