@@ -13,7 +13,11 @@ Experiments (each trains for a wall-clock budget, evaluates on the test split on
 * ``uci`` — adult, connect4, dna, mushrooms, nips: two candidate architectures per set, the one
   with the better validation bound evaluated on the test split.
 * ``headline`` — the paper's 12-layer net 784-300-200-100-75-50-35-30-25-20-15-10-10 on binarized
-  MNIST (the authors report 84.8 nats); ``--resume`` continues the run.
+  MNIST (the authors report 84.8 nats).
+
+``--resume`` continues the runs already in ``--runs`` until each has trained ``--minutes`` in
+all (with ``--minutes 0`` it only evaluates them). ``--test-points N`` evaluates on N test points drawn uniformly at random (seeded), never
+on the first N: the binarized MNIST test file is not in random order.
 
 Model selection uses the validation split only; test numbers are computed once per final model.
 Everything is seeded (``--seed``); budgets are wall time, so the number of epochs depends on the
@@ -62,7 +66,8 @@ def _params(sizes) -> int:
 
 def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", lr: float | None = None,
           resume: bool = False):
-    """Train until early stopping or ``args.minutes`` of wall time (at least one epoch); returns (trainer, facts)."""
+    """Train until early stopping or ``args.minutes`` of wall time in all (a resumed run's earlier epochs count;
+    at least one epoch); returns (trainer, facts)."""
     from bihm_triton.model import BiHM
     from bihm_triton.train import TrainConfig, Trainer
 
@@ -78,8 +83,9 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
                           valid_k=args.valid_k)
         trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=True)
     t0, e0 = time.perf_counter(), trainer.epoch
-    while trainer.bad_epochs < trainer.config.patience and (trainer.epoch == e0 or  # at least one epoch
-                                                           time.perf_counter() - t0 < 60 * args.minutes):
+    before = sum(r.get("seconds", 0.0) for r in trainer.history)  # a resumed run's earlier sessions count
+    while trainer.bad_epochs < trainer.config.patience and (trainer.epoch == 0 or  # at least one epoch in all
+                                                           before + time.perf_counter() - t0 < 60 * args.minutes):
         trainer.fit(1, progress=False, verbose=False)
         r = trainer.history[-1]
         _log(f"{name}: epoch {r['epoch']} train bound {r['train_bound']:.2f} valid bound {r['valid_bound']:.2f}"
@@ -87,9 +93,24 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
     facts = {"sizes": list(trainer.model.sizes), "parameters": _params(trainer.model.sizes),
              "objective": trainer.config.objective, "lr": trainer.config.lr, "epochs": trainer.epoch,
              "epochs_this_session": trainer.epoch - e0, "train_minutes_this_session":
-             round((time.perf_counter() - t0) / 60, 1), "best_valid_bound": trainer.best,
+             round((time.perf_counter() - t0) / 60, 1), "train_minutes_total":
+             round(sum(r.get("seconds", 0.0) for r in trainer.history) / 60, 1), "best_valid_bound": trainer.best,
              "early_stopped": trainer.bad_epochs >= trainer.config.patience, "run": out}
     return trainer, facts
+
+
+def test_subset(test_x: torch.Tensor, n: int | None, seed: int) -> tuple[torch.Tensor, str]:
+    """The test points to evaluate on: all of them, or ``n`` drawn uniformly without replacement (seeded).
+
+    Never the first ``n``: Larochelle's binarized MNIST test file is not in random order (blocks of
+    500 images range from about -75 to -156 nats under one model), so a prefix is a biased sample.
+    Returns the points (in file order) and a description for the JSON.
+    """
+    if n is None or n >= test_x.shape[0]:
+        return test_x, "all"
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(test_x.shape[0], generator=g)[:n].sort().values
+    return test_x[idx], f"{n} of {test_x.shape[0]} drawn uniformly without replacement (torch.randperm, seed {seed})"
 
 
 def best_model(run: str, device):
@@ -131,11 +152,11 @@ def run_ess(args) -> dict:
 
     train_x, valid_x, test_x = _data("binarized_mnist", args)
     sizes = parse_sizes(args.sizes or "200,100,50", 784)
-    test_x = test_x[: args.test_points]
+    test_x, subset = test_subset(test_x, args.test_points, args.seed)
     result = {"experiment": "ess", "data": "binarized_mnist", "k_grid": list(args.k_grid), "test_points": len(test_x),
-              "models": {}}
+              "test_subset": subset, "models": {}}
     for objective in ("bihm", "rws"):
-        _, facts = train(f"ess-{objective}", sizes, train_x, valid_x, args, objective=objective)
+        _, facts = train(f"ess-{objective}", sizes, train_x, valid_x, args, objective=objective, resume=args.resume)
         model = best_model(facts["run"], torch.device(args.device))
         x = test_x.to(model.device)
         z = model.estimate_log_z2(args.z_samples, n_inner=args.n_inner, seed=args.seed + 1) if objective == "bihm" \
@@ -164,11 +185,11 @@ def run_depth(args) -> dict:
     from bihm_triton.model import parse_sizes
 
     train_x, valid_x, test_x = _data("binarized_mnist", args)
-    test_x = test_x[: args.test_points]
-    result = {"experiment": "depth", "data": "binarized_mnist", "nets": {}}
+    test_x, subset = test_subset(test_x, args.test_points, args.seed)
+    result = {"experiment": "depth", "data": "binarized_mnist", "test_subset": subset, "nets": {}}
     for depth in args.depths:
         spec = DEPTH_SPECS[depth]
-        _, facts = train(f"depth-{depth}", parse_sizes(spec, 784), train_x, valid_x, args)
+        _, facts = train(f"depth-{depth}", parse_sizes(spec, 784), train_x, valid_x, args, resume=args.resume)
         model = best_model(facts["run"], torch.device(args.device))
         result["nets"][str(depth)] = dict(facts, spec=spec, **evaluate(model, test_x, args, k=args.k, seed=args.seed))
         _log(f"depth {depth}: test log p* {result['nets'][str(depth)]['log_p_star']:.2f}")
@@ -186,7 +207,7 @@ def run_uci(args) -> dict:
         tried = {}
         for spec in UCI_CANDIDATES:
             _, facts = train(f"uci-{name}-{spec.replace(',', '-')}", parse_sizes(spec, train_x.shape[1]), train_x,
-                             valid_x, args)
+                             valid_x, args, resume=args.resume)
             tried[spec] = facts
         chosen = max(tried, key=lambda s: tried[s]["best_valid_bound"])  # the validation split only
         model = best_model(tried[chosen]["run"], torch.device(args.device))
@@ -203,8 +224,8 @@ def run_headline(args) -> dict:
     train_x, valid_x, test_x = _data("binarized_mnist", args)
     _, facts = train("headline", parse_sizes(HEADLINE_SIZES, 784), train_x, valid_x, args, resume=args.resume)
     model = best_model(facts["run"], torch.device(args.device))
-    test_x = test_x[: args.test_points]
-    result = {"experiment": "headline", "data": "binarized_mnist", "published_log_p_star": -84.8,
+    test_x, subset = test_subset(test_x, args.test_points, args.seed)
+    result = {"experiment": "headline", "data": "binarized_mnist", "published_log_p_star": -84.8, "test_subset": subset,
               **facts, **evaluate(model, test_x, args, k=args.k, seed=args.seed)}
     _save(args, "headline", result)
     return result
@@ -358,7 +379,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=os.environ.get("BIHM_DATA_DIR"), help="local copies of the data sets")
     ap.add_argument("--out", default="docs/reproduction", help="where the JSON and figures go")
     ap.add_argument("--runs", default="runs/reproduce", help="run folders (checkpoints)")
-    ap.add_argument("--minutes", type=float, default=20.0, help="training wall time per model")
+    ap.add_argument("--minutes", type=float, default=20.0, help="training wall time per model, in all (with "
+                    "--resume the earlier sessions count)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
@@ -367,14 +389,16 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=1000, help="samples per test point (depth, uci, headline)")
     ap.add_argument("--z-samples", type=int, default=100_000, help="samples of p for log Z^2")
     ap.add_argument("--n-inner", type=int, default=10, help="q-samples per log Z^2 term")
-    ap.add_argument("--test-points", type=int, default=None, help="evaluate on the first N test points only")
+    ap.add_argument("--test-points", type=int, default=None, help="evaluate on N test points drawn uniformly at "
+                    "random (seeded by --seed) instead of all")
     ap.add_argument("--train-points", type=int, default=None, help="smoke runs: train on the first N points only")
     ap.add_argument("--k-grid", type=int, nargs="*", default=list(K_GRID), help="ess: the K values (the last is "
                     "the reference value for 'within 0.1 nats')")
     ap.add_argument("--sizes", default=None, help="ess: the architecture (default 200,100,50)")
     ap.add_argument("--depths", type=int, nargs="*", default=sorted(DEPTH_SPECS), help="depth: which nets")
     ap.add_argument("--sets", nargs="*", default=list(UCI_SETS), help="uci: which sets")
-    ap.add_argument("--resume", action="store_true", help="headline: continue the run")
+    ap.add_argument("--resume", action="store_true", help="continue the runs found in --runs instead of starting "
+                    "over (with --minutes 0: evaluate them as they are)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,8 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.path.isdir(SHARED), reason=f"no shared data folder at {SHARED}")]
+needs_data = pytest.mark.skipif(not os.path.isdir(SHARED), reason=f"no shared data folder at {SHARED}")
 TOY = ["--minutes", "0", "--train-points", "300", "--test-points", "12", "--k", "5", "--z-samples", "200",
        "--n-inner", "2", "--valid-k", "3", "--threads", "1", "--device", "cpu"]
 
@@ -29,6 +28,8 @@ def _run(tmp_path, *args):
     return out.stdout
 
 
+@pytest.mark.slow
+@needs_data
 def test_every_experiment_writes_its_json_figure_and_report(tmp_path):
     _run(tmp_path, "ess", *TOY, "--sizes", "12,6", "--k-grid", "1", "10", "30")
     _run(tmp_path, "depth", *TOY, "--depths", "2")
@@ -47,3 +48,34 @@ def test_every_experiment_writes_its_json_figure_and_report(tmp_path):
     for title in ("Sample efficiency", "Depth", "UCI", "headline"):
         assert title in report
     assert "Command: `python bench/reproduce.py headline" in report
+    # --resume --minutes 0 evaluates the runs as they are: no epoch is added
+    depth = json.loads((out / "depth.json").read_text())["nets"]["2"]
+    _run(tmp_path, "depth", *TOY, "--depths", "2", "--resume")
+    again = json.loads((out / "depth.json").read_text())["nets"]["2"]
+    assert again["epochs"] == depth["epochs"] == 1 and again["epochs_this_session"] == 0
+    assert again["log_p_star"] == depth["log_p_star"]  # same checkpoint, same seeds, same points
+
+
+def _reproduce_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce", os.path.join(ROOT, "bench", "reproduce.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_test_subset_is_seeded_uniform_and_not_a_prefix():
+    import torch
+    from scipy import stats
+
+    test_subset = _reproduce_module().test_subset
+    x = torch.arange(1000.0)[:, None]
+    assert test_subset(x, None, 0)[1] == "all" and test_subset(x, 5000, 0)[0].shape[0] == 1000
+    a, how = test_subset(x, 200, 3)
+    assert torch.equal(a, test_subset(x, 200, 3)[0]) and "seed 3" in how  # reproducible
+    idx = a[:, 0]
+    assert idx.unique().numel() == 200 and torch.all(idx[1:] > idx[:-1])  # without replacement, file order
+    assert not torch.equal(idx, torch.arange(200.0))
+    # uniform over the file: Kolmogorov-Smirnov against U(0, 1000) at a fixed seed
+    assert stats.kstest((idx.numpy() + 0.5) / 1000, "uniform").pvalue > 1e-3
