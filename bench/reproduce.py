@@ -311,6 +311,14 @@ def report(args) -> str:
 
     out = []
 
+    def minutes(facts):
+        return facts.get("train_minutes_total", facts["train_minutes_this_session"])
+
+    def points(result):
+        n, how = result["test_points"], result.get("test_subset")
+        return f"{n:,} test images ({how})" if how and how != "all" else \
+            (f"all {n:,} test images" if how == "all" else f"the first {n:,} test images")
+
     def command(result):
         return [f"Command: `{result['command']}` ({result['date']}, {result['device']}, torch {result['torch']}, "
                 f"{result['threads']} thread{'s' if result['threads'] != 1 else ''}).", ""]
@@ -319,9 +327,9 @@ def report(args) -> str:
     if ess:
         out += ["### Sample efficiency (ESS) — binarized MNIST", "",
                 f"Architecture {ess['models']['bihm']['sizes']}, both objectives trained for the same wall time "
-                f"({ess['models']['bihm']['train_minutes_this_session']} min, {ess['models']['bihm']['epochs']} and "
-                f"{ess['models']['rws']['epochs']} epochs); the first {ess.get('test_points', 200)} test "
-                "images; estimate ± standard error over the images (nats).", "",
+                f"(about {minutes(ess['models']['bihm']):.0f} min, {ess['models']['bihm']['epochs']} and "
+                f"{ess['models']['rws']['epochs']} epochs); {points(ess)}; estimate ± standard error over the "
+                "images (nats).", "",
                 "| K | BiHM log p*(x) | ESS (p*-weights) | RWS log p(x) | ESS (p-weights) |", "|---|---|---|---|---|"]
         for rb, rr in zip(ess["models"]["bihm"]["rows"], ess["models"]["rws"]["rows"]):
             out.append(f"| {rb['k']} | {_fmt(rb['estimate'], rb['se'])} | {rb['ess']:.1f} | "
@@ -332,14 +340,16 @@ def report(args) -> str:
                 "", *command(ess), "![ESS](reproduction/ess.png)", ""]
     depth = load("depth")
     if depth:
-        out += ["### Depth — binarized MNIST", "", "| latent layers | spec | widths | parameters | epochs | "
-                "test log p̃*(x) | log Ẑ² | test log p*(x) |", "|---|---|---|---|---|---|---|---|"]
+        out += ["### Depth — binarized MNIST", "", "| latent layers | spec | widths | parameters | epochs (min) | "
+                "best validation bound | test log p̃*(x) | log Ẑ² | test log p*(x) |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for d, r in sorted(depth["nets"].items(), key=lambda kv: int(kv[0])):
             out.append(f"| {d} | `{r['spec']}` | {'-'.join(map(str, r['sizes']))} | {r['parameters']:,} | "
-                       f"{r['epochs']} | {_fmt(r['log_p_tilde_star'], r['log_p_tilde_star_se'])} | "
+                       f"{r['epochs']} ({minutes(r):.0f}) | {r['best_valid_bound']:.2f} | "
+                       f"{_fmt(r['log_p_tilde_star'], r['log_p_tilde_star_se'])} | "
                        f"{_fmt(r['log_z2'], r['log_z2_se'], 3)} | {_fmt(r['log_p_star'], r['log_p_star_se'])} |")
         any_r = next(iter(depth["nets"].values()))
-        out += ["", f"K = {any_r['k']} samples per test image on the first {any_r['test_points']} test images; "
+        out += ["", f"K = {any_r['k']} samples per test image on {points(dict(any_r, **depth))}; "
                 f"log Ẑ² from {any_r['z_samples']:,} samples ({any_r['n_inner']} inner).", "", *command(depth),
                 "![depth](reproduction/depth.png)", ""]
     uci = load("uci")
@@ -350,7 +360,7 @@ def report(args) -> str:
             pub = "; ".join(f"{m}: {v} ({src})" for m, (v, src) in PUBLISHED.get(name, {}).items()) or \
                 "not found in the sources available here"
             tried = "; ".join(f"`{spec}`: {c['best_valid_bound']:.2f} ({c['epochs']}, "
-                              f"{'early stopping' if c['early_stopped'] else str(c['train_minutes_this_session']) + ' min budget'})"
+                              f"{'early stopping' if c['early_stopped'] else f'{minutes(c):.1f} min budget'})"
                               for spec, c in r["candidates"].items())
             out.append(f"| {name} | {tried} | `{r['chosen']}` | {_fmt(r['log_p_star'], r['log_p_star_se'])} | "
                        f"{_fmt(r['log_z2'], r['log_z2_se'], 3)} | {pub} |")
@@ -364,9 +374,10 @@ def report(args) -> str:
                 f"| test log p*(x) (nats) | {_fmt(head['log_p_star'], head['log_p_star_se'])} | −84.8 |",
                 f"| test log p̃*(x) | {_fmt(head['log_p_tilde_star'], head['log_p_tilde_star_se'])} | — |",
                 f"| log Ẑ² | {_fmt(head['log_z2'], head['log_z2_se'], 3)} | — |",
-                f"| epochs / wall time | {head['epochs']} / {head['train_minutes_this_session']} min this session "
-                f"on {head['device']} | hundreds of epochs on a GPU |", "",
-                f"K = {head['k']} samples per test image on {head['test_points']} test images.", "", *command(head)]
+                f"| best validation bound (K = 100) | {head['best_valid_bound']:.2f} | — |",
+                f"| epochs / training wall time | {head['epochs']} / {minutes(head):.0f} min on {head['device']} | "
+                "hundreds of epochs on a GPU |", "",
+                f"K = {head['k']} samples per test image on {points(head)}.", "", *command(head)]
     return "\n".join(out)
 
 
