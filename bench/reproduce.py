@@ -110,7 +110,8 @@ def test_subset(test_x: torch.Tensor, n: int | None, seed: int) -> tuple[torch.T
         return test_x, "all"
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(test_x.shape[0], generator=g)[:n].sort().values
-    return test_x[idx], f"{n} of {test_x.shape[0]} drawn uniformly without replacement (torch.randperm, seed {seed})"
+    return test_x[idx], (f"{n:,} of the {test_x.shape[0]:,} test points, drawn uniformly without replacement "
+                         f"(torch.randperm, seed {seed})")
 
 
 def best_model(run: str, device):
@@ -316,8 +317,9 @@ def report(args) -> str:
 
     def points(result):
         n, how = result["test_points"], result.get("test_subset")
-        return f"{n:,} test images ({how})" if how and how != "all" else \
-            (f"all {n:,} test images" if how == "all" else f"the first {n:,} test images")
+        if how is None:  # results written before subsets were drawn at random
+            return f"the first {n:,} test points"
+        return f"all {n:,} test points" if how == "all" else how
 
     def command(result):
         return [f"Command: `{result['command']}` ({result['date']}, {result['device']}, torch {result['torch']}, "
