@@ -16,17 +16,18 @@ Experiments (each trains for a wall-clock budget, evaluates on the test split on
   MNIST (the authors report 84.8 nats).
 
 ``--resume`` continues the runs already in ``--runs`` until each has trained ``--minutes`` in
-all (with ``--minutes 0`` it only evaluates them). ``--test-points N`` evaluates on N test points drawn uniformly at random (seeded), never
+all (with ``--minutes 0`` it only evaluates them); an existing run is otherwise refused unless
+``--overwrite`` is given. ``--test-points N`` evaluates on N test points drawn uniformly at random (seeded), never
 on the first N: the binarized MNIST test file is not in random order.
 
 Model selection uses the validation split only; test numbers are computed once per final model.
 Everything is seeded (``--seed``); budgets are wall time, so the number of epochs depends on the
 machine (it is recorded). Usage::
 
-    python bench/reproduce.py ess --data-dir ../shared/data --minutes 20
-    python bench/reproduce.py depth --data-dir ../shared/data --minutes 10
-    python bench/reproduce.py uci --data-dir ../shared/data --minutes 3
-    python bench/reproduce.py headline --data-dir ../shared/data --minutes 60 [--resume]
+    python bench/reproduce.py ess --data-dir ../shared/data --minutes 20 --test-points 200
+    python bench/reproduce.py depth --data-dir ../shared/data --minutes 15 --test-points 1000
+    python bench/reproduce.py uci --data-dir ../shared/data --minutes 3 --k 100
+    python bench/reproduce.py headline --data-dir ../shared/data --minutes 120 --test-points 2000 [--resume]
 """
 
 from __future__ import annotations
@@ -74,14 +75,23 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
     out = os.path.join(args.runs, name)
     device = torch.device(args.device)
     train_x, valid_x = train_x.to(device), valid_x.to(device)
+    given = {"sizes": list(sizes), "objective": objective, "lr": lr or args.lr, "seed": args.seed,
+             "valid_k": args.valid_k}
     if resume and os.path.exists(os.path.join(out, "last.safetensors")):
         trainer = Trainer.resume(out, train_x, valid_x, device=device)
+        own = {"sizes": list(trainer.model.sizes), **{k: getattr(trainer.config, k) for k in given if k != "sizes"}}
+        differ = [f"{k} {own[k]} (given {given[k]})" for k in given if own[k] != given[k]]
+        if differ:
+            _log(f"{name}: the resumed run keeps its own settings: {', '.join(differ)}")
     else:
+        if resume:
+            _log(f"{name}: no run to resume at {out}; starting a new one")
         torch.manual_seed(args.seed)
         model = BiHM(sizes, device=device)
-        cfg = TrainConfig(objective=objective, lr=lr or args.lr, max_epochs=100_000, seed=args.seed,
+        cfg = TrainConfig(objective=objective, lr=given["lr"], max_epochs=100_000, seed=args.seed,
                           valid_k=args.valid_k)
-        trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=True)
+        # an existing run is refused (FileExistsError naming --resume / --overwrite) unless --overwrite
+        trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=args.overwrite)
     t0, e0 = time.perf_counter(), trainer.epoch
     before = sum(r.get("seconds", 0.0) for r in trainer.history)  # a resumed run's earlier sessions count
     while trainer.bad_epochs < trainer.config.patience and (trainer.epoch == 0 or  # at least one epoch in all
@@ -95,7 +105,8 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
              "epochs_this_session": trainer.epoch - e0, "train_minutes_this_session":
              round((time.perf_counter() - t0) / 60, 1), "train_minutes_total":
              round(sum(r.get("seconds", 0.0) for r in trainer.history) / 60, 1), "best_valid_bound": trainer.best,
-             "early_stopped": trainer.bad_epochs >= trainer.config.patience, "run": out}
+             "valid_k": trainer.config.valid_k, "early_stopped": trainer.bad_epochs >= trainer.config.patience,
+             "run": out}
     return trainer, facts
 
 
@@ -376,7 +387,7 @@ def report(args) -> str:
                 f"| test log p*(x) (nats) | {_fmt(head['log_p_star'], head['log_p_star_se'])} | −84.8 |",
                 f"| test log p̃*(x) | {_fmt(head['log_p_tilde_star'], head['log_p_tilde_star_se'])} | — |",
                 f"| log Ẑ² | {_fmt(head['log_z2'], head['log_z2_se'], 3)} | — |",
-                f"| best validation bound (K = 100) | {head['best_valid_bound']:.2f} | — |",
+                f"| best validation bound (K = {head.get('valid_k', 100)}) | {head['best_valid_bound']:.2f} | — |",
                 f"| epochs / training wall time | {head['epochs']} / {minutes(head):.0f} min on {head['device']} | "
                 "hundreds of epochs on a GPU |", "",
                 f"K = {head['k']} samples per test image on {points(head)}.", "", *command(head)]
@@ -402,14 +413,16 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=1000, help="samples per test point (depth, uci, headline)")
     ap.add_argument("--z-samples", type=int, default=100_000, help="samples of p for log Z^2")
     ap.add_argument("--n-inner", type=int, default=10, help="q-samples per log Z^2 term")
-    ap.add_argument("--test-points", type=int, default=None, help="evaluate on N test points drawn uniformly at "
-                    "random (seeded by --seed) instead of all")
+    ap.add_argument("--test-points", type=int, default=None, help="ess, depth, headline: evaluate on N test "
+                    "points drawn uniformly at random (seeded by --seed) instead of all (ess: 200 unless given)")
     ap.add_argument("--train-points", type=int, default=None, help="smoke runs: train on the first N points only")
     ap.add_argument("--k-grid", type=int, nargs="*", default=list(K_GRID), help="ess: the K values (the last is "
                     "the reference value for 'within 0.1 nats')")
     ap.add_argument("--sizes", default=None, help="ess: the architecture (default 200,100,50)")
     ap.add_argument("--depths", type=int, nargs="*", default=sorted(DEPTH_SPECS), help="depth: which nets")
     ap.add_argument("--sets", nargs="*", default=list(UCI_SETS), help="uci: which sets")
+    ap.add_argument("--overwrite", action="store_true", help="replace runs already in --runs (without it, and "
+                    "without --resume, an existing run is an error)")
     ap.add_argument("--resume", action="store_true", help="continue the runs found in --runs instead of starting "
                     "over (with --minutes 0: evaluate them as they are)")
     args = ap.parse_args(argv)
@@ -420,7 +433,11 @@ def main(argv=None) -> int:
     if args.experiment == "report":
         print(report(args))
         return 0
-    {"ess": run_ess, "depth": run_depth, "uci": run_uci, "headline": run_headline}[args.experiment](args)
+    try:
+        {"ess": run_ess, "depth": run_depth, "uci": run_uci, "headline": run_headline}[args.experiment](args)
+    except FileExistsError as e:
+        print(f"reproduce.py: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

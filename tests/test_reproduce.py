@@ -39,6 +39,8 @@ def test_every_experiment_writes_its_json_figure_and_report(tmp_path):
     for name in ("ess", "depth", "uci", "headline"):
         result = json.loads((out / f"{name}.json").read_text())
         assert result["command"].startswith("python bench/reproduce.py " + name)
+        if name != "uci":  # binarized MNIST: a random subset of the test file, never its first points
+            assert result["test_subset"].startswith("12 of the 10,000 test points, drawn uniformly"), name
     assert (out / "ess.png").stat().st_size > 0 and (out / "depth.png").stat().st_size > 0
     ess = json.loads((out / "ess.json").read_text())
     assert [r["k"] for r in ess["models"]["bihm"]["rows"]] == [1, 10, 30] and ess["test_points"] == 12
@@ -48,6 +50,7 @@ def test_every_experiment_writes_its_json_figure_and_report(tmp_path):
     for title in ("Sample efficiency", "Depth", "UCI", "headline"):
         assert title in report
     assert "Command: `python bench/reproduce.py headline" in report
+    assert "12 of the 10,000 test points, drawn uniformly" in report
     # --resume --minutes 0 evaluates the runs as they are: no epoch is added
     depth = json.loads((out / "depth.json").read_text())["nets"]["2"]
     _run(tmp_path, "depth", *TOY, "--depths", "2", "--resume")
@@ -77,5 +80,34 @@ def test_test_subset_is_seeded_uniform_and_not_a_prefix():
     idx = a[:, 0]
     assert idx.unique().numel() == 200 and torch.all(idx[1:] > idx[:-1])  # without replacement, file order
     assert not torch.equal(idx, torch.arange(200.0))
+    assert not torch.equal(a, test_subset(x, 200, 4)[0])  # the seed chooses the subset
     # uniform over the file: Kolmogorov-Smirnov against U(0, 1000) at a fixed seed
     assert stats.kstest((idx.numpy() + 0.5) / 1000, "uniform").pvalue > 1e-3
+
+
+def test_training_budget_counts_earlier_sessions_and_runs_are_never_overwritten(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    train = _reproduce_module().train
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(64, 9, generator=g) < 0.3).float()
+    args = SimpleNamespace(runs=str(tmp_path), device="cpu", seed=0, lr=1e-3, valid_k=2, minutes=0.0,
+                           overwrite=False)
+    trainer, facts = train("tiny", [9, 4, 3], x, x[:16], args)
+    assert facts["epochs"] == 1 and facts["epochs_this_session"] == 1  # a new run trains at least one epoch
+    spent = sum(r["seconds"] for r in trainer.history) / 60
+    # a budget the earlier session already used up: resuming trains nothing
+    _, facts = train("tiny", [9, 4, 3], x, x[:16], SimpleNamespace(**{**vars(args), "minutes": spent * 0.9}),
+                     resume=True)
+    assert facts["epochs"] == 1 and facts["epochs_this_session"] == 0
+    assert facts["train_minutes_total"] == round(spent, 1)
+    # budget left: resuming trains on
+    _, facts = train("tiny", [9, 4, 3], x, x[:16], SimpleNamespace(**{**vars(args), "minutes": spent + 1e-4}),
+                     resume=True)
+    assert facts["epochs"] >= 2 and facts["epochs_this_session"] >= 1
+    with pytest.raises(FileExistsError, match="--resume"):  # neither --resume nor --overwrite
+        train("tiny", [9, 4, 3], x, x[:16], args)
+    _, facts = train("tiny", [9, 4, 3], x, x[:16], SimpleNamespace(**{**vars(args), "overwrite": True}))
+    assert facts["epochs"] == 1
