@@ -27,7 +27,7 @@ machine (it is recorded). Usage::
     python bench/reproduce.py ess --data-dir ../shared/data --minutes 20 --test-points 200
     python bench/reproduce.py depth --data-dir ../shared/data --minutes 15 --test-points 1000
     python bench/reproduce.py uci --data-dir ../shared/data --minutes 3 --k 100
-    python bench/reproduce.py headline --data-dir ../shared/data --minutes 120 --test-points 2000 [--resume]
+    python bench/reproduce.py headline --data-dir ../shared/data --minutes 150 --test-points 2000 [--resume]
 """
 
 from __future__ import annotations
