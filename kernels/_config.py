@@ -37,6 +37,12 @@ def dot_precision() -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
+def dot_operand():
+    """The operand type of the bf16-term dots: bf16 on a GPU, fp32 under the interpreter (whose bf16
+    arithmetic is wrong; the terms are exact in fp32, so the results agree)."""
+    return tl.float32 if interpreting() else tl.bfloat16
+
+
 def as_loadable(t: torch.Tensor) -> torch.Tensor:
     """A view Triton can load: bool tensors become uint8 (same bytes), everything else as is."""
     return t.view(torch.uint8) if t.dtype == torch.bool else t

@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import as_loadable, check_device, interpreting
+from ._config import as_loadable, check_device, dot_operand, interpreting
 from .codegen import BARRIER, LayerPlan, Mem, block_choices, emit_layer, load_generated, padded_width, pick_block, round_up
 from .philox import seed_args
 
@@ -213,7 +213,7 @@ def chain_kernel(plan: ChainPlan, store_hidden: bool):
 
 def launch_options(cfg: dict, terms: int | None) -> dict:
     """The constexpr and launch keywords every generated kernel takes: TERMS, OP, warps, stages, maxnreg."""
-    return dict(TERMS=terms or precision_terms(), OP=tl.float32 if interpreting() else tl.bfloat16,
+    return dict(TERMS=terms or precision_terms(), OP=dot_operand(),
                 num_warps=cfg["warps"], num_stages=cfg["stages"],
                 **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}))
 

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import as_loadable, check_device, interpreting
+from ._config import as_loadable, check_device, dot_operand
 from .codegen import round_up
 from .philox import load_seed, seed_args
 from .sbn import bernoulli_elementwise
@@ -53,15 +53,16 @@ def _group_uniforms(key, off, rg, cols, M):
 
 
 @triton.jit
-def _row_logits(in_ptr, in_rows, row_limit, D: tl.constexpr, w_ptr, W_OFF: tl.constexpr, KP: tl.constexpr,
-                BK: tl.constexpr, LDW: tl.constexpr, b_ptr, B_OFF: tl.constexpr, cols, PLANE: tl.constexpr,
-                BLOCK_R: tl.constexpr, BM: tl.constexpr, TERMS: tl.constexpr, OP: tl.constexpr):
-    """``in[in_rows] · Wᵀ[:, cols] + b[cols]`` (BLOCK_R, BM) for a packed layer (D inputs, 0: bias only)."""
+def _row_logits(in_ptr, in_rows, row_limit, D: tl.constexpr, LD: tl.constexpr, w_ptr, W_OFF: tl.constexpr,
+                KP: tl.constexpr, BK: tl.constexpr, LDW: tl.constexpr, b_ptr, B_OFF: tl.constexpr, cols,
+                PLANE: tl.constexpr, BLOCK_R: tl.constexpr, BM: tl.constexpr, TERMS: tl.constexpr, OP: tl.constexpr):
+    """``in[in_rows] · Wᵀ[:, cols] + b[cols]`` (BLOCK_R, BM) for a packed layer with D inputs (0: bias
+    only), read from rows ``in_rows < row_limit`` of ``in`` (row stride LD)."""
     acc = tl.zeros((BLOCK_R, BM), dtype=tl.float32)
     if D > 0:
         for k0 in range(0, KP, BK):
             ks = k0 + tl.arange(0, BK)
-            h = load_bits_masked(in_ptr, in_rows, ks, row_limit, D, D, OP)
+            h = load_bits_masked(in_ptr, in_rows, ks, row_limit, D, LD, OP)
             acc = dot_terms(h, w_ptr + W_OFF, ks, cols, LDW, PLANE, acc, TERMS, OP)
     return acc + tl.load(b_ptr + B_OFF + cols)[None, :]
 
@@ -74,21 +75,18 @@ def _score(a, x, cols, M):
 
 
 @triton.jit
-def _neighbour_score(scratch, SLD: tl.constexpr, r_loc, tgt_ptr, chain, R, D: tl.constexpr, w_ptr,
-                     W_OFF: tl.constexpr, KP: tl.constexpr, BK: tl.constexpr, LDW: tl.constexpr, BM: tl.constexpr,
-                     b_ptr, B_OFF: tl.constexpr, PLANE: tl.constexpr, BLOCK_R: tl.constexpr,
-                     TERMS: tl.constexpr, OP: tl.constexpr):
-    """``log p(target[chain] | candidate)`` (BLOCK_R,) for a packed layer whose input is the candidates
-    (in the scratch, KP ≤ SLD columns) and whose D outputs are the chain's neighbour state."""
+def _neighbour_score(in_ptr, in_rows, row_limit, N: tl.constexpr, LD: tl.constexpr, tgt_ptr, chain, R,
+                     D: tl.constexpr, w_ptr, W_OFF: tl.constexpr, KP: tl.constexpr, BK: tl.constexpr,
+                     LDW: tl.constexpr, BM: tl.constexpr, b_ptr, B_OFF: tl.constexpr, PLANE: tl.constexpr,
+                     BLOCK_R: tl.constexpr, TERMS: tl.constexpr, OP: tl.constexpr):
+    """``log p(target[chain] | candidate)`` (BLOCK_R,) for a packed layer whose N inputs are the
+    candidates (rows ``in_rows`` of ``in``, row stride LD) and whose D outputs are the chain's
+    neighbour state ``target`` ((R, D) binary)."""
     total = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for m0 in range(0, D, BM):
         cols = m0 + tl.arange(0, BM)
-        acc = tl.zeros((BLOCK_R, BM), dtype=tl.float32)
-        for k0 in range(0, KP, BK):
-            ks = k0 + tl.arange(0, BK)
-            c = (tl.load(scratch + r_loc[:, None] * SLD + ks[None, :]) != 0).to(OP)
-            acc = dot_terms(c, w_ptr + W_OFF, ks, cols, LDW, PLANE, acc, TERMS, OP)
-        a = acc + tl.load(b_ptr + B_OFF + cols)[None, :]
+        a = _row_logits(in_ptr, in_rows, row_limit, N, LD, w_ptr, W_OFF, KP, BK, LDW, b_ptr, B_OFF, cols, PLANE,
+                        BLOCK_R, BM, TERMS, OP)
         t = tl.load(tgt_ptr + chain.to(tl.int64)[:, None] * D + cols[None, :],
                     mask=(chain < R)[:, None] & (cols < D)[None, :], other=0) != 0
         total += _score(a, t, cols, D)
@@ -127,9 +125,9 @@ def _gibbs_hidden_kernel(
         if TOP:
             a_p = tl.zeros((BLOCK_R, BM), dtype=tl.float32) + tl.load(b_ptr + PB + cols)[None, :]
         else:
-            a_p = _row_logits(hi_ptr, chain, R, D_HI, w_ptr, PW, PKP, PBK, PLDW, b_ptr, PB, cols, PLANE,
+            a_p = _row_logits(hi_ptr, chain, R, D_HI, D_HI, w_ptr, PW, PKP, PBK, PLDW, b_ptr, PB, cols, PLANE,
                               BLOCK_R, BM, TERMS, OP)
-        a_q = _row_logits(lo_ptr, chain, R, D_LO, w_ptr, QW, QKP, QBK, QLDW, b_ptr, QB, cols, PLANE,
+        a_q = _row_logits(lo_ptr, chain, R, D_LO, D_LO, w_ptr, QW, QKP, QBK, QLDW, b_ptr, QB, cols, PLANE,
                           BLOCK_R, BM, TERMS, OP)
         x_p, _ = bernoulli_elementwise(a_p, _group_uniforms(key, off_p, rg, cols, M), a_p, True, False)
         x_q, _ = bernoulli_elementwise(a_q, _group_uniforms(key, off_q, rg, cols, M), a_q, True, False)
@@ -142,11 +140,11 @@ def _gibbs_hidden_kernel(
     tl.debug_barrier()  # the neighbour scores read the candidates back
     # 2. the neighbours' log-likelihoods given each candidate
     target = lp_prop + lq_prop
-    target += _neighbour_score(scratch, SLD, r_loc, lo_ptr, chain, R, D_LO, w_ptr, DW, DKP, DBK, DLDW, DBM, b_ptr,
-                               DB, PLANE, BLOCK_R, TERMS, OP)
+    target += _neighbour_score(scratch, r_loc, BLOCK_R, M, SLD, lo_ptr, chain, R, D_LO, w_ptr, DW, DKP, DBK, DLDW,
+                               DBM, b_ptr, DB, PLANE, BLOCK_R, TERMS, OP)
     if not TOP:
-        target += _neighbour_score(scratch, SLD, r_loc, hi_ptr, chain, R, D_HI, w_ptr, UW, UKP, UBK, ULDW, UBM,
-                                   b_ptr, UB, PLANE, BLOCK_R, TERMS, OP)
+        target += _neighbour_score(scratch, r_loc, BLOCK_R, M, SLD, hi_ptr, chain, R, D_HI, w_ptr, UW, UKP, UBK,
+                                   ULDW, UBM, b_ptr, UB, PLANE, BLOCK_R, TERMS, OP)
     mx = tl.maximum(lp_prop, lq_prop)
     mx = tl.where(mx == -float("inf"), 0.0, mx)  # both −inf: the mixture is −inf, not NaN
     mixture = mx + tl.log(tl.exp(lp_prop - mx) + tl.exp(lq_prop - mx)) - 0.6931471805599453
@@ -206,7 +204,7 @@ def gibbs_hidden_update(pack, plans: dict, l: int, top: bool, states, k: int, *,
         DW=down.w_off, DB=down.b_off, DKP=down.KP, DBK=down.BK, DLDW=down.ldw, DBM=down.BM,
         UW=u.w_off, UB=u.b_off, UKP=u.KP, UBK=u.BK, ULDW=u.ldw, UBM=u.BM,
         BM=BM, SLD=SLD, PLANE=pack.plane, N=N, NP=NP, G=G,
-        SEED_FROM_PTR=from_ptr, TERMS=terms, OP=tl.float32 if interpreting() else tl.bfloat16,
+        SEED_FROM_PTR=from_ptr, TERMS=terms, OP=dot_operand(),
     )
     return new
 
@@ -252,7 +250,7 @@ def _gibbs_x_candidates_kernel(
     lp = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for m0 in range(0, D0, PBM):
         cols = m0 + tl.arange(0, PBM)
-        a = _row_logits(h1_ptr, chain, R, D1, w_ptr, PW, PKP, PBK, PLDW, b_ptr, PB, cols, PLANE, BLOCK_R, PBM,
+        a = _row_logits(h1_ptr, chain, R, D1, D1, w_ptr, PW, PKP, PBK, PLDW, b_ptr, PB, cols, PLANE, BLOCK_R, PBM,
                         TERMS, OP)
         x, _ = bernoulli_elementwise(a, tile_uniforms(key, off_p + (row0 // 4) * D0, cols, D0, BLOCK_R), a,
                                      True, False)
@@ -267,18 +265,8 @@ def _gibbs_x_candidates_kernel(
         tl.store(cand_ptr + rows[:, None] * D0 + cols[None, :], x.to(tl.uint8),
                  mask=live[:, None] & (cols < D0)[None, :])
     tl.debug_barrier()  # log q(h_1 | x) reads the candidates back
-    lq = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for m0 in range(0, D1, QBM):
-        cols = m0 + tl.arange(0, QBM)
-        acc = tl.zeros((BLOCK_R, QBM), dtype=tl.float32)
-        for k0 in range(0, QKP, QBK):
-            ks = k0 + tl.arange(0, QBK)
-            acc = dot_terms(load_bits_masked(cand_ptr, rows, ks, RK, D0, D0, OP), w_ptr + QW, ks, cols, QLDW, PLANE,
-                            acc, TERMS, OP)
-        a = acc + tl.load(b_ptr + QB + cols)[None, :]
-        t = tl.load(h1_ptr + chain[:, None] * D1 + cols[None, :], mask=has_chain[:, None] & (cols < D1)[None, :],
-                    other=0) != 0
-        lq += _score(a, t, cols, D1)
+    lq = _neighbour_score(cand_ptr, rows, RK, D0, D0, h1_ptr, chain, R, D1, w_ptr, QW, QKP, QBK, QLDW, QBM, b_ptr,
+                          QB, PLANE, BLOCK_R, TERMS, OP)
     tl.store(half_ptr + rows, 0.5 * (lq - lp), mask=live)
 
 
@@ -353,7 +341,6 @@ def gibbs_x_update(pack, plans: dict, passes, states, log_s, k: int, n_inner: in
     half = torch.empty(RK, device=x.device, dtype=torch.float32)
     seed_ptr, seed_val, from_ptr = seed_args(seed, x.device)
     seed_ptr = seed_ptr if from_ptr else half
-    op = tl.float32 if interpreting() else tl.bfloat16
     has_mask = mask is not None
     _gibbs_x_candidates_kernel[(triton.cdiv(RK, block_r),)](
         pack.planes, pack.bias, as_loadable(h1), as_loadable(x),
@@ -361,7 +348,7 @@ def gibbs_x_update(pack, plans: dict, passes, states, log_s, k: int, n_inner: in
         cand, half, seed_ptr, seed_val, offsets[0], R, RK, k, D0=D0, D1=h1.shape[1],
         PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=p.BK, PLDW=p.ldw, PBM=p.BM,
         QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw, QBM=q.BM,
-        PLANE=pack.plane, BLOCK_R=block_r, HAS_MASK=has_mask, EXACT=exact, SEED_FROM_PTR=from_ptr, TERMS=terms, OP=op,
+        PLANE=pack.plane, BLOCK_R=block_r, HAS_MASK=has_mask, EXACT=exact, SEED_FROM_PTR=from_ptr, TERMS=terms, OP=dot_operand(),
     )
     rows = RK * n_inner
     lp, lq, _ = passes.forward(cand, rows, seed=seed, offset=offsets[1], total_rows=rows, row0=0, in_repeat=n_inner,
