@@ -86,10 +86,7 @@ def compile_chain(sizes, *, arch: int, block_r: int, warps: int, stages: int, te
 
 def compile_passes(sizes, *, arch: int, block_r: int, warps: int, stages: int, terms: int, **plan_kw) -> dict:
     """Compile the fused log-weight forward and the two backward kernels of ``sizes``; a line per kernel."""
-    import triton
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from bihm_triton.kernels.codegen import load_generated
     from bihm_triton.kernels.passes import (grad_logits_source, log_weights_source, make_pass_plan,
@@ -115,91 +112,75 @@ def compile_passes(sizes, *, arch: int, block_r: int, warps: int, stages: int, t
         order = [p.name for p in fn.params]
         sig = {k: sig.get(k, "constexpr") for k in order}
         cst = {k: v for k, v in cst.items() if k in order}
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cst, attrs=aligned_pointers(fn, sig)),
-                           target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
-        ptx = k.asm["ptx"]
-        mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
-        out[name] = f"shared {k.metadata.shared} B, {mma}, {_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}"
+        out[name] = _compile(fn, sig, cst, arch, {"num_warps": warps, "num_stages": stages})[2]
     return out
 
 
-def compile_gibbs(sizes, l: int, *, k: int = 10, arch: int = 90, warps: int = 4, terms: int = 2) -> str:
-    """Compile the fused Gibbs update of hidden layer l of ``sizes`` (see kernels/gibbs.py)."""
+def _compile(fn, sig: dict, const: dict, arch: int, options: dict):
+    """Compile ``fn`` for sm_<arch> as a launch would (aligned pointers); returns (kernel, ptx, a line:
+    shared memory, mma kind, ptxas registers and spills)."""
     import triton
-    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from bihm_triton.kernels.codegen import round_up
-    from bihm_triton.kernels.gibbs import _gibbs_hidden_kernel
+    sig = {**sig, **{k: "constexpr" for k in const}}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=aligned_pointers(fn, sig)),
+                       target=GPUTarget("cuda", arch, 32), options=options)
+    ptx = k.asm["ptx"]
+    mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
+    return k, ptx, f"shared {k.metadata.shared} B, {mma}, {_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}"
+
+
+def _gibbs_plans(sizes, l: int):
+    """The pass plan of ``sizes`` and the layer plans of the Gibbs update of h_l (as BiHM._fused_gibbs_hidden)."""
     from bihm_triton.kernels.passes import make_pass_plan
 
-    plan = make_pass_plan(sizes, reg_max=64)
-    L = len(sizes) - 1
+    plan, L = make_pass_plan(sizes, reg_max=64), len(sizes) - 1
     top = l == L
-    q, p, down = plan.q[l - 1], plan.p[L] if top else plan.p[l], plan.p[l - 1]
-    up = down if top else plan.q[l]
-    N = 2 * k
-    NP = 1 << (N - 1).bit_length()
-    M = sizes[l]
-    const = dict(M=M, D_LO=sizes[l - 1], D_HI=0 if top else sizes[l + 1], TOP=top,
-                 QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw,
-                 PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=max(p.BK, 16), PLDW=p.ldw,
-                 DW=down.w_off, DB=down.b_off, DKP=down.KP, DBK=down.BK, DLDW=down.ldw, DBM=down.BM,
-                 UW=up.w_off, UB=up.b_off, UKP=up.KP, UBK=up.BK, ULDW=up.ldw, UBM=up.BM,
-                 BM=q.BM, SLD=round_up(max(round_up(M, q.BM), down.KP, up.KP), 16), PLANE=plan.plane, N=N, NP=NP,
-                 G=max(1, 64 // NP), SEED_FROM_PTR=True, TERMS=terms, OP=tl.bfloat16)
-    fn = _gibbs_hidden_kernel
+    return plan, {"q": plan.q[l - 1], "p": plan.p[L] if top else plan.p[l], "down": plan.p[l - 1],
+                  "up": None if top else plan.q[l]}
+
+
+def compile_gibbs(sizes, l: int, *, k: int = 10, arch: int = 90, warps: int = 4, terms: int = 2) -> str:
+    """Compile the fused Gibbs update of hidden layer l of ``sizes`` with the launcher's constexprs."""
+    import triton.language as tl
+
+    from bihm_triton.kernels.gibbs import _gibbs_hidden_kernel, gibbs_hidden_meta
+
+    plan, plans = _gibbs_plans(sizes, l)
+    top = l == len(sizes) - 1
+    meta = gibbs_hidden_meta(plans, (sizes[l - 1], sizes[l], 0 if top else sizes[l + 1]), top, k, plan.plane)
     sig = {"w_ptr": "*bf16", "b_ptr": "*fp32", "lo_ptr": "*fp32", "hi_ptr": "*fp32", "cur_ptr": "*fp32",
            "new_ptr": "*fp32", "scratch_ptr": "*u8", "seed_ptr": "*i64", "seed": "i64", "off_p": "i64",
            "off_q": "i64", "off_c": "i64", "off_s": "i64", "R": "i32"}
-    sig.update({k2: "constexpr" for k2 in const})
-    kk = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=aligned_pointers(fn, sig)),
-                        target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})  # as launched: default stages
-    ptx = kk.asm["ptx"]
-    mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
-    return f"shared {kk.metadata.shared} B, {mma}, {_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}"
+    const = dict(meta, SEED_FROM_PTR=True, TERMS=terms, OP=tl.bfloat16)
+    return _compile(_gibbs_hidden_kernel, sig, const, arch, {"num_warps": warps})[2]  # as launched: default stages
 
 
 def compile_gibbs_x(sizes, *, k: int = 10, arch: int = 90, warps: int = 4, terms: int = 2,
                     block_r: int = 64) -> dict:
-    """Compile the two kernels of the fused Gibbs update of x (see kernels/gibbs.py)."""
-    import triton
+    """Compile the two kernels of the fused Gibbs update of x with the launcher's constexprs."""
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    from bihm_triton.kernels.gibbs import _gibbs_x_candidates_kernel, _gibbs_x_choose_kernel
-    from bihm_triton.kernels.passes import make_pass_plan
+    from bihm_triton.kernels.gibbs import _gibbs_x_candidates_kernel, _gibbs_x_choose_kernel, gibbs_x_meta
 
-    plan = make_pass_plan(sizes, reg_max=64)
-    p, q = plan.p[0], plan.q[0]
-    KP = max(2, 1 << (k - 1).bit_length())
+    plan, _ = _gibbs_plans(sizes, 1)
+    cand_meta, choose_meta = gibbs_x_meta({"p": plan.p[0], "q": plan.q[0]}, (sizes[0], sizes[1]), k, plan.plane,
+                                          block_r)
     kernels = {
         "candidates": (_gibbs_x_candidates_kernel,
                        {"w_ptr": "*bf16", "b_ptr": "*fp32", "h1_ptr": "*fp32", "cur_ptr": "*fp32", "mask_ptr": "*u8",
                         "obs_ptr": "*fp32", "cand_ptr": "*u8", "half_ptr": "*fp32", "seed_ptr": "*i64", "seed": "i64",
                         "off_p": "i64", "R": "i32", "RK": "i32", "K": "i32"},
-                       dict(D0=sizes[0], D1=sizes[1], PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=p.BK, PLDW=p.ldw,
-                            PBM=p.BM, QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw, QBM=q.BM,
-                            PLANE=plan.plane, BLOCK_R=block_r, HAS_MASK=False, EXACT=True, SEED_FROM_PTR=True,
-                            TERMS=terms, OP=tl.bfloat16)),
+                       dict(cand_meta, HAS_MASK=False, EXACT=True, SEED_FROM_PTR=True, TERMS=terms, OP=tl.bfloat16)),
         "choose": (_gibbs_x_choose_kernel,
                    {"cand_ptr": "*u8", "half_ptr": "*fp32", "lp_ptr": "*fp32", "lq_ptr": "*fp32",
                     "cur_s_ptr": "*fp32", "new_ptr": "*fp32", "new_s_ptr": "*fp32", "seed_ptr": "*i64",
                     "seed": "i64", "off_s": "i64", "R": "i32", "K": "i32", "n_inner": "i32", "log_n_inner": "fp32"},
-                   dict(D0=sizes[0], KP=KP, G=max(1, 128 // KP), BM=64, EXACT=True, SEED_FROM_PTR=True)),
+                   dict(choose_meta, EXACT=True, SEED_FROM_PTR=True)),
     }
-    out = {}
-    for name, (fn, sig, const) in kernels.items():
-        sig = {**sig, **{k2: "constexpr" for k2 in const}}
-        kk = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=aligned_pointers(fn, sig)),
-                            target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})  # as launched
-        ptx = kk.asm["ptx"]
-        mma = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "no mma")
-        out[name] = f"shared {kk.metadata.shared} B, {mma}, " \
-                    f"{_ptxas_stats(ptx, str(arch) + ('a' if arch == 90 else ''))}"
-    return out
+    return {name: _compile(fn, sig, const, arch, {"num_warps": warps})[2]  # as launched
+            for name, (fn, sig, const) in kernels.items()}
 
 
 def main(argv=None) -> int:

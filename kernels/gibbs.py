@@ -165,6 +165,31 @@ def gibbs_hidden_supported(k: int) -> bool:
     return k % 2 == 0
 
 
+def gibbs_hidden_meta(plans: dict, dims: tuple, top: bool, k: int, plane: int,
+                      chains_per_program: int | None = None) -> dict:
+    """The constexprs of the hidden-layer kernel but SEED_FROM_PTR, TERMS and OP: tile and scratch
+    geometry and the packed layers' offsets (the launcher's, and what bench/compile_check.py compiles).
+
+    Args:
+        plans, top: as :func:`gibbs_hidden_update`.
+        dims: ``(d_{l−1}, d_l, d_{l+1})`` widths, the last 0 for the top layer.
+        k: candidates per proposal (N = 2K rows per chain). plane: the pack's plane stride.
+    """
+    D_LO, M, D_HI = dims
+    N = 2 * k
+    NP = max(4, 1 << (N - 1).bit_length())
+    G = max(chains_per_program or max(1, 64 // NP), -(-16 // NP))  # a tile of at least 16 rows (tl.dot)
+    q, p, down, up = plans["q"], plans["p"], plans["down"], plans.get("up")
+    u = up or down  # placeholders when top (unused)
+    return dict(M=M, D_LO=D_LO, D_HI=D_HI, TOP=top,
+                QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw,
+                PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=max(p.BK, 16), PLDW=p.ldw,
+                DW=down.w_off, DB=down.b_off, DKP=down.KP, DBK=down.BK, DLDW=down.ldw, DBM=down.BM,
+                UW=u.w_off, UB=u.b_off, UKP=u.KP, UBK=u.BK, ULDW=u.ldw, UBM=u.BM,
+                BM=q.BM, SLD=round_up(max(round_up(M, q.BM), down.KP, up.KP if up is not None else 0), 16),
+                PLANE=plane, N=N, NP=NP, G=G)
+
+
 def gibbs_hidden_update(pack, plans: dict, l: int, top: bool, states, k: int, *, seed, offsets, terms: int,
                         chains_per_program: int | None = None) -> torch.Tensor:
     """The new h_l (R, d_l) of the exact block-Gibbs update, in one launch.
@@ -182,33 +207,20 @@ def gibbs_hidden_update(pack, plans: dict, l: int, top: bool, states, k: int, *,
     cur = states[l].contiguous()
     check_device(cur)
     R, M = cur.shape
-    N = 2 * k
-    NP = max(4, 1 << (N - 1).bit_length())
-    G = max(chains_per_program or max(1, 64 // NP), -(-16 // NP))  # a tile of at least 16 rows (tl.dot)
-    q, p, down, up = plans["q"], plans["p"], plans["down"], plans.get("up")
-    BM = q.BM
-    SLD = round_up(max(round_up(M, BM), down.KP, up.KP if up is not None else 0), 16)
-    grid = (triton.cdiv(R, G),)
-    scratch = torch.empty(grid[0] * G * NP * SLD, device=cur.device, dtype=torch.uint8)
-    new = torch.empty_like(cur)
     lo = states[l - 1].contiguous()
     hi = lo if top else states[l + 1].contiguous()
+    meta = gibbs_hidden_meta(plans, (lo.shape[1], M, 0 if top else hi.shape[1]), top, k, pack.plane,
+                             chains_per_program)
+    grid = (triton.cdiv(R, meta["G"]),)
+    scratch = torch.empty(grid[0] * meta["G"] * meta["NP"] * meta["SLD"], device=cur.device, dtype=torch.uint8)
+    new = torch.empty_like(cur)
     seed_ptr, seed_val, from_ptr = seed_args(seed, cur.device)
-    u = up or down  # placeholders when top (unused)
     _gibbs_hidden_kernel[grid](
         pack.planes, pack.bias, as_loadable(lo), as_loadable(hi), as_loadable(cur), as_loadable(new), scratch,
         seed_ptr if from_ptr else pack.bias, seed_val, *offsets, R,
-        M=M, D_LO=lo.shape[1], D_HI=0 if top else hi.shape[1], TOP=top,
-        QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw,
-        PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=max(p.BK, 16), PLDW=p.ldw,
-        DW=down.w_off, DB=down.b_off, DKP=down.KP, DBK=down.BK, DLDW=down.ldw, DBM=down.BM,
-        UW=u.w_off, UB=u.b_off, UKP=u.KP, UBK=u.BK, ULDW=u.ldw, UBM=u.BM,
-        BM=BM, SLD=SLD, PLANE=pack.plane, N=N, NP=NP, G=G,
-        SEED_FROM_PTR=from_ptr, TERMS=terms, OP=dot_operand(),
+        **meta, SEED_FROM_PTR=from_ptr, TERMS=terms, OP=dot_operand(),
     )
     return new
-
-
 
 
 @triton.jit
@@ -310,6 +322,19 @@ def _gibbs_x_choose_kernel(
         tl.store(new_ptr + chains[:, None] * D0 + cols[None, :], bits.to(new_ptr.dtype.element_ty), mask=inside)
 
 
+def gibbs_x_meta(plans: dict, dims: tuple, k: int, plane: int, block_r: int = 64) -> tuple[dict, dict]:
+    """The constexprs of the x update's candidates kernel (but HAS_MASK, EXACT, SEED_FROM_PTR, TERMS,
+    OP) and of its choice kernel (but EXACT, SEED_FROM_PTR), for ``plans = {"p": p_0, "q": q_0}``,
+    ``dims = (d_0, d_1)`` and K candidates per chain (the launcher's, and what bench/compile_check.py
+    compiles)."""
+    D0, D1 = dims
+    p, q = plans["p"], plans["q"]
+    KP = max(2, 1 << (k - 1).bit_length())
+    candidates = dict(D0=D0, D1=D1, PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=p.BK, PLDW=p.ldw, PBM=p.BM,
+                      QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw, QBM=q.BM, PLANE=plane, BLOCK_R=block_r)
+    return candidates, dict(D0=D0, KP=KP, G=max(1, 128 // KP), BM=64)
+
+
 def gibbs_x_update(pack, plans: dict, passes, states, log_s, k: int, n_inner: int, *, seed, offsets, terms: int,
                    exact: bool = True, mask=None, x_obs=None, block_r: int = 64):
     """The new x (R, d_0) and its ``log Ŝ`` (R,) float32 of a block-Gibbs update of x, in three launches.
@@ -336,7 +361,7 @@ def gibbs_x_update(pack, plans: dict, passes, states, log_s, k: int, n_inner: in
     check_device(x)
     R, D0 = x.shape
     RK = R * k
-    p, q = plans["p"], plans["q"]
+    cand_meta, choose_meta = gibbs_x_meta(plans, (D0, h1.shape[1]), k, pack.plane, block_r)
     cand = torch.empty(RK, D0, device=x.device, dtype=torch.uint8)
     half = torch.empty(RK, device=x.device, dtype=torch.float32)
     seed_ptr, seed_val, from_ptr = seed_args(seed, x.device)
@@ -345,24 +370,20 @@ def gibbs_x_update(pack, plans: dict, passes, states, log_s, k: int, n_inner: in
     _gibbs_x_candidates_kernel[(triton.cdiv(RK, block_r),)](
         pack.planes, pack.bias, as_loadable(h1), as_loadable(x),
         as_loadable(mask.contiguous()) if has_mask else half, as_loadable(x_obs.contiguous()) if has_mask else half,
-        cand, half, seed_ptr, seed_val, offsets[0], R, RK, k, D0=D0, D1=h1.shape[1],
-        PW=p.w_off, PB=p.b_off, PKP=p.KP, PBK=p.BK, PLDW=p.ldw, PBM=p.BM,
-        QW=q.w_off, QB=q.b_off, QKP=q.KP, QBK=q.BK, QLDW=q.ldw, QBM=q.BM,
-        PLANE=pack.plane, BLOCK_R=block_r, HAS_MASK=has_mask, EXACT=exact, SEED_FROM_PTR=from_ptr, TERMS=terms, OP=dot_operand(),
+        cand, half, seed_ptr, seed_val, offsets[0], R, RK, k,
+        **cand_meta, HAS_MASK=has_mask, EXACT=exact, SEED_FROM_PTR=from_ptr, TERMS=terms, OP=dot_operand(),
     )
     rows = RK * n_inner
     lp, lq, _ = passes.forward(cand, rows, seed=seed, offset=offsets[1], total_rows=rows, row0=0, in_repeat=n_inner,
                                terms=terms)
-    KP = max(2, 1 << (k - 1).bit_length())
-    G = max(1, 128 // KP)
     new = torch.empty_like(x)
     new_s = torch.empty(R, device=x.device, dtype=torch.float32)
     cur_s = log_s.float().contiguous() if exact else new_s
-    _gibbs_x_choose_kernel[(triton.cdiv(R, G),)](
+    _gibbs_x_choose_kernel[(triton.cdiv(R, choose_meta["G"]),)](
         cand, half, lp, lq, cur_s, as_loadable(new), new_s, seed_ptr, seed_val, offsets[2], R, k, n_inner,
-        math.log(n_inner), D0=D0, KP=KP, G=G, BM=64, EXACT=exact, SEED_FROM_PTR=from_ptr,
+        math.log(n_inner), **choose_meta, EXACT=exact, SEED_FROM_PTR=from_ptr,
     )
     return new, new_s
 
 
-__all__ = ["gibbs_hidden_update", "gibbs_hidden_supported", "gibbs_x_update"]
+__all__ = ["gibbs_hidden_meta", "gibbs_hidden_supported", "gibbs_hidden_update", "gibbs_x_meta", "gibbs_x_update"]
