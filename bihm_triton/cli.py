@@ -287,19 +287,16 @@ def _settings(args, defaults: dict) -> tuple[dict, dict]:
     return {**defaults, **given}, given
 
 
-def _run_config(path: str) -> dict:
-    """The config.json of a run folder (or of the folder holding a checkpoint file); {} if there is none."""
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    try:
-        with open(os.path.join(folder, "config.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+def _recorded_data(run_path: str) -> dict:
+    """The ``--data`` / ``--data-dir`` a run was trained with (``{}`` for runs that did not record them)."""
+    from .train import run_config
+
+    return run_config(run_path).get("data_source") or {}
 
 
-def _data_of(args, run_path: str | None = None) -> tuple[str, str | None]:
-    """``(--data, --data-dir)``: as given, else the run's own (recorded when it was trained), else digits."""
-    recorded = (_run_config(run_path).get("data_source") or {}) if run_path else {}
+def _data_of(args, recorded: dict) -> tuple[str, str | None]:
+    """``(--data, --data-dir)``: as given, else the run's own (``recorded``, see :func:`_recorded_data`),
+    else digits."""
     data = args.data or recorded.get("data") or "digits"
     data_dir = args.data_dir or (recorded.get("data_dir") if data == recorded.get("data") else None)
     return data, data_dir
@@ -352,10 +349,10 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
         raise FileNotFoundError(f"--resume: no run to continue in {out} (no last.safetensors)")
     torch.manual_seed(settings["seed"])
     device = _device(args.device)
-    source, data_dir = _data_of(args, out if resume else None)
-    if resume and args.data and (_run_config(out).get("data_source") or {}).get("data") not in (None, args.data):
-        raise ValueError(f"--resume: the run in {out} was trained on --data "
-                         f"{_run_config(out)['data_source']['data']}, not {args.data}")
+    recorded = _recorded_data(out) if resume else {}
+    if args.data and recorded.get("data") not in (None, args.data):
+        raise ValueError(f"--resume: the run in {out} was trained on --data {recorded['data']}, not {args.data}")
+    source, data_dir = _data_of(args, recorded)
     data = open_data(source, data_dir)
     train_x, valid_x = data.split("train").to(device), data.split("valid").to(device)
     if resume:
@@ -394,7 +391,7 @@ def _eval(args) -> int:
     json_out = output_file(args.json, "--json")
     figure = output_file(args.figure, "--figure", ".png")
     device = _device(args.device)
-    data = open_data(*_data_of(args, os.path.expanduser(args.checkpoint)))
+    data = open_data(*_data_of(args, _recorded_data(os.path.expanduser(args.checkpoint))))
     model = _load_model(args.checkpoint, device, args.backend)
     x = model._check_x(data.split(args.split).to(device))  # fail on the wrong data before any work
     if x.shape[0] < 1:
@@ -429,7 +426,7 @@ def _sample(args) -> int:
                                paper_compatible=args.paper_compatible).x
     else:
         x = model.sir_sample(args.n, args.oversample, seed=args.seed).x
-    source, data_dir = _data_of(args, os.path.expanduser(args.checkpoint))
+    source, data_dir = _data_of(args, _recorded_data(os.path.expanduser(args.checkpoint)))
     shape = open_data(source, data_dir).shape if (args.data or source != "digits") else None
     figure_panels([(f"samples ({args.method})", x)], out, cols=min(10, args.n), shape=shape)
     print(f"wrote {out}")
@@ -441,7 +438,7 @@ def _inpaint(args) -> int:
 
     out = output_file(args.out, "--out", ".png")
     device = _device(args.device)
-    data = open_data(*_data_of(args, os.path.expanduser(args.checkpoint)))
+    data = open_data(*_data_of(args, _recorded_data(os.path.expanduser(args.checkpoint))))
     x = data.split(args.split)
     if x.shape[0] < 1:
         raise ValueError(f"the {args.split} split of --data {data.source} has no data points")

@@ -78,19 +78,15 @@ def _validating(validate: bool) -> bool:
 def _seed_arg(seed):
     """The seed as the Triton path takes it: an int or a one-element int64 tensor (always a tensor under
     ``torch.compile``, whose custom op takes a tensor); ``None`` draws one from torch's default generator."""
-    if torch.compiler.is_compiling():
-        return _seed_tensor(seed)
-    if seed is None:
-        return int(torch.randint(0, MAX_SEED - 1, (), dtype=torch.int64))
-    check_seed(seed)
-    return seed.reshape(()) if isinstance(seed, torch.Tensor) else int(seed)
+    return _seed_tensor(seed) if torch.compiler.is_compiling() else _reference_seed(seed)
 
 
 def _reference_seed(seed):
     """The seed for the reference path: ints stay ints (under torch.compile the reference then keeps
     the constant-keyed Philox opaque instead of unrolling it), None draws one, tensors as given."""
     if seed is None:
-        return _seed_tensor(None) if torch.compiler.is_compiling() else int(torch.randint(0, MAX_SEED - 1, ()))
+        return _seed_tensor(None) if torch.compiler.is_compiling() else int(torch.randint(0, MAX_SEED - 1, (),
+                                                                                          dtype=torch.int64))
     check_seed(seed)
     return seed.reshape(()) if isinstance(seed, torch.Tensor) else int(seed)
 

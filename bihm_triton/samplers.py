@@ -194,7 +194,9 @@ def _gibbs_loop(model, states, steps, K, n_inner, paper, stream, mask, x_obs, pr
     log_s = None if paper else log_sqrt_p_tilde_star(model, states[0], n_inner, stream)
     chain = [states[0].clone()] if return_chain else None
     L = model.n_layers
-    for _ in tqdm(range(steps), desc="gibbs", disable=None if progress is None else not progress, leave=False):
+    # default: a bar for 20 sweeps or more, on a terminal only (tqdm's disable=None)
+    disable = (None if steps >= 20 else True) if progress is None else not progress
+    for _ in tqdm(range(steps), desc="gibbs", disable=disable, leave=False):
         for parity in (1, 0):
             for l in range(parity, L + 1, 2):
                 if l == 0:
@@ -242,7 +244,6 @@ def gibbs_sample(model, n: int, steps: int, k: int = 10, *, n_inner: int = 1, pa
         model._check_states(states)
         if states[0].shape[0] != n:
             raise ValueError(f"init must hold n = {n} chains, got {states[0].shape[0]}")
-    progress = (None if steps >= 20 else False) if progress is None else progress
     return _run_gibbs(model, states, steps, k, n_inner, paper_compatible, stream, None, None, progress,
                       return_chain)
 
@@ -279,7 +280,6 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, steps: int, k: int = 10,
         stream.take(B, d)
     fill = _sample_layer(model, model.p_layers[0], states[1], 1, stream)
     states[0] = torch.where(mask, x, fill)
-    progress = (None if steps >= 20 else False) if progress is None else progress
     return _run_gibbs(model, states, steps, k, n_inner, paper_compatible, stream, mask, x, progress, return_chain)
 
 

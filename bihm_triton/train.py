@@ -366,7 +366,7 @@ class Trainer:
         model.load_state_dict(weights)
         settings = dict(state["train"], **({} if max_epochs is None else {"max_epochs": max_epochs}))
         trainer = cls(model, train_x, valid_x, TrainConfig(**settings), out_dir=out_dir, cuda_graph=cuda_graph,
-                      data_source=_read_json(os.path.join(out_dir, "config.json")).get("data_source"), _resuming=True)
+                      data_source=run_config(out_dir).get("data_source"), _resuming=True)
         for split, fp in (state.get("data") or {}).items():
             if fp is not None and trainer.fingerprints.get(split) != fp:
                 raise ValueError(f"the {split} data differ from the run's in {out_dir} (fingerprint "
@@ -390,9 +390,13 @@ class Trainer:
         return trainer
 
 
-def _read_json(path: str) -> dict:
+def run_config(path: str | os.PathLike) -> dict:
+    """The ``config.json`` of a run folder, or of the folder holding a checkpoint file; ``{}`` when
+    there is none or it cannot be read (runs from before a field existed simply lack it)."""
+    path = os.fspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     try:
-        with open(path) as f:
+        with open(os.path.join(folder, "config.json")) as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}

@@ -199,7 +199,6 @@ def test_a_compile_failure_falls_back_to_the_layer_path(device, monkeypatch):
         fresh.sample_p(4, seed=1)
 
 
-
 def test_counters_past_2_to_the_31():
     """ceil(total/4)·Σwidths passes 2**31 for passes of a few million rows: the generated source forms the
     counters in int64 (the passes' test runs such a pass; the chain's outputs cover the whole pass, so

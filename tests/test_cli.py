@@ -86,6 +86,18 @@ def _write_idx(path, images):
         f.write(images.tobytes())
 
 
+def _mnist_like_folder(tmp_path, shape, seed):
+    """An MNIST-named IDX folder of random images (60 train, 10 t10k) of the given (rows, cols)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    _write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (60, *shape)))
+    _write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (10, *shape)))
+    return folder
+
+
 def _train(run, *extra):
     return main(["train", "--data", "digits", "--sizes", "8", "--epochs", "1", "--valid-k", "3",
                  "--out", str(run), "--no-progress", *extra])
@@ -217,15 +229,9 @@ def test_divergence_and_interrupts_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_images_that_are_not_square_and_the_standard_mnist_split(tmp_path, capsys):
-    import numpy as np
-
     from bihm_triton.cli import load_split, make_mask, open_data
 
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    _write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (60, 28, 20)))
-    _write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (10, 28, 20)))
+    folder = _mnist_like_folder(tmp_path, (28, 20), seed=0)
     data = open_data(f"idx:{folder}")
     assert data.shape == (28, 20)
     # train + t10k files: the training file's last sixth (10000 of 60000 for MNIST) is validation
@@ -268,13 +274,7 @@ def test_eval_says_what_it_is_doing_without_progress_bars(tmp_path, capsys):
 
 
 def test_a_run_remembers_its_data(tmp_path, capsys):
-    import numpy as np
-
-    rng = np.random.default_rng(1)
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    _write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (60, 8, 8)))
-    _write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (10, 8, 8)))
+    folder = _mnist_like_folder(tmp_path, (8, 8), seed=1)
     run = tmp_path / "run"
     assert main(["train", "--data", f"idx:{folder}", "--sizes", "4", "--epochs", "1", "--valid-k", "2",
                  "--out", str(run), "--no-progress"]) == 0
