@@ -90,7 +90,9 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
         model = BiHM(sizes, device=device)
         cfg = TrainConfig(objective=objective, lr=given["lr"], max_epochs=100_000, seed=args.seed,
                           valid_k=args.valid_k)
-        # an existing run is refused (FileExistsError naming --resume / --overwrite) unless --overwrite
+        if not args.overwrite and os.path.exists(os.path.join(out, "config.json")):
+            raise FileExistsError(f"{out} already holds a run: continue it with --resume, replace it with "
+                                  "--overwrite, or choose another --runs")
         trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=args.overwrite)
     t0, e0 = time.perf_counter(), trainer.epoch
     before = sum(r.get("seconds", 0.0) for r in trainer.history)  # a resumed run's earlier sessions count
@@ -398,15 +400,16 @@ def report(args) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("experiment", choices=("ess", "depth", "uci", "headline", "report"))
-    ap.add_argument("--data-dir", default=os.environ.get("BIHM_DATA_DIR"), help="local copies of the data sets")
+    ap.add_argument("--data-dir", default=os.environ.get("BIHM_DATA_DIR"), help="local copies of the data sets (default: $BIHM_DATA_DIR)")
     ap.add_argument("--out", default="docs/reproduction", help="where the JSON and figures go")
     ap.add_argument("--runs", default="runs/reproduce", help="run folders (checkpoints)")
     ap.add_argument("--minutes", type=float, default=20.0, help="training wall time per model, in all (with "
                     "--resume the earlier sessions count)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's own count)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the authors': 1e-3)")
     ap.add_argument("--valid-k", type=int, default=100, help="samples per validation point")
@@ -421,11 +424,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default=None, help="ess: the architecture (default 200,100,50)")
     ap.add_argument("--depths", type=int, nargs="*", default=sorted(DEPTH_SPECS), help="depth: which nets")
     ap.add_argument("--sets", nargs="*", default=list(UCI_SETS), help="uci: which sets")
-    ap.add_argument("--overwrite", action="store_true", help="replace runs already in --runs (without it, and "
+    once = ap.add_mutually_exclusive_group()
+    once.add_argument("--overwrite", action="store_true", help="replace runs already in --runs (without it, and "
                     "without --resume, an existing run is an error)")
-    ap.add_argument("--resume", action="store_true", help="continue the runs found in --runs instead of starting "
+    once.add_argument("--resume", action="store_true", help="continue the runs found in --runs instead of starting "
                     "over (with --minutes 0: evaluate them as they are)")
     args = ap.parse_args(argv)
+    if args.data_dir is not None and not os.path.isdir(os.path.expanduser(args.data_dir)):
+        ap.error(f"--data-dir {args.data_dir}: no such folder")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.experiment == "ess" and args.test_points is None:
