@@ -64,7 +64,7 @@ def compile_chain(sizes, *, arch: int, block_r: int, warps: int, stages: int, te
     fn = chain_kernel(plan, store_hidden)
     sig = {"w_ptr": "*bf16", "b_ptr": "*fp32", "in_ptr": "*fp32", "final_ptr": "*fp32",
            "hid_ptr": "*fp32" if store_hidden else "*u8", "lp_ptr": "*fp32", "seed_ptr": "*i64",
-           "seed": "i64", "offset": "i64", "groups_total": "i64", "group_start": "i64", "R": "i32", "row0": "i64",
+           "seed": "i64", "offset": "i64", "group_start": "i64", "R": "i32", "row0": "i64",
            "hid_rows": "i64", "hid_row0": "i64", "in_repeat": "i32"}
     const = {"SEED_FROM_PTR": True, "TERMS": terms, "OP": tl.bfloat16, "WANT_LP": want_lp, "BLOCK_R": block_r}
     sig.update({k: "constexpr" for k in const})
@@ -94,7 +94,7 @@ def compile_passes(sizes, *, arch: int, block_r: int, warps: int, stages: int, t
 
     plan = make_pass_plan(sizes, reg_max=plan_kw.get("reg_max", 64))
     common = {"w_ptr": "*bf16", "b_ptr": "*fp32", "in_ptr": "*fp32", "st_ptr": "*u8", "seed_ptr": "*i64",
-              "seed": "i64", "offset": "i64", "groups_total": "i64", "group_start": "i64", "R": "i32", "row0": "i64",
+              "seed": "i64", "offset": "i64", "group_start": "i64", "R": "i32", "row0": "i64",
               "st_rows": "i64", "in_repeat": "i32", "in_row0": "i64"}
     const = {"SEED_FROM_PTR": True, "TERMS": terms, "OP": tl.bfloat16, "WANT_LP": True, "BLOCK_R": block_r}
     wsrc, _ = weight_grads_source(plan)

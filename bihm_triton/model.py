@@ -120,12 +120,11 @@ class _FusedLogWeights(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, passes, x, k, seed, offset, n_layers, *tensors):
+    def forward(ctx, passes, x, k, rows, seed, offset, row0, in_row0, n_layers, *tensors):
         weights, biases = tensors[:n_layers], tensors[n_layers:]
         passes.pack(weights, biases)
-        R = x.shape[0] * k
-        log_p, log_q, st = passes.forward(x, R, seed=seed, offset=offset, total_rows=R, row0=0, in_repeat=k)
-        ctx.passes, ctx.k, ctx.n_layers = passes, k, n_layers
+        log_p, log_q, st = passes.forward(x, rows, seed=seed, offset=offset, row0=row0, in_repeat=k, in_row0=in_row0)
+        ctx.passes, ctx.k, ctx.n_layers, ctx.rows, ctx.row0, ctx.in_row0 = passes, k, n_layers, rows, row0, in_row0
         ctx.shapes = [(t.shape, t.dtype) for t in tensors]
         ctx.save_for_backward(x, st)
         return log_p, log_q
@@ -133,14 +132,14 @@ class _FusedLogWeights(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_log_p, grad_log_q):
         x, st = ctx.saved_tensors
-        R = x.shape[0] * ctx.k
-        zeros = x.new_zeros(R, dtype=torch.float32)
-        grads = ctx.passes.backward(x, st, R, zeros if grad_log_p is None else grad_log_p,
-                                    zeros if grad_log_q is None else grad_log_q, row0=0, in_repeat=ctx.k)
+        zeros = x.new_zeros(ctx.rows, dtype=torch.float32)
+        grads = ctx.passes.backward(x, st, ctx.rows, zeros if grad_log_p is None else grad_log_p,
+                                    zeros if grad_log_q is None else grad_log_q, row0=ctx.row0, in_repeat=ctx.k,
+                                    in_row0=ctx.in_row0)
         n = ctx.n_layers
         out_w = [None if 0 in shape else dw.to(dtype) for (dw, _), (shape, dtype) in zip(grads, ctx.shapes[:n])]
         out_b = [db.to(dtype) for (_, db), (_, dtype) in zip(grads, ctx.shapes[n:])]
-        return (None, None, None, None, None, None, *out_w, *out_b)
+        return (None,) * 9 + (*out_w, *out_b)
 
 
 class BiHM(ref.BiHM):
@@ -194,11 +193,12 @@ class BiHM(ref.BiHM):
         return tqdm(starts, desc=desc, disable=disable, leave=False)
 
     @torch.no_grad()
-    def _importance_lse(self, x: torch.Tensor, k: int, seed, offset: int, progress) -> dict:
-        """Per-data-point ``logsumexp_k(m · log ω_k)`` for m = ½, 1, 2, streamed over row chunks."""
+    def _importance_lse(self, x: torch.Tensor, k: int, seed, offset: int, progress, row_start: int = 0) -> dict:
+        """Per-data-point ``logsumexp_k(m · log ω_k)`` for m = ½, 1, 2, streamed over row chunks; x's first
+        data point is number ``row_start`` of the call (its samples are q-pass rows ``row_start·K …``)."""
         x = self._check_x(x)
         check_positive_int(k, "k")
-        seed = self._seed(seed, offset)
+        seed = self._seed(seed, offset, row_start)
         B = x.shape[0]
         R = B * k
         acc = {m: _SegmentLSE(B, x.device) for m in (0.5, 1.0, 2.0)}
@@ -206,7 +206,8 @@ class BiHM(ref.BiHM):
             r1 = min(R, r0 + self.chunk_rows)
             b = torch.arange(r0, r1, device=x.device) // k
             b_lo = r0 // k
-            log_p, log_q = self._chunk_log_weights(x, k, r1 - r0, seed, offset, total_rows=R, row_start=r0)
+            log_p, log_q = self._chunk_log_weights(x, k, r1 - r0, seed, offset, row_start=row_start * k + r0,
+                                                   x_row0=row_start)
             log_w = log_p - log_q
             for m, a in acc.items():
                 a.update(b_lo, (r1 - 1) // k - b_lo + 1, b - b_lo, m * log_w)
@@ -214,7 +215,7 @@ class BiHM(ref.BiHM):
 
     # ------------------------------------------------------------- estimators
     def log_likelihood(self, x: torch.Tensor, k: int, *, log_z2: float | None = None, seed=None, offset: int = 0,
-                       progress: bool | None = None) -> ref.LogLikelihood:
+                       row_start: int = 0, progress: bool | None = None) -> ref.LogLikelihood:
         """Per-data-point log p̃*(x), log p(x) and (with ``log_z2``) log p*(x) from K importance samples (nats).
 
         Same values as :meth:`bihm_triton.reference.BiHM.log_likelihood` for the same (seed, offset),
@@ -223,49 +224,52 @@ class BiHM(ref.BiHM):
         Args:
             x: (B, d_0) binary data. k: importance samples per data point (the authors used up to 10⁵).
             log_z2: log Ẑ² from :meth:`estimate_log_z2`. progress: progress bar (default: long runs, on a terminal).
+            row_start: global index of x's first data point (a point's estimates depend on its index, the
+                seed and the offset, not on the batch or the chunking; shards of a large evaluation pass it).
 
         Returns:
             :class:`~bihm_triton.reference.LogLikelihood` of (B,) tensors.
         """
-        lse = self._importance_lse(x, k, seed, offset, progress)
+        lse = self._importance_lse(x, k, seed, offset, progress, row_start)
         log_k = math.log(k)
         lpt = (2.0 * (lse[0.5] - log_k)).to(self.dtype)
         return ref.LogLikelihood(lpt, (lse[1.0] - log_k).to(self.dtype), None if log_z2 is None else lpt - log_z2)
 
-    def effective_sample_size(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0,
+    def effective_sample_size(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0, row_start: int = 0,
                               progress: bool | None = None) -> ref.EffectiveSampleSize:
         """Effective sample sizes (B,) of the p-weights (∝ ω) and the p*-weights (∝ sqrt ω), streamed (SPEC §2)."""
-        lse = self._importance_lse(x, k, seed, offset, progress)
+        lse = self._importance_lse(x, k, seed, offset, progress, row_start)
 
         def ess(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (Σw)²/Σw² in [1, K]; 0 if every w = 0
             return torch.where(torch.isneginf(a), 0.0, torch.exp(2 * a - b).clamp(1.0, k)).to(self.dtype)
 
         return ref.EffectiveSampleSize(ess(lse[1.0], lse[2.0]), ess(lse[0.5], lse[1.0]))
 
-    def bhattacharyya_distance(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0,
+    def bhattacharyya_distance(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0, row_start: int = 0,
                                progress: bool | None = None) -> torch.Tensor:
         """Estimate of D_B(x) = ½(log p(x) − log p̃*(x)) (B,), nats (SPEC §1)."""
-        ll = self.log_likelihood(x, k, seed=seed, offset=offset, progress=progress)
+        ll = self.log_likelihood(x, k, seed=seed, offset=offset, row_start=row_start, progress=progress)
         return 0.5 * (ll.log_p - ll.log_p_tilde_star)
 
     @torch.no_grad()
-    def estimate_log_z2(self, n_samples: int, *, n_inner: int = 1, seed=None, offset: int = 0,
+    def estimate_log_z2(self, n_samples: int, *, n_inner: int = 1, seed=None, offset: int = 0, row_start: int = 0,
                         progress: bool | None = None) -> MeanWithSE:
         """log Ẑ² ± standard error from ``n_samples`` draws of p (SPEC §2; the authors used 10⁶), streamed.
 
         Same value as :meth:`bihm_triton.reference.BiHM.estimate_log_z2` for the same (seed, offset).
+        ``row_start``: global index of the first sample (a shard of a larger estimate).
 
         Returns:
             :class:`~bihm_triton.reference.MeanWithSE` of Python floats (nats).
         """
         check_positive_int(n_samples, "n_samples", 2)
         check_positive_int(n_inner, "n_inner")
-        seed = self._seed(seed, offset)
+        seed = self._seed(seed, offset, row_start)
         chunk = max(4, (self.chunk_rows // n_inner) // 4 * 4)
         terms = []
         for r0 in self._chunks(n_samples, chunk, progress, "log Z^2"):
             n = min(chunk, n_samples - r0)
-            terms.append(self._log_z2_terms(n, n_inner, seed, offset, total_rows=n_samples, row_start=r0))
+            terms.append(self._log_z2_terms(n, n_inner, seed, offset, row_start=row_start + r0))
         return log_mean_exp_with_se(torch.cat(terms))
 
     # ----------------------------------------------------------- fused passes
@@ -346,7 +350,8 @@ class BiHM(ref.BiHM):
             plans = {"q": plan.q[l - 1], "p": plan.p[L] if top else plan.p[l], "down": plan.p[l - 1],
                      "up": None if top else plan.q[l]}
             R, N, d = states[0].shape[0], 2 * k, self.sizes[l]
-            offsets = (stream.take(R * N, d), stream.take(R * N, d), stream.take(R * N, 1), stream.take(R, 1))
+            ref.check_draw_fits(R * N, d)
+            offsets = (stream.take(), stream.take(), stream.take(), stream.take())  # from p, from q, coin, choice
             return gibbs_hidden_update(passes.weights, plans, l, top, states, k, seed=stream.seed, offsets=offsets,
                                        terms=precision_terms())
 
@@ -369,11 +374,10 @@ class BiHM(ref.BiHM):
 
             passes = self._fused_passes(pack=True)
             R, rows = states[0].shape[0], states[0].shape[0] * k
-            off_cand = stream.take(rows, self.sizes[0])
-            off_inner = stream.offset
-            for d in self.sizes[1:]:
-                stream.take(rows * n_inner, d)
-            off_choice = stream.take(R, 1)
+            ref.check_draw_fits(rows * n_inner, max(self.sizes))
+            off_cand = stream.take()
+            off_inner = stream.take(self.n_layers)  # the inner q pass
+            off_choice = stream.take()
             new, new_s = gibbs_x_update(passes.weights, {"p": passes.plan.p[0], "q": passes.plan.q[0]}, passes,
                                         states, log_s, k, n_inner, seed=stream.seed,
                                         offsets=(off_cand, off_inner, off_choice), terms=precision_terms(),
@@ -386,32 +390,36 @@ class BiHM(ref.BiHM):
 
         return self._fused("gibbs_x", fused, reference_path)
 
-    def _chunk_log_weights(self, x, k, rows, seed, offset, *, total_rows, row_start, x_row0=0):
+    def _aligned_chunk_log_weights(self, x, k, rows, seed, offset, *, row_start, x_row0):
         def layers():
-            return super(BiHM, self)._chunk_log_weights(x, k, rows, seed, offset, total_rows=total_rows,
-                                                        row_start=row_start, x_row0=x_row0)
+            return super(BiHM, self)._aligned_chunk_log_weights(x, k, rows, seed, offset, row_start=row_start,
+                                                                x_row0=x_row0)
 
         def fused():
             log_p, log_q, _ = self._fused_passes(pack=True).forward(
-                x, rows, seed=seed, offset=offset, total_rows=total_rows, row0=row_start, in_repeat=k, in_row0=x_row0)
+                x, rows, seed=seed, offset=offset, row0=row_start, in_repeat=k, in_row0=x_row0)
             return log_p.to(self.dtype), log_q.to(self.dtype)
 
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return layers()  # differentiable chunks: the per-layer autograd path
         return self._fused("passes", fused, layers)
 
-    def _log_weights_and_states(self, x, k, seed, offset):
+    def _log_weights_and_states(self, x, k, seed, offset, row_start=0):
         """log p(x, h) and log q(h | x) (B, K) of K samples per data point, differentiable in every
         parameter: on the Triton backend one fused forward launch and a two-launch backward
         (:mod:`bihm_triton.kernels.passes`); the states are not returned (None) there."""
         def fused():
             layers = self._pass_layers()
-            log_p, log_q = _FusedLogWeights.apply(self._fused_passes(pack=False), x, k, seed, offset,
+            a0, s = ref.philox.aligned_start(row_start * k)
+            pts = -(-s // k)  # data points in front of x that the leading rows of an unaligned start read
+            log_p, log_q = _FusedLogWeights.apply(self._fused_passes(pack=False), ref.bihm.pad_rows(x, pts), k,
+                                                  x.shape[0] * k + s, seed, offset, a0, row_start - pts,
                                                   len(layers), *[m.weight for m in layers],
                                                   *[m.bias for m in layers])
-            return log_p.to(self.dtype).view(-1, k), log_q.to(self.dtype).view(-1, k), None
+            return log_p[s:].to(self.dtype).view(-1, k), log_q[s:].to(self.dtype).view(-1, k), None
 
-        return self._fused("passes", fused, lambda: super(BiHM, self)._log_weights_and_states(x, k, seed, offset))
+        return self._fused("passes", fused,
+                           lambda: super(BiHM, self)._log_weights_and_states(x, k, seed, offset, row_start))
 
     # ---------------------------------------------------------------- sampling
     def _uses_fused_sampler(self) -> bool:
@@ -458,8 +466,8 @@ class BiHM(ref.BiHM):
             passes[0] = None
 
     @torch.no_grad()
-    def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False, return_log_p: bool = False,
-                 out_dtype: torch.dtype | None = None):
+    def sample_p(self, n: int, *, seed=None, offset: int = 0, row_start: int = 0, return_hidden: bool = False,
+                 return_log_p: bool = False, out_dtype: torch.dtype | None = None):
         """Ancestral samples of p (SPEC §4), in chunks of ``chunk_rows``.
 
         On the Triton backend every chunk is one launch of the fused whole-network sampler
@@ -470,6 +478,8 @@ class BiHM(ref.BiHM):
 
         Args:
             n: number of samples. seed, offset: the random stream (the p pass of the reference).
+            row_start: global index of the first sample: the call returns samples ``row_start …
+                row_start + n − 1`` of the stream, so ``sample_p(n)[a:b] == sample_p(b − a, row_start=a)``.
             return_hidden: also return the hidden states and log p(x, h) as a
                 :class:`~bihm_triton.reference.PSample`.
             return_log_p: return ``(x, log_p)`` (without the hidden states). When neither is asked
@@ -481,36 +491,40 @@ class BiHM(ref.BiHM):
             (x, hidden [h_1 … h_L] each (n, d_l), log_p (n,) float32).
         """
         check_positive_int(n, "n")
-        seed = self._seed(seed, offset)
+        seed = self._seed(seed, offset, row_start)
+        for d in self.sizes:
+            ref.check_draw_fits(row_start + n, d, "sample_p")
         out_dtype = out_dtype or self.dtype
         want_lp = return_hidden or return_log_p
         x, hidden, log_p = self._fused(
-            "sampler", lambda: self._sample_p_fused(n, seed, offset, return_hidden, want_lp, out_dtype),
-            lambda: self._sample_p_layers(n, seed, offset, out_dtype))
+            "sampler", lambda: self._sample_p_fused(n, seed, offset, row_start, return_hidden, want_lp, out_dtype),
+            lambda: self._sample_p_layers(n, seed, offset, row_start, out_dtype))
         if return_hidden:
             return ref.PSample(x, hidden, log_p)
         if return_log_p:
             return x, log_p
         return x
 
-    def _sample_p_fused(self, n, seed, offset, return_hidden, want_lp, out_dtype):
+    def _sample_p_fused(self, n, seed, offset, row_start, return_hidden, want_lp, out_dtype):
         chain = self._fused_p_chain()
         plan, dev = chain.plan, chain.device
-        x = torch.empty((n, self.sizes[0]), device=dev, dtype=out_dtype)
-        log_p = torch.empty(n, device=dev, dtype=torch.float32) if want_lp else None
-        hidden = torch.empty(n * plan.hidden_width, device=dev, dtype=out_dtype) if return_hidden else None
-        for r0 in range(0, n, self.chunk_rows):
-            chain.launch(min(self.chunk_rows, n - r0), final=x, log_prob=log_p, seed=seed, offset=offset,
-                         total_rows=n, row0=r0, hidden=hidden)
+        a0, s = ref.philox.aligned_start(row_start)
+        n_al = n + s  # an unaligned start: the s rows before it in its Philox row group are drawn and dropped
+        x = torch.empty((n_al, self.sizes[0]), device=dev, dtype=out_dtype)
+        log_p = torch.empty(n_al, device=dev, dtype=torch.float32) if want_lp else None
+        hidden = torch.empty(n_al * plan.hidden_width, device=dev, dtype=out_dtype) if return_hidden else None
+        for r0 in range(0, n_al, self.chunk_rows):
+            chain.launch(min(self.chunk_rows, n_al - r0), final=x, log_prob=log_p, seed=seed, offset=offset,
+                         total_rows=n_al, row0=r0, hidden=hidden, stream_row0=a0)
         states = None
         if return_hidden:  # regions in drawing order: h_L first, h_1 last
-            states = [hidden[n * L.hoff:n * (L.hoff + L.M)].view(n, L.M) for L in plan.layers[:-1]][::-1]
-        return x, states, log_p
+            states = [hidden[n_al * L.hoff:n_al * (L.hoff + L.M)].view(n_al, L.M)[s:] for L in plan.layers[:-1]][::-1]
+        return x[s:], states, (log_p[s:] if want_lp else None)
 
-    def _sample_p_layers(self, n, seed, offset, out_dtype):
+    def _sample_p_layers(self, n, seed, offset, row_start, out_dtype):
         parts = []
         for r0 in range(0, n, self.chunk_rows):
-            parts.append(self.p_pass(min(self.chunk_rows, n - r0), seed, offset, total_rows=n, row_start=r0))
+            parts.append(self.p_pass(min(self.chunk_rows, n - r0), seed, offset, row_start=row_start + r0))
 
         def joined(l: int) -> torch.Tensor:  # one chunk: no copy beyond the dtype conversion
             chunks = [p[0][l] for p in parts]

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .reference import RandomStream
 from .reference._checks import check_binary, check_positive_int, check_tensor
 from .reference.estimators import effective_sample_size, log_mean_exp
-from .reference.philox import check_offset, check_seed, draw_seed
+from .reference.philox import check_draw_fits, check_offset, check_seed, draw_seed
 
 __all__ = ["GibbsResult", "SIRResult", "gibbs_sample", "inpaint", "sir_sample", "log_sqrt_p_tilde_star"]
 
@@ -97,17 +97,16 @@ def log_sqrt_p_tilde_star(model, x: torch.Tensor, n_inner: int, stream: RandomSt
     """
     R = x.shape[0]
     rows = R * n_inner
-    offset = stream.offset
-    for d in model.sizes[1:]:
-        stream.take(rows, d)
-    log_p, log_q = model._chunk_log_weights(x, n_inner, rows, stream.seed, offset, total_rows=rows, row_start=0)
+    offset = stream.take(model.n_layers)  # the q pass: L draws
+    log_p, log_q = model._chunk_log_weights(x, n_inner, rows, stream.seed, offset, row_start=0)
     return log_mean_exp(0.5 * (log_p - log_q).view(R, n_inner), dim=1)
 
 
 def _sample_layer(model, layer, h, n_cand: int, stream: RandomStream):
     """n_cand samples of ``layer`` for each row of h: (R·n_cand, d_out), rows chain-major."""
     rep = h.repeat_interleave(n_cand, dim=0)
-    x, _ = model.layer_sample(layer, rep, stream.seed, stream.take(rep.shape[0], layer.d_out))
+    check_draw_fits(rep.shape[0], layer.d_out)
+    x, _ = model.layer_sample(layer, rep, stream.seed, stream.take())
     return x
 
 
@@ -236,9 +235,7 @@ def gibbs_sample(model, n: int, steps: int, k: int = 10, *, n_inner: int = 1, pa
     check_positive_int(n, "n")
     stream = _check_common(model, steps, k, n_inner, seed, offset, 1 if paper_compatible else 2)
     if init is None:
-        states, _ = model.p_pass(n, stream.seed, stream.offset)
-        for d in model.sizes[::-1]:
-            stream.take(n, d)
+        states, _ = model.p_pass(n, stream.seed, stream.take(model.n_layers + 1))
     else:
         states = [s.to(device=model.device, dtype=model.dtype).clone() for s in init]
         model._check_states(states)
@@ -275,9 +272,7 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, steps: int, k: int = 10,
     B = x.shape[0]
     # start: h ~ q(h | x) with the unobserved pixels zeroed, then x's free pixels from p(x | h_1)
     x0 = torch.where(mask, x, torch.zeros_like(x))
-    states, _ = model.q_pass(x0, stream.seed, stream.offset)
-    for d in model.sizes[1:]:
-        stream.take(B, d)
+    states, _ = model.q_pass(x0, stream.seed, stream.take(model.n_layers))
     fill = _sample_layer(model, model.p_layers[0], states[1], 1, stream)
     states[0] = torch.where(mask, x, fill)
     return _run_gibbs(model, states, steps, k, n_inner, paper_compatible, stream, mask, x, progress, return_chain)
@@ -306,9 +301,7 @@ def sir_sample(model, n: int, oversample: int = 100, n_inner: int = 1, *, seed=N
     check_positive_int(oversample, "oversample")
     stream = _check_common(model, 0, 1, n_inner, seed, offset, 1)
     M = n * oversample
-    states, log_p = model.p_pass(M, stream.seed, stream.offset)
-    for d in model.sizes[::-1]:
-        stream.take(M, d)
+    states, log_p = model.p_pass(M, stream.seed, stream.take(model.n_layers + 1))
     log_w = log_sqrt_p_tilde_star(model, states[0], n_inner, stream) + 0.5 * (model.log_q_cond(states) - log_p)
     if bool(torch.isneginf(log_w).all()):
         raise ValueError(f"sir_sample: every one of the {M} importance weights is zero; draw more proposals "

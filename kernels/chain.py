@@ -26,9 +26,9 @@ with fp32 accumulation: 3 terms reproduce fp32 weights exactly (``torch`` matmul
 ("medium"). Tensor cores run bf16 at twice the tf32 rate, so "high" costs what one tf32 dot costs.
 Under ``TRITON_INTERPRET=1`` the terms are converted to fp32 before the dot (same values).
 
-The random stream is exactly the per-layer path's (:func:`bihm_triton.reference.pass_offsets`):
-layer i of a pass over ``total`` rows draws from counter
-``offset + ceil(total/4)·Σ_{i'<i} M_{i'} + (r // 4)·M_i + j``. Samples equal the per-layer
+The random stream is exactly the per-layer path's (SPEC §5, stream version 2;
+:func:`bihm_triton.reference.philox.draw_offset`): layer i of a pass draws row r (its index in the
+whole pass) from counter ``offset + i·2**40 + (r // 4)·M_i + j``, whatever the number of rows. Samples equal the per-layer
 path's and the reference's element for element where the logits agree (dyadic test weights make
 them exact); ``log_prob`` equals the sum of the per-layer log-likelihoods up to fp32 rounding.
 """
@@ -44,6 +44,7 @@ import triton.language as tl
 
 from ._config import as_loadable, check_device, dot_operand, interpreting
 from .codegen import BARRIER, LayerPlan, Mem, block_choices, emit_layer, load_generated, padded_width, pick_block, round_up
+from ..reference.philox import DRAW_STRIDE
 from .philox import seed_args
 
 #: Layers whose padded width is at most this keep their states in registers between layers.
@@ -96,18 +97,17 @@ def make_plan(in_widths, widths, *, external_input: bool = False, reg_max: int =
     BM = [P[i] if out_reg[i] else min(P[i], pick_block(M, bm_choices)) for i, M in enumerate(widths)]
     BK = [0 if N == 0 else (P[i - 1] if i > 0 and out_reg[i - 1] else pick_block(N, bk_choices))
           for i, N in enumerate(in_widths)]
-    layers, pfx, hoff, soff = [], 0, 0, 0
+    layers, hoff, soff = [], 0, 0
     for i, (N, M) in enumerate(zip(in_widths, widths)):
         KP = 0 if N == 0 else round_up(N, BK[i])
         ldw = round_up(M, BM[i])
         nxt = BK[i + 1] if i < last else 16
         sld = round_up(max(round_up(M, BM[i]), round_up(M, nxt)), 16)
         in_reg = i > 0 and out_reg[i - 1]
-        layers.append(LayerPlan(N, M, P[i], BM[i], BK[i], KP, ldw, in_reg, out_reg[i], w_off, b_off, pfx, hoff,
+        layers.append(LayerPlan(N, M, P[i], BM[i], BK[i], KP, ldw, in_reg, out_reg[i], w_off, b_off, i, hoff,
                                 soff, sld))
         w_off += round_up(KP * ldw, _ALIGN)
         b_off += round_up(ldw, _ALIGN)
-        pfx += M
         if i < last:
             hoff += M
             soff += sld
@@ -125,10 +125,10 @@ from bihm_triton.kernels.philox import load_seed
 from bihm_triton.kernels.tiles import dot_terms, draw_tile, load_bits, load_bits_masked
 
 
-@triton.jit(do_not_specialize=["seed", "offset", "groups_total", "group_start", "row0", "hid_row0"])
+@triton.jit(do_not_specialize=["seed", "offset", "group_start", "row0", "hid_row0"])
 def fused_chain(
     w_ptr, b_ptr, in_ptr, final_ptr, hid_ptr, lp_ptr, seed_ptr,
-    seed, offset, groups_total, group_start, R, row0, hid_rows, hid_row0, in_repeat,
+    seed, offset, group_start, R, row0, hid_rows, hid_row0, in_repeat,
     SEED_FROM_PTR: tl.constexpr, TERMS: tl.constexpr, OP: tl.constexpr, WANT_LP: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
@@ -136,7 +136,7 @@ def fused_chain(
 '''
 
 #: The per-tile prologue shared by the generated kernels: rows of the tile, the stream's key.
-PROLOGUE = """    # rows: chunk-local; chunk row r is row row0 + r of the pass and of the outputs
+PROLOGUE = """    # rows: chunk-local; chunk row r is row row0 + r of the outputs, and row 4·group_start + r of the stream
     pid = tl.program_id(0)
     tile0 = pid.to(tl.int64) * BLOCK_R  # int64: tile0 · row stride can pass 2**31
     r_loc = tl.arange(0, BLOCK_R)
@@ -146,6 +146,12 @@ PROLOGUE = """    # rows: chunk-local; chunk row r is row row0 + r of the pass a
     g_tile = group_start + pid.to(tl.int64) * (BLOCK_R // 4)
     key = load_seed(seed_ptr, seed, SEED_FROM_PTR)
     lp = tl.zeros((BLOCK_R,), dtype=tl.float32)"""
+
+
+def draw_base(L: LayerPlan) -> str:
+    """The generated expression of the tile's first counter in layer L's draw (SPEC §5, stream version 2):
+    ``offset + L.draw · DRAW_STRIDE + (first stream row of the tile // 4) · M``."""
+    return f"offset.to(tl.int64) + {L.draw * DRAW_STRIDE} + g_tile * {L.M}"
 
 
 def external_input(N: int) -> Mem:
@@ -188,7 +194,7 @@ def chain_source(plan: ChainPlan, store_hidden: bool) -> str:
         where_in = "registers" if L.in_reg else ("nothing" if L.N == 0 else "memory")
         body.append(emit_layer(
             str(i), L, plane=plan.plane, mode="sample", inp=inp, stores=stores, keep=L.out_reg,
-            rng_base=f"offset + groups_total.to(tl.int64) * {L.pfx} + g_tile * {L.M}",
+            rng_base=draw_base(L),
             comment=f"layer {i}: {L.N} -> {L.M} (input in {where_in}, output in "
                     f"{'registers' if L.out_reg else 'memory'})"))
         if not L.out_reg and i < last:
@@ -322,8 +328,9 @@ class FusedChain:
 
     def launch(self, rows: int, *, final: torch.Tensor, log_prob: torch.Tensor | None, seed, offset: int,
                total_rows: int, row0: int, hidden: torch.Tensor | None = None, inputs: torch.Tensor | None = None,
-               in_repeat: int = 1, terms: int | None = None) -> None:
-        """Draw rows ``row0 … row0 + rows`` of a pass over ``total_rows`` rows (row0 a multiple of 4).
+               in_repeat: int = 1, terms: int | None = None, stream_row0: int = 0) -> None:
+        """Draw rows ``row0 … row0 + rows`` of output buffers of ``total_rows`` rows (row0 a multiple of 4);
+        output row r is row ``stream_row0 + r`` of the pass's stream (a multiple of 4 too).
 
         Args:
             final: (total_rows, M_last) contiguous output of the last layer (rows row0… are written).
@@ -339,8 +346,8 @@ class FusedChain:
         """
         plan = self.plan
         cfg = self.config
-        if row0 % 4:
-            raise ValueError(f"row0 must be a multiple of 4, got {row0}")
+        if row0 % 4 or stream_row0 % 4:
+            raise ValueError(f"row0 and stream_row0 must be multiples of 4, got {row0} and {stream_row0}")
         if rows <= 0:
             return
         if row0 + rows > total_rows:
@@ -368,7 +375,7 @@ class FusedChain:
             self.weights.planes, self.weights.bias, as_loadable(inputs) if inputs is not None else final,
             as_loadable(final), hid, log_prob if log_prob is not None else self.weights.bias,
             seed_ptr if from_ptr else self.weights.bias,
-            seed_val, offset, -(-total_rows // 4), row0 // 4, rows, row0, hid_rows, hid_row0, in_repeat,
+            seed_val, offset, (stream_row0 + row0) // 4, rows, row0, hid_rows, hid_row0, in_repeat,
             SEED_FROM_PTR=from_ptr, WANT_LP=log_prob is not None, BLOCK_R=block_r, **launch_options(cfg, terms),
         )
 

@@ -63,7 +63,7 @@ class LayerPlan:
     out_reg: bool  # output states stay in registers for the next layer
     w_off: int  # offset of W^T (KP, ldw) in each weight plane
     b_off: int  # offset of the (zero-padded) bias in the bias buffer
-    pfx: int  # Σ of the widths drawn before this layer in its pass (its counters start at ceil(total/4)·pfx)
+    draw: int  # the layer's draw number in its pass: its counters start at offset + draw · DRAW_STRIDE (SPEC §5)
     hoff: int  # region offset (per row of the pass) in the stored-hidden layout: Σ of earlier widths
     soff: int  # region offset (per scratch row) in the scratch layout: Σ of earlier scratch strides
     sld: int  # row stride in the scratch layout (covers the tile grids of every kernel that touches it)

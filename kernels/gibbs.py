@@ -374,7 +374,7 @@ def gibbs_x_update(pack, plans: dict, passes, states, log_s, k: int, n_inner: in
         **cand_meta, HAS_MASK=has_mask, EXACT=exact, SEED_FROM_PTR=from_ptr, TERMS=terms, OP=dot_operand(),
     )
     rows = RK * n_inner
-    lp, lq, _ = passes.forward(cand, rows, seed=seed, offset=offsets[1], total_rows=rows, row0=0, in_repeat=n_inner,
+    lp, lq, _ = passes.forward(cand, rows, seed=seed, offset=offsets[1], row0=0, in_repeat=n_inner,
                                terms=terms)
     new = torch.empty_like(x)
     new_s = torch.empty(R, device=x.device, dtype=torch.float32)

@@ -20,7 +20,6 @@ from .bihm import (
     StochasticLayer,
     WeightNormStochasticLayer,
     check_sizes,
-    pass_offsets,
 )
 from .enumeration import Enumeration, all_binary, binary_index, exact_enumeration
 from .estimators import (
@@ -43,15 +42,29 @@ from .layers import (
     weight_norm,
     weight_norm_scale,
 )
-from .philox import MAX_SEED, RandomStream, counters_used, draw_seed, philox4x32, philox_uniform, uniform_from_uint32
+from .philox import (
+    DRAW_STRIDE,
+    MAX_SEED,
+    STREAM_VERSION,
+    RandomStream,
+    aligned_start,
+    check_draw_fits,
+    counters_used,
+    draw_offset,
+    draw_seed,
+    philox4x32,
+    philox_uniform,
+    uniform_from_uint32,
+)
 
 __all__ = [
     "BiHM", "EffectiveSampleSize", "LogLikelihood", "PriorLayer", "PSample", "QSample", "StochasticLayer",
-    "WeightNormStochasticLayer", "check_sizes", "pass_offsets",
+    "WeightNormStochasticLayer", "check_sizes",
     "Enumeration", "all_binary", "binary_index", "exact_enumeration",
     "MeanWithSE", "bhattacharyya_estimate", "effective_sample_size", "log_mean_exp", "log_mean_exp_with_se",
     "log_p_estimate", "log_p_tilde_star_estimate",
     "bernoulli_log_prob", "bernoulli_sample", "sbn_log_prob", "sbn_log_prob_wn", "sbn_logits", "sbn_sample",
     "sbn_sample_wn", "weight_norm", "weight_norm_scale",
     "MAX_SEED", "RandomStream", "counters_used", "draw_seed", "philox4x32", "philox_uniform", "uniform_from_uint32",
+    "DRAW_STRIDE", "STREAM_VERSION", "aligned_start", "check_draw_fits", "draw_offset",
 ]

@@ -13,20 +13,24 @@ Layout (SPEC §6) for ``sizes = [d_0, d_1, …, d_L]`` (``h_0 = x``):
 States are lists ``[h_0, h_1, …, h_L]`` of (R, d_l) tensors with values in {0, 1}. When K samples
 are drawn per data point, row ``r = b·K + k`` holds sample k of data point b.
 
-**The random stream of a pass.** Every stochastic layer is one draw of the Philox stream
-(:mod:`~bihm_triton.reference.philox`). A pass over R rows with ``(seed, offset)`` gives its draws
-consecutive counter ranges in the order they happen:
+**The random stream of a pass** (SPEC §5, stream version 2). Every stochastic layer is one draw
+of the Philox stream (:mod:`~bihm_triton.reference.philox`). A pass with ``(seed, offset)`` numbers
+its draws in the order they happen:
 
-* the q pass (bottom-up): ``h_1, h_2, …, h_L``;
-* the p pass (ancestral): the prior ``h_L``, then ``h_{L−1}, …, h_0 = x``;
+* the q pass (bottom-up): ``h_1, h_2, …, h_L`` are draws 0 … L−1;
+* the p pass (ancestral): the prior ``h_L``, then ``h_{L−1}, …, h_0 = x`` are draws 0 … L;
 
-draw i starts at ``offset + Σ_{i' < i} ceil(R/4)·d_{i'}`` (:func:`pass_offsets`). A caller that
-splits the R rows into chunks starting at multiples of 4 and gives each chunk the offsets of the
-whole pass (plus ``(r0 // 4)·d`` inside each draw) reproduces the unchunked pass exactly; the
-fast implementations rely on this.
+and draw i of row r reads the counters ``offset + i·2**40 + (r // 4)·d_i + j``
+(:func:`~bihm_triton.reference.philox.draw_offset`): a row's random numbers depend on its index r,
+never on the number of rows. Methods take ``row_start``, the global index of their first row (a
+sample, or a data point whose K importance samples are rows ``b·K + k``), so a call for rows
+``[a, b)`` computes exactly those rows of a larger call: ``sample_p(n)[:m] == sample_p(m)``, and a
+data point's estimates do not depend on the batch it is evaluated in. Passes that follow one
+another in a method take consecutive draw numbers (e.g. ``estimate_log_z2``: the p pass is draws
+0 … L, the q pass draws L+1 … 2L).
 
-Methods that draw take ``seed=None`` (one fresh seed from torch's default generator per call) and
-``offset=0``.
+Methods that draw take ``seed=None`` (one fresh seed from torch's default generator per call),
+``offset=0`` and ``row_start=0``.
 
 Source: Bornschein, Shabanian, Fischer, Bengio, "Bidirectional Helmholtz Machines", ICML 2016.
 """
@@ -42,7 +46,7 @@ from torch import nn
 from . import estimators as est
 from ._checks import check_binary, check_positive_int, check_tensor
 from .layers import sbn_log_prob, sbn_log_prob_wn, sbn_sample, sbn_sample_wn
-from .philox import check_offset, check_seed, counters_used, draw_seed
+from .philox import DRAW_STRIDE, aligned_start, check_draw_fits, check_offset, check_seed, draw_offset, draw_seed
 
 __all__ = [
     "StochasticLayer",
@@ -53,7 +57,6 @@ __all__ = [
     "QSample",
     "LogLikelihood",
     "EffectiveSampleSize",
-    "pass_offsets",
     "check_sizes",
 ]
 
@@ -78,18 +81,9 @@ def check_sizes(sizes) -> list[int]:
     return sizes
 
 
-def pass_offsets(rows: int, widths, offset: int) -> list[int]:
-    """Offsets of the consecutive draws of a pass: draw i over ``(rows, widths[i])`` starts after draws < i."""
-    out = []
-    for d in widths:
-        out.append(offset)
-        offset += counters_used(rows, d)
-    return out
-
-
-def _check_row_start(row_start: int) -> None:
-    if row_start % 4:
-        raise ValueError(f"row_start must be a multiple of 4 (rows share Philox calls in groups of 4), got {row_start}")
+def pad_rows(t: torch.Tensor, s: int) -> torch.Tensor:
+    """t with ``s`` zero rows in front (the rows that align a computation to a Philox row group)."""
+    return torch.cat([t.new_zeros((s, *t.shape[1:])), t]) if s else t
 
 
 def authors_init_(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -275,38 +269,45 @@ class BiHM(nn.Module):
         return torch.zeros(rows, 0, device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------ passes
-    def q_pass(self, x: torch.Tensor, seed, offset: int, *, total_rows: int | None = None, row_start: int = 0):
-        """Bottom-up sampling of h ~ q(h | x) for rows x (R, d_0).
+    def q_pass(self, x: torch.Tensor, seed, offset: int, *, row_start: int = 0):
+        """Bottom-up sampling of h ~ q(h | x) for rows x (R, d_0): draws 0 … L−1 of a pass at ``offset``.
 
-        ``total_rows``/``row_start`` place these rows inside a larger pass (see the module
-        docstring); by default the rows are the whole pass. Returns (states [x, h_1, …, h_L],
-        log q(h | x) (R,)).
+        ``row_start``: the global index of x's first row in the pass (module docstring); any value
+        (rows before it that share its Philox row group are computed and dropped). Returns (states
+        [x, h_1, …, h_L], log q(h | x) (R,)).
         """
+        a0, s = aligned_start(row_start)
         R = x.shape[0]
-        total = R if total_rows is None else total_rows
-        _check_row_start(row_start)
-        offs = pass_offsets(total, self.sizes[1:], offset)
-        states, log_q = [x], 0.0
+        x_al = pad_rows(x, s)
+        states, log_q = [x_al], 0.0
         for l, layer in enumerate(self.q_layers):
             d = self.sizes[l + 1]
-            h, lq = self.layer_sample(layer, states[-1], seed, offs[l] + (row_start // 4) * d)
+            check_draw_fits(row_start + R, d, "the q pass")
+            h, lq = self.layer_sample(layer, states[-1], seed, draw_offset(offset, l, a0, d))
             states.append(h)
             log_q = log_q + lq
+        if s:
+            return [x, *(h[s:] for h in states[1:])], log_q[s:]
         return states, log_q
 
-    def p_pass(self, n: int, seed, offset: int, *, total_rows: int | None = None, row_start: int = 0):
-        """Ancestral sampling of (x, h) ~ p for n rows. Returns (states [x, h_1, …, h_L], log p(x, h) (n,))."""
-        total = n if total_rows is None else total_rows
-        _check_row_start(row_start)
+    def p_pass(self, n: int, seed, offset: int, *, row_start: int = 0):
+        """Ancestral sampling of (x, h) ~ p for n rows: draws 0 (the prior) … L (x) of a pass at ``offset``.
+
+        ``row_start``: the global index of the first row (module docstring). Returns (states
+        [x, h_1, …, h_L], log p(x, h) (n,)).
+        """
+        a0, s = aligned_start(row_start)
         widths = self.sizes[::-1]  # prior h_L, then h_{L-1} ... h_0
-        offs = pass_offsets(total, widths, offset)
-        shift = row_start // 4
-        h, log_p = self.layer_sample(self.p_top, self.empty_input(n), seed, offs[0] + shift * widths[0])
+        for d in widths:
+            check_draw_fits(row_start + n, d, "the p pass")
+        h, log_p = self.layer_sample(self.p_top, self.empty_input(n + s), seed, draw_offset(offset, 0, a0, widths[0]))
         states = [h]
         for i, l in enumerate(reversed(range(self.n_layers)), start=1):
-            h, lp = self.layer_sample(self.p_layers[l], states[0], seed, offs[i] + shift * widths[i])
+            h, lp = self.layer_sample(self.p_layers[l], states[0], seed, draw_offset(offset, i, a0, widths[i]))
             states.insert(0, h)
             log_p = log_p + lp
+        if s:
+            return [h[s:] for h in states], log_p[s:]
         return states, log_p
 
     def log_p_joint(self, states) -> torch.Tensor:
@@ -344,21 +345,25 @@ class BiHM(nn.Module):
         return x.to(device=self.device, dtype=self.dtype).contiguous()
 
     @staticmethod
-    def _seed(seed, offset):
+    def _seed(seed, offset, row_start: int = 0):
         if seed is None:
             seed = draw_seed()
         check_seed(seed)
         check_offset(offset)
+        aligned_start(row_start)  # validates it
         return seed if isinstance(seed, torch.Tensor) else int(seed)
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False):
+    def sample_p(self, n: int, *, seed=None, offset: int = 0, row_start: int = 0, return_hidden: bool = False):
         """Ancestral samples of the top-down model p (SPEC §4).
 
         Args:
             n: number of samples.
             seed, offset: the random stream (module docstring).
+            row_start: global index of the first sample: the call returns samples
+                ``row_start … row_start + n − 1`` of the stream (``sample_p(n)[a:b]`` equals
+                ``sample_p(b − a, row_start=a)``).
             return_hidden: also return the hidden states and log p(x, h).
 
         Returns:
@@ -366,55 +371,73 @@ class BiHM(nn.Module):
             ``return_hidden``.
         """
         check_positive_int(n, "n")
-        seed = self._seed(seed, offset)
-        states, log_p = self.p_pass(n, seed, offset)
+        seed = self._seed(seed, offset, row_start)
+        states, log_p = self.p_pass(n, seed, offset, row_start=row_start)
         if return_hidden:
             return PSample(states[0], states[1:], log_p)
         return states[0]
 
     @torch.no_grad()
-    def sample_q(self, x: torch.Tensor, k: int = 1, *, seed=None, offset: int = 0) -> QSample:
+    def sample_q(self, x: torch.Tensor, k: int = 1, *, seed=None, offset: int = 0, row_start: int = 0) -> QSample:
         """K bottom-up samples ``h ~ q(h | x)`` per data point (SPEC §4).
 
         Args:
             x: (B, d_0) binary data.
             k: samples per data point (K >= 1).
+            row_start: global index of x's first data point (its samples are rows ``(row_start + b)·K + k``
+                of the stream).
 
         Returns:
             :class:`QSample`: hidden [h_1 … h_L] each (B·K, d_l), row b·K + k; log_q (B, K).
         """
         x = self._check_x(x)
         check_positive_int(k, "k")
-        seed = self._seed(seed, offset)
-        states, log_q = self.q_pass(x.repeat_interleave(k, dim=0), seed, offset)
+        seed = self._seed(seed, offset, row_start)
+        states, log_q = self.q_pass(x.repeat_interleave(k, dim=0), seed, offset, row_start=row_start * k)
         return QSample(states[1:], log_q.view(-1, k))
 
     # ------------------------------------------------------------- estimators
-    def _log_weights_and_states(self, x: torch.Tensor, k: int, seed, offset: int):
-        states, log_q = self.q_pass(x.repeat_interleave(k, dim=0), seed, offset)
+    def _log_weights_and_states(self, x: torch.Tensor, k: int, seed, offset: int, row_start: int = 0):
+        """``log p(x, h)``, ``log q(h | x)`` (B, K) and the states of K q-samples per data point; data point b
+        is number ``row_start + b`` of the call (its samples are rows ``(row_start + b)·K + k`` of the q pass)."""
+        states, log_q = self.q_pass(x.repeat_interleave(k, dim=0), seed, offset, row_start=row_start * k)
         log_p = self.log_p_joint(states)
         return log_p.view(-1, k), log_q.view(-1, k), states
 
-    def _chunk_log_weights(self, x: torch.Tensor, k: int, rows: int, seed, offset: int, *, total_rows: int,
-                           row_start: int, x_row0: int = 0):
-        """``(log p(x, h), log q(h | x))`` (rows,) for rows ``row_start … row_start + rows`` of a q pass over
-        ``total_rows`` rows in which row r reads data point ``x[r // k − x_row0]`` (SPEC §2's log ω terms)."""
+    def _chunk_log_weights(self, x: torch.Tensor, k: int, rows: int, seed, offset: int, *, row_start: int,
+                           x_row0: int = 0):
+        """``(log p(x, h), log q(h | x))`` (rows,) for rows ``row_start … row_start + rows`` of a q pass in which
+        row r reads data point ``x[r // k − x_row0]`` (SPEC §2's log ω terms). Any ``row_start``: rows before it
+        in its Philox row group are computed on zero data and dropped."""
+        a0, s = aligned_start(row_start)
+        if s:
+            pts = -(-s // k)  # data points in front of x that the leading rows read
+            lp, lq = self._aligned_chunk_log_weights(pad_rows(x, pts), k, rows + s, seed, offset, row_start=a0,
+                                                     x_row0=x_row0 - pts)
+            return lp[s:], lq[s:]
+        return self._aligned_chunk_log_weights(x, k, rows, seed, offset, row_start=row_start, x_row0=x_row0)
+
+    def _aligned_chunk_log_weights(self, x, k, rows, seed, offset, *, row_start, x_row0):
+        """:meth:`_chunk_log_weights` for ``row_start`` a multiple of 4 (what the fast paths implement)."""
         b = torch.arange(row_start, row_start + rows, device=x.device) // k - x_row0
-        states, log_q = self.q_pass(x[b], seed, offset, total_rows=total_rows, row_start=row_start)
+        states, log_q = self.q_pass(x[b], seed, offset, row_start=row_start)
         return self.log_p_joint(states), log_q
 
     @torch.no_grad()
-    def log_weights(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0) -> torch.Tensor:
-        """Importance log-weights ``log ω_k = log p(x, h^(k)) − log q(h^(k) | x)`` (B, K), ``h^(k) ~ q`` (SPEC §2)."""
+    def log_weights(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0, row_start: int = 0) -> torch.Tensor:
+        """Importance log-weights ``log ω_k = log p(x, h^(k)) − log q(h^(k) | x)`` (B, K), ``h^(k) ~ q`` (SPEC §2).
+
+        ``row_start``: global index of x's first data point (a point's weights do not depend on the
+        batch it is in; see the module docstring)."""
         x = self._check_x(x)
         check_positive_int(k, "k")
-        seed = self._seed(seed, offset)
-        log_p, log_q, _ = self._log_weights_and_states(x, k, seed, offset)
+        seed = self._seed(seed, offset, row_start)
+        log_p, log_q, _ = self._log_weights_and_states(x, k, seed, offset, row_start)
         return log_p - log_q
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, k: int, *, log_z2: float | None = None, seed=None,
-                       offset: int = 0) -> LogLikelihood:
+                       offset: int = 0, row_start: int = 0) -> LogLikelihood:
         """Per-data-point likelihood estimates from K importance samples (SPEC §2), in nats.
 
         Args:
@@ -422,58 +445,61 @@ class BiHM(nn.Module):
             k: importance samples per data point.
             log_z2: an estimate of log Z² (from :meth:`estimate_log_z2`); when given,
                 ``log_p_star = log_p_tilde_star − log_z2``.
+            row_start: global index of x's first data point (the estimates of a point depend on
+                its index, the seed and the offset, not on the batch).
 
         Returns:
             :class:`LogLikelihood` of (B,) tensors: log p̃*(x) (the bound, paper eq. 6),
             the IS estimate of log p(x), and log p*(x) or None.
         """
-        log_w = self.log_weights(x, k, seed=seed, offset=offset)
+        log_w = self.log_weights(x, k, seed=seed, offset=offset, row_start=row_start)
         lpt = est.log_p_tilde_star_estimate(log_w)
         return LogLikelihood(lpt, est.log_p_estimate(log_w), None if log_z2 is None else lpt - log_z2)
 
     @torch.no_grad()
-    def estimate_log_z2(self, n_samples: int, *, n_inner: int = 1, seed=None, offset: int = 0) -> est.MeanWithSE:
+    def estimate_log_z2(self, n_samples: int, *, n_inner: int = 1, seed=None, offset: int = 0,
+                        row_start: int = 0) -> est.MeanWithSE:
         """Unbiased importance estimate of Z² = Σ_x p̃*(x), reported as log Ẑ² ± standard error (SPEC §2).
 
         Draws ``(x_n, h_n) ~ p`` and ``h'_ni ~ q(· | x_n)``, i = 1…n_inner; the n-th term is
-        ``sqrt(q(h_n|x_n) / p(x_n, h_n)) · mean_i sqrt(ω'_ni)``. Stream: the p pass over
-        ``n_samples`` rows, then the q pass over ``n_samples · n_inner`` rows.
+        ``sqrt(q(h_n|x_n) / p(x_n, h_n)) · mean_i sqrt(ω'_ni)``. Stream: the p pass (draws 0 … L)
+        over the samples ``row_start …``, then the q pass (draws L+1 … 2L) over their ``n_inner``
+        inner rows each.
 
         Returns:
             :class:`~bihm_triton.reference.estimators.MeanWithSE` (log Ẑ², se), Python floats in nats.
         """
         check_positive_int(n_samples, "n_samples", 2)
         check_positive_int(n_inner, "n_inner")
-        seed = self._seed(seed, offset)
-        return est.log_mean_exp_with_se(self._log_z2_terms(n_samples, n_inner, seed, offset))
+        seed = self._seed(seed, offset, row_start)
+        return est.log_mean_exp_with_se(self._log_z2_terms(n_samples, n_inner, seed, offset, row_start=row_start))
 
-    def _log_z2_terms(self, n: int, n_inner: int, seed, offset: int, *, total_rows: int | None = None,
-                      row_start: int = 0) -> torch.Tensor:
-        """Log of the Ẑ² terms (n,) for rows [row_start, row_start + n) of a pass of ``total_rows``."""
-        total = n if total_rows is None else total_rows
-        states, log_p = self.p_pass(n, seed, offset, total_rows=total, row_start=row_start)
+    def _log_z2_terms(self, n: int, n_inner: int, seed, offset: int, *, row_start: int = 0) -> torch.Tensor:
+        """Log of the Ẑ² terms (n,) of samples ``row_start … row_start + n − 1``."""
+        states, log_p = self.p_pass(n, seed, offset, row_start=row_start)
         log_q = self.log_q_cond(states)
-        q_offset = offset + sum(counters_used(total, d) for d in self.sizes)
+        q_offset = offset + (self.n_layers + 1) * DRAW_STRIDE
         log_p2, log_q2 = self._chunk_log_weights(states[0], n_inner, n * n_inner, seed, q_offset,
-                                                 total_rows=total * n_inner, row_start=row_start * n_inner,
-                                                 x_row0=row_start)
+                                                 row_start=row_start * n_inner, x_row0=row_start)
         log_w2 = (log_p2 - log_q2).view(n, n_inner)
         return 0.5 * (log_q - log_p) + est.log_mean_exp(0.5 * log_w2, dim=-1)
 
     @torch.no_grad()
-    def effective_sample_size(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0) -> EffectiveSampleSize:
+    def effective_sample_size(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0,
+                              row_start: int = 0) -> EffectiveSampleSize:
         """Effective sample sizes (B,) of the K importance weights: p-weights ∝ ω and p*-weights ∝ sqrt(ω) (SPEC §2)."""
-        log_w = self.log_weights(x, k, seed=seed, offset=offset)
+        log_w = self.log_weights(x, k, seed=seed, offset=offset, row_start=row_start)
         return EffectiveSampleSize(est.effective_sample_size(log_w), est.effective_sample_size(0.5 * log_w))
 
     @torch.no_grad()
-    def bhattacharyya_distance(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0) -> torch.Tensor:
+    def bhattacharyya_distance(self, x: torch.Tensor, k: int, *, seed=None, offset: int = 0,
+                               row_start: int = 0) -> torch.Tensor:
         """Estimate of the Bhattacharyya distance D_B(x) between p(h|x) and q(h|x) (B,), nats (SPEC §1)."""
-        return est.bhattacharyya_estimate(self.log_weights(x, k, seed=seed, offset=offset))
+        return est.bhattacharyya_estimate(self.log_weights(x, k, seed=seed, offset=offset, row_start=row_start))
 
     # ------------------------------------------------------------------ losses
     def loss(self, x: torch.Tensor, k: int = 10, objective: str = "bihm", *, seed=None, offset: int = 0,
-             validate: bool = True):
+             row_start: int = 0, validate: bool = True):
         """Surrogate training loss summed over the batch, and per-data-point statistics (SPEC §3).
 
         ``objective="bihm"``: with ``w_k = softmax_k(½ log ω_k)`` (constants),
@@ -483,7 +509,7 @@ class BiHM(nn.Module):
         ``objective="rws"`` (reweighted wake-sleep): p-weights ``w̃_k = softmax_k(log ω_k)``;
         ``L_p = −Σ_k w̃_k log p(x, h^(k))``; q gets half the wake loss ``−Σ_k w̃_k log q(h^(k)|x)``
         and half the sleep loss ``−log q(h | x)`` on B samples ``(x, h) ~ p`` (drawn after the
-        wake pass in the stream).
+        wake pass in the stream: draws L … 2L, rows ``row_start …``).
 
         A sample with zero weight (``p(x, h^(k)) = 0``, ``log ω_k = −inf``) contributes nothing, in
         value or gradient; a data point whose K weights are all zero contributes nothing to the
@@ -491,6 +517,8 @@ class BiHM(nn.Module):
 
         Args:
             x: (B, d_0) binary data; k: samples per data point; objective: "bihm" or "rws".
+            row_start: global index of x's first data point in the step's batch (a shard of a
+                data-parallel step passes its first index, so the shards' losses sum to the whole batch's).
             validate: check that x is binary (reads the data: a host synchronization; a trainer
                 that validated its data once passes False, which keeps the step capturable in a
                 CUDA graph).
@@ -505,8 +533,8 @@ class BiHM(nn.Module):
             raise ValueError(f"objective must be 'bihm' or 'rws', got {objective!r}")
         x = self._check_x(x, validate=validate)
         check_positive_int(k, "k")
-        seed = self._seed(seed, offset)
-        log_p, log_q, _ = self._log_weights_and_states(x, k, seed, offset)
+        seed = self._seed(seed, offset, row_start)
+        log_p, log_q, _ = self._log_weights_and_states(x, k, seed, offset, row_start)
         B = x.shape[0]
         log_w = (log_p - log_q).detach()
         if objective == "bihm":
@@ -515,9 +543,8 @@ class BiHM(nn.Module):
             ess = est.effective_sample_size(0.5 * log_w)
         else:
             w = est.normalized_weights(log_w)
-            sleep_offset = offset + sum(counters_used(B * k, d) for d in self.sizes[1:])
             with torch.no_grad():
-                sleep_states, _ = self.p_pass(B, seed, sleep_offset)
+                sleep_states, _ = self.p_pass(B, seed, offset + self.n_layers * DRAW_STRIDE, row_start=row_start)
             loss = (-est.weighted_sum(w, log_p) - 0.5 * est.weighted_sum(w, log_q)
                     - 0.5 * self.log_q_cond(sleep_states).sum())
             ess = est.effective_sample_size(log_w)

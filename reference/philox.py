@@ -24,9 +24,21 @@ i.e. four consecutive rows share one Philox call per column and use its four out
 In terms of the flat element index ``e = r * M + j`` the counter is
 ``offset + (e // (4 M)) * M + e % M`` and the output lane ``(e // M) % 4``: a pure function of
 ``(seed, offset, e)`` for the draw's width ``M``, independent of block sizes, grids and
-autotuning. A draw consumes ``ceil(R / 4) * M`` counters (:func:`counters_used`); the next draw of
-a pass starts at ``offset + counters_used(R, M)``. Splitting a draw into row chunks whose starts
-are multiples of 4, each with offset ``offset + (r0 // 4) * M``, reproduces the whole draw.
+autotuning. A draw of rows ``[0, R)`` consumes ``ceil(R / 4) * M`` counters (:func:`counters_used`).
+Rows ``[r0, r0 + R)`` of a larger draw (r0 a multiple of 4) are the draw of R rows at
+``offset + (r0 // 4) * M``.
+
+**The draws of a pass** (stream version 2, batch-invariant; SPEC §5). A pass (the q pass, the p
+pass, one Gibbs update, ...) with ``(seed, offset)`` gives its d-th draw (d = 0, 1, ... in the
+order the draws happen) the counters from ``offset + d * DRAW_STRIDE`` on, whatever the number of
+rows: :func:`draw_offset`. So the uniforms of row r depend only on ``(seed, offset, r, d)``, never
+on how many rows the call has or how it is chunked: ``sample_p(n)[:m] == sample_p(m)``, and rows
+``[a, b)`` of a call are computed exactly by a call for those rows alone (``row_start=a``).
+A draw may use at most ``DRAW_STRIDE = 2**40`` counters, i.e. ``ceil(rows / 4) * M <= 2**40``
+(about 5.6e9 rows of a 784-wide layer; :func:`check_draw_fits`); offsets lie in ``[0, 2**62)``,
+so a seed holds at least ``2**22`` consecutive draws (about 4 million) past any starting offset
+before a counter could exceed 2**63 (:class:`RandomStream` refuses to go further). Within these
+limits no counter is used twice by one seed's stream.
 
 Everything here is plain PyTorch on ``int64`` tensors (the 32-bit words are kept in
 ``[0, 2**32)``), so it runs on any device without Triton.
@@ -41,8 +53,13 @@ import torch
 
 __all__ = [
     "MAX_SEED",
+    "STREAM_VERSION",
     "PHILOX_ROUNDS",
     "counters_used",
+    "DRAW_STRIDE",
+    "draw_offset",
+    "check_draw_fits",
+    "aligned_start",
     "philox4x32",
     "uniform_from_uint32",
     "philox_uniform",
@@ -127,6 +144,41 @@ def uniform_from_uint32(word: torch.Tensor) -> torch.Tensor:
 def counters_used(rows: int, cols: int) -> int:
     """Philox counters an ``(rows, cols)`` draw consumes: ``ceil(rows / 4) * cols``."""
     return -(-rows // 4) * cols
+
+
+#: Counters reserved for each draw of a pass (SPEC §5, stream version 2): draw d of a pass with
+#: offset ``o`` starts at counter ``o + d * DRAW_STRIDE``.
+DRAW_STRIDE = 2**40
+#: The version of the stream layout (1: each draw started after the previous one's counters, so
+#: the stream depended on the number of rows; 2: a fixed stride per draw, batch-invariant).
+STREAM_VERSION = 2
+
+
+def draw_offset(offset: int, draw: int, row_start: int = 0, cols: int = 0) -> int:
+    """First counter of rows ``row_start…`` (a multiple of 4) of the ``draw``-th draw of a pass at ``offset``:
+    ``offset + draw · DRAW_STRIDE + (row_start // 4) · cols`` (the draw is ``cols`` wide)."""
+    return offset + draw * DRAW_STRIDE + (row_start // 4) * cols
+
+
+def check_draw_fits(rows_end: int, cols: int, what: str = "a draw") -> None:
+    """Raise unless rows ``[0, rows_end)`` of a ``cols``-wide draw fit in its ``DRAW_STRIDE`` counters.
+
+    Raises:
+        ValueError: ``ceil(rows_end / 4) · cols > 2**40``; the message says how many rows fit.
+    """
+    if counters_used(rows_end, cols) > DRAW_STRIDE:
+        raise ValueError(f"{what} reaches row {rows_end} of a {cols}-wide layer: more than the 2**40 Philox counters "
+                         f"a draw may use (at most {4 * (DRAW_STRIDE // max(cols, 1))} rows); use another seed for "
+                         f"the rows beyond")
+
+
+def aligned_start(row_start: int) -> tuple[int, int]:
+    """``(row_start − s, s)`` with ``s = row_start % 4``: where a computation of rows ``row_start…`` must
+    begin so that its first row starts a Philox row group (the ``s`` leading rows are dropped after)."""
+    if isinstance(row_start, bool) or not isinstance(row_start, int) or row_start < 0:
+        raise ValueError(f"row_start must be a non-negative int, got {row_start!r}")
+    s = row_start % 4
+    return row_start - s, s
 
 
 def check_seed(seed, name: str = "seed") -> None:
@@ -247,12 +299,13 @@ def _(key, offset, rows, cols):
 
 
 class RandomStream:
-    """A cursor over the Philox stream: consecutive draws get consecutive counter ranges.
+    """A cursor over the Philox stream in whole draws: consecutive draws get consecutive draw slots.
 
-    ``take(rows, cols)`` returns the offset of the next (rows, cols) draw and advances past it;
-    ``uniform(rows, cols)`` takes a draw and returns its uniforms (computed by the reference on the
-    stream's device). Samplers that make many draws (Gibbs sweeps, resampling) use one of these,
-    so a whole run is a function of ``(seed, offset)``.
+    ``take(draws)`` returns the offset of the next pass of ``draws`` draws and advances past it
+    (``draws · DRAW_STRIDE`` counters, whatever the rows); ``uniform(rows, cols)`` takes one draw and
+    returns its uniforms (computed by the reference on the stream's device). Samplers that make many
+    draws (Gibbs sweeps, resampling) use one of these, so a whole run is a function of
+    ``(seed, offset)``, and row (chain) r of a run does not depend on the number of rows.
 
     Args:
         seed: int in ``[0, 2**63)`` or a one-element int64 tensor.
@@ -261,6 +314,9 @@ class RandomStream:
         uniform_fn: ``uniform_fn(seed, offset, rows, cols)`` computing the same draw faster (e.g. the
             Triton kernel :func:`bihm_triton.kernels.philox.philox_uniform`, equal bit for bit);
             default :func:`philox_uniform` on ``device``.
+
+    Raises:
+        ValueError: from :meth:`take`, when the cursor would pass ``2**62`` (about 4 million draws).
     """
 
     def __init__(self, seed, offset: int = 0, device=None, uniform_fn=None):
@@ -269,14 +325,16 @@ class RandomStream:
         self.seed, self.offset, self.device = seed, offset, device
         self._uniform_fn = uniform_fn
 
-    def take(self, rows: int, cols: int) -> int:
-        """Offset of the next ``(rows, cols)`` draw; the cursor moves past its ``ceil(rows/4)·cols`` counters."""
+    def take(self, draws: int = 1) -> int:
+        """Offset of the next pass of ``draws`` draws; the cursor moves ``draws · DRAW_STRIDE`` counters on."""
         off = self.offset
-        self.offset += counters_used(rows, cols)
+        check_offset(off + draws * DRAW_STRIDE, "the stream's offset after this draw")
+        self.offset += draws * DRAW_STRIDE
         return off
 
     def uniform(self, rows: int, cols: int) -> torch.Tensor:
         """(rows, cols) float32 uniforms of the next draw."""
+        check_draw_fits(rows, cols)
         if self._uniform_fn is not None:
-            return self._uniform_fn(self.seed, self.take(rows, cols), rows, cols)
-        return philox_uniform(self.seed, self.take(rows, cols), rows, cols, device=self.device)
+            return self._uniform_fn(self.seed, self.take(), rows, cols)
+        return philox_uniform(self.seed, self.take(), rows, cols, device=self.device)

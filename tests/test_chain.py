@@ -199,9 +199,17 @@ def test_a_compile_failure_falls_back_to_the_layer_path(device, monkeypatch):
         fresh.sample_p(4, seed=1)
 
 
-def test_counters_past_2_to_the_31():
-    """ceil(total/4)·Σwidths passes 2**31 for passes of a few million rows: the generated source forms the
-    counters in int64 (the passes' test runs such a pass; the chain's outputs cover the whole pass, so
-    a pass that long cannot be run here)."""
+def test_counters_past_2_to_the_31(device):
+    """Rows deep inside a pass (row 2**33 + 8 of a 100-wide draw: counters past 2**40 + 2**35 within the draw)
+    equal the reference's rows there: the generated source forms the counters in int64."""
+    m = dyadic_model([100, 30, 5], seed=7)
+    chain = _chain(m, device)
+    n, start = 13, 2**33 + 8
+    x = torch.empty(n, 100, device=device)
+    lp = torch.empty(n, device=device)
+    chain.launch(n, final=x, log_prob=lp, seed=5, offset=2**41, total_rows=n, row0=0, stream_row0=start)
+    want, want_lp = m.p_pass(n, 5, 2**41, row_start=start)
+    assert_samples_match(x, want[0])
+    torch.testing.assert_close(lp.cpu(), want_lp)
     src = chain_source(make_plan([0, 10, 20], [10, 20, 30]), store_hidden=False)
-    assert "groups_total.to(tl.int64)" in src and "tile0 = pid.to(tl.int64)" in src
+    assert "tile0 = pid.to(tl.int64)" in src

@@ -26,9 +26,9 @@ def test_log_weights_and_gradients_equal_the_reference(sizes, device, poison_emp
     k, R = 3, 21
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(8, sizes[0], generator=g) < 0.5).float()
-    # a chunk in the middle of a longer pass: rows 8 … 29 of a pass over 40 rows, reading x[r // 3 − 2]
-    log_p, log_q, st = fp.forward(x.to(device), R, seed=99, offset=5, total_rows=40, row0=8, in_repeat=k, in_row0=2)
-    want_p, want_q = m._chunk_log_weights(x, k, R, 99, 5, total_rows=40, row_start=8, x_row0=2)
+    # a chunk in the middle of a longer pass: rows 8 … 29, reading x[r // 3 − 2]
+    log_p, log_q, st = fp.forward(x.to(device), R, seed=99, offset=5, row0=8, in_repeat=k, in_row0=2)
+    want_p, want_q = m._chunk_log_weights(x, k, R, 99, 5, row_start=8, x_row0=2)
     torch.testing.assert_close(log_q.cpu(), want_q)
     torch.testing.assert_close(log_p.cpu(), want_p)
 
@@ -36,7 +36,7 @@ def test_log_weights_and_gradients_equal_the_reference(sizes, device, poison_emp
     grads = fp.backward(x.to(device), st, R, coef_p.to(device), coef_q.to(device), row0=8, in_repeat=k, in_row0=2)
     params = [t for l in layers[:-1] for t in (l.weight, l.bias)] + [m.p_top.logits]
     with torch.enable_grad():
-        lp, lq = m._chunk_log_weights(x, k, R, 99, 5, total_rows=40, row_start=8, x_row0=2)
+        lp, lq = m._chunk_log_weights(x, k, R, 99, 5, row_start=8, x_row0=2)
         want = torch.autograd.grad((coef_p * lp).sum() + (coef_q * lq).sum(), params)
     got = [t for dw, db in grads[:-1] for t in (dw, db)] + [grads[-1][1]]
     assert grads[-1][0].shape == (sizes[-1], 0)
@@ -80,16 +80,15 @@ def test_weight_norm_training_gradients_through_the_fused_pass(device):
 
 
 def test_counters_past_2_to_the_31(device):
-    """A chunk deep inside a q pass of 2**29 rows (counters past 2**31) equals the reference's chunk."""
+    """A chunk deep inside a q pass, at row 2**28 + 20 (counters past 2**31), equals the reference's chunk."""
     m = dyadic_model([70, 130, 20], seed=4)
     layers = [*m.q_layers, *m.p_layers, m.p_top]
     fp = FusedPasses(m.sizes, device)
     fp.pack([l.weight.to(device) for l in layers], [l.bias.to(device) for l in layers])
-    k, rows, total, row0 = 5, 40, 2**29, 2**28 + 20
+    k, rows, row0 = 5, 40, 2**28 + 20
     x = (torch.rand(9, 70, generator=torch.Generator().manual_seed(2)) < 0.5).float()
     x_row0 = row0 // k  # the chunk's rows read x[r // k − x_row0]: data points 0 … 8
-    log_p, log_q, _ = fp.forward(x.to(device), rows, seed=3, offset=2**40, total_rows=total, row0=row0,
-                                 in_repeat=k, in_row0=x_row0)
-    want_p, want_q = m._chunk_log_weights(x, k, rows, 3, 2**40, total_rows=total, row_start=row0, x_row0=x_row0)
+    log_p, log_q, _ = fp.forward(x.to(device), rows, seed=3, offset=2**40, row0=row0, in_repeat=k, in_row0=x_row0)
+    want_p, want_q = m._chunk_log_weights(x, k, rows, 3, 2**40, row_start=row0, x_row0=x_row0)
     torch.testing.assert_close(log_q.cpu(), want_q)
     torch.testing.assert_close(log_p.cpu(), want_p)

@@ -68,20 +68,23 @@ def test_bad_data_and_k():
         m.estimate_log_z2(1)
 
 
-def test_chunked_passes_reproduce_the_whole_pass():
-    """Rows split at multiples of 4, each with the whole pass's offsets: the same samples (the contract
-    the fast implementations rely on)."""
+@pytest.mark.parametrize("cuts", [(0, 4, 8), (0, 3, 5, 6, 9), (0, 1, 2, 7)], ids=str)
+def test_chunked_passes_reproduce_the_whole_pass(cuts):
+    """Rows split anywhere (also inside a Philox row group), each chunk with its row_start: the same samples
+    as the whole pass (the batch-invariant stream, SPEC §5 version 2)."""
     m = random_model([6, 5, 3], seed=1, dtype=torch.float32)
     x = (torch.rand(10, 6) < 0.5).float()
     full, lq = m.q_pass(x, 42, 7)
-    parts = [m.q_pass(x[r0:r0 + 4], 42, 7, total_rows=10, row_start=r0) for r0 in (0, 4, 8)]
+    bounds = [*cuts, 10]
+    parts = [m.q_pass(x[a:b], 42, 7, row_start=a) for a, b in zip(bounds, bounds[1:])]
     for l in range(3):
         assert torch.equal(torch.cat([p[0][l] for p in parts]), full[l])
     torch.testing.assert_close(torch.cat([p[1] for p in parts]), lq)
-    pf, lp = m.p_pass(9, 5, 3)
-    pp = [m.p_pass(min(4, 9 - r0), 5, 3, total_rows=9, row_start=r0) for r0 in (0, 4, 8)]
+    pf, lp = m.p_pass(10, 5, 3)
+    pp = [m.p_pass(b - a, 5, 3, row_start=a) for a, b in zip(bounds, bounds[1:])]
     for l in range(3):
         assert torch.equal(torch.cat([p[0][l] for p in pp]), pf[l])
+    torch.testing.assert_close(torch.cat([p[1] for p in pp]), lp)
 
 
 def test_sampling_is_reproducible_and_seeded():
