@@ -1,11 +1,13 @@
 """Public functional ops: stochastic binary layers and weight normalization, autograd-aware.
 
-Backends: ``backend="auto"`` runs the Triton kernels (:mod:`bihm_triton.kernels`) on CUDA tensors
-and the reference (:mod:`bihm_triton.reference`) on CPU tensors; ``"triton"`` or ``"reference"``
-forces one (the Triton backend accepts CPU tensors when ``TRITON_INTERPRET=1``, which is how the
-tests run it without a GPU). The Triton ops are registered with ``torch.library`` (namespace
-``bihm_triton``), with fake implementations and autograd formulas, so ``torch.compile(fullgraph=True)``
-traces code that calls them.
+Backends: ``backend="auto"`` runs the Triton kernels (:mod:`bihm_triton.kernels`) on CUDA tensors,
+the CPU kernels (:mod:`bihm_triton.kernels.cpu`: the matmul by BLAS through torch, then one fused C
+pass for Philox, sigmoid, the draw and the log-likelihood) on float32 CPU tensors, and the
+reference (:mod:`bihm_triton.reference`) on float64 ones or where the CPU kernels cannot be built;
+``"triton"``, ``"cpu"`` or ``"reference"`` forces one (the Triton backend accepts CPU tensors when
+``TRITON_INTERPRET=1``, which is how the tests run it without a GPU). The Triton and CPU ops are
+registered with ``torch.library`` (namespace ``bihm_triton``), with fake implementations and
+autograd formulas, so ``torch.compile(fullgraph=True)`` traces code that calls them.
 
 Random numbers follow SPEC §5 (:mod:`bihm_triton.reference.philox`): the same ``(seed, offset)``
 gives the same sample on every backend, up to the rounding of the logits (a sample can differ only
@@ -40,10 +42,11 @@ __all__ = [
     "sbn_log_prob_wn",
     "weight_norm",
     "resolve_backend",
+    "cpu_available",
     "BACKENDS",
 ]
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "cpu", "reference")
 
 _TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
@@ -55,19 +58,44 @@ def _kernels():
     return sbn, wn
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``"auto"`` to ``"triton"`` (CUDA tensors) or ``"reference"`` (anything else); check the choice.
+def _cpu():
+    """The CPU kernels' launcher (builds them on first use; see :mod:`bihm_triton.kernels.cpu`)."""
+    from .kernels import cpu
+
+    return cpu
+
+
+def cpu_available() -> bool:
+    """True when the CPU backend's kernels are built (the first call builds them: about a second, once per
+    machine); False without a C compiler (one line on stderr says so)."""
+    return _cpu().available()
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """Map ``"auto"`` to ``"triton"`` (CUDA tensors), ``"cpu"`` (float32 CPU tensors, when the CPU kernels
+    build) or ``"reference"`` (float64, or anything else); check the choice.
 
     Raises:
         ValueError: an unknown backend name.
-        RuntimeError: ``"triton"`` without Triton installed.
+        RuntimeError: ``"triton"`` without Triton installed; ``"cpu"`` for non-CPU tensors or without
+            its kernels (no C compiler).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and _TRITON_AVAILABLE else "reference"
+        if device.type == "cuda" and _TRITON_AVAILABLE:
+            return "triton"
+        if device.type == "cpu" and dtype != torch.float64 and _cpu().available():
+            return "cpu"
+        return "reference"
     if backend == "triton" and not _TRITON_AVAILABLE:
         raise RuntimeError("backend='triton' needs the triton package (Linux); use backend='reference'")
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise RuntimeError(f"backend='cpu' runs on CPU tensors, got a tensor on {device}; use backend='auto'")
+        if not _cpu().available():
+            raise RuntimeError(f"backend='cpu' is unavailable ({_cpu().unavailable_reason()}); use "
+                               f"backend='reference'")
     return backend
 
 
@@ -311,6 +339,128 @@ def _log_prob(h, x, weight, bias, weight_g):
     return _SbnLogProbFn.apply(h, x, weight, bias, weight_g)
 
 
+# ======================================================================= the CPU backend's ops
+#
+# The layer is F.linear (BLAS, differentiated by torch's autograd) followed by one fused C pass over
+# the logits: the draw (or the given targets), Σ_j log Bern per row, and d = x − σ(a) for the backward
+# (∂ log_prob / ∂a = d). Only the pass is a custom op: torch.compile traces F.linear as usual.
+
+
+@torch.library.custom_op("bihm_triton::cpu_bernoulli_sample", mutates_args=())
+def _cpu_sample_op(logits: torch.Tensor, seed: torch.Tensor, offset: int, out_dtype: torch.dtype,
+                   want_d: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, lp, d = _cpu().sample(logits.contiguous(), seed, offset, out_dtype=out_dtype, want_d=want_d)
+    return x, lp, (d if want_d else logits.new_empty(0))
+
+
+@_cpu_sample_op.register_fake
+def _(logits, seed, offset, out_dtype, want_d):
+    R, M = logits.shape
+    return (logits.new_empty((R, M), dtype=out_dtype), logits.new_empty((R,)),
+            logits.new_empty((R, M) if want_d else (0,)))
+
+
+@torch.library.custom_op("bihm_triton::cpu_bernoulli_log_prob", mutates_args=())
+def _cpu_log_prob_op(logits: torch.Tensor, x: torch.Tensor, want_d: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    lp, d = _cpu().score(logits.contiguous(), x, want_d=want_d)
+    return lp, (d if want_d else logits.new_empty(0))
+
+
+@_cpu_log_prob_op.register_fake
+def _(logits, x, want_d):
+    R, M = logits.shape
+    return logits.new_empty((R,)), logits.new_empty((R, M) if want_d else (0,))
+
+
+def _cpu_sample_setup(ctx, inputs, output):
+    x, _, d = output
+    ctx.mark_non_differentiable(x, d)
+    ctx.save_for_backward(d)
+
+
+def _cpu_sample_backward(ctx, grad_x, grad_lp, grad_d):
+    (d,) = ctx.saved_tensors
+    return grad_lp.unsqueeze(1) * d, None, None, None, None
+
+
+_cpu_sample_op.register_autograd(_cpu_sample_backward, setup_context=_cpu_sample_setup)
+
+
+def _cpu_log_prob_setup(ctx, inputs, output):
+    _, d = output
+    ctx.mark_non_differentiable(d)
+    ctx.save_for_backward(d)
+
+
+def _cpu_log_prob_backward(ctx, grad_lp, grad_d):
+    (d,) = ctx.saved_tensors
+    return grad_lp.unsqueeze(1) * d, None, None
+
+
+_cpu_log_prob_op.register_autograd(_cpu_log_prob_backward, setup_context=_cpu_log_prob_setup)
+
+
+class _CpuSampleFn(torch.autograd.Function):
+    """Eager path of the CPU sample pass: the launcher called directly (no dispatcher), same kernels."""
+
+    @staticmethod
+    def forward(ctx, logits, seed, offset, out_dtype, want_d):
+        x, lp, d = _cpu().sample(logits.contiguous(), seed, offset, out_dtype=out_dtype, want_d=want_d)
+        ctx.mark_non_differentiable(x)
+        ctx.d = d
+        return x, lp
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_lp):
+        return grad_lp.unsqueeze(1) * ctx.d, None, None, None, None
+
+
+class _CpuLogProbFn(torch.autograd.Function):
+    """Eager path of the CPU score pass (see :class:`_CpuSampleFn`)."""
+
+    @staticmethod
+    def forward(ctx, logits, x, want_d):
+        lp, d = _cpu().score(logits.contiguous(), x, want_d=want_d)
+        ctx.d = d
+        return lp
+
+    @staticmethod
+    def backward(ctx, grad_lp):
+        return grad_lp.unsqueeze(1) * ctx.d, None, None
+
+
+def _cpu_logits(h, weight, bias, weight_g):
+    """``a = h·Wᵀ + b`` in float32 through torch (BLAS; autograd as usual), W = g·v/‖v‖ when weight-normalized."""
+    w = ref.weight_norm(weight, weight_g, 0) if weight_g is not None else weight
+    return torch.nn.functional.linear(h.to(torch.float32), w.to(torch.float32), bias.to(torch.float32))
+
+
+def _check_cpu_dtype(*tensors) -> None:
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            raise TypeError("backend='cpu' computes in float32 and got a float64 tensor; use backend='reference' "
+                            "(or backend='auto', which sends float64 there) to keep float64")
+
+
+def _cpu_sample(h, weight, bias, weight_g, seed, offset, out_dtype):
+    _check_cpu_dtype(h, weight, bias, weight_g)
+    a = _cpu_logits(h, weight, bias, weight_g)
+    want_d = a.requires_grad
+    if torch.compiler.is_compiling():
+        x, lp, _ = _cpu_sample_op(a, _seed_tensor(seed), offset, out_dtype, want_d)
+        return x, lp
+    return _CpuSampleFn.apply(a, _reference_seed(seed), offset, out_dtype, want_d)
+
+
+def _cpu_log_prob(h, x, weight, bias, weight_g):
+    _check_cpu_dtype(h, weight, bias, weight_g)
+    a = _cpu_logits(h, weight, bias, weight_g)
+    want_d = a.requires_grad
+    if torch.compiler.is_compiling():
+        return _cpu_log_prob_op(a, x, want_d)[0]
+    return _CpuLogProbFn.apply(a, x, want_d)
+
+
 # ================================================================================ public API
 
 
@@ -339,7 +489,7 @@ def sbn_sample(
             seed from torch's default generator (``torch.manual_seed`` reproduces the run).
         offset: first Philox counter; the draw consumes ``ceil(R/4)·M`` counters.
         out_dtype: dtype of the sample, e.g. ``torch.float32`` (default) or ``torch.uint8`` (fastest).
-        backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"reference"`` (module docstring).
 
     Returns:
         ``(x, log_prob)``: x (R, M) ``out_dtype`` in {0, 1}, no gradient; log_prob (R,) float32
@@ -353,9 +503,11 @@ def sbn_sample(
     """
     check_layer_args(h, weight, bias)
     check_offset(offset)
-    backend = resolve_backend(backend, h.device)
+    backend = resolve_backend(backend, h.device, compute_dtype(h, weight, bias))
     if backend == "reference":
         return ref.sbn_sample(h, weight, bias, seed=_reference_seed(seed), offset=offset, out_dtype=out_dtype)
+    if backend == "cpu":
+        return _cpu_sample(h, weight, bias, None, seed, offset, out_dtype)
     return _sample(h, weight, bias, None, _seed_arg(seed), offset, out_dtype)
 
 
@@ -385,9 +537,11 @@ def sbn_log_prob(
     check_layer_args(h, weight, bias, x)
     if _validating(validate):
         check_binary(x, "x")
-    backend = resolve_backend(backend, h.device)
+    backend = resolve_backend(backend, h.device, compute_dtype(h, weight, bias))
     if backend == "reference":
         return ref.bernoulli_log_prob(ref.sbn_logits(h, weight, bias), x)
+    if backend == "cpu":
+        return _cpu_log_prob(h, x, weight, bias, None)
     return _log_prob(h, x, weight, bias, None)
 
 
@@ -414,9 +568,11 @@ def sbn_sample_wn(
     check_layer_args(h, weight_v, bias, weight_name="weight_v")
     g = check_weight_norm_args(weight_v, weight_g, 0)
     check_offset(offset)
-    backend = resolve_backend(backend, h.device)
+    backend = resolve_backend(backend, h.device, compute_dtype(h, weight_v, weight_g, bias))
     if backend == "reference":
         return ref.sbn_sample_wn(h, weight_v, g, bias, seed=_reference_seed(seed), offset=offset, out_dtype=out_dtype)
+    if backend == "cpu":
+        return _cpu_sample(h, weight_v, bias, g, seed, offset, out_dtype)
     return _sample(h, weight_v, bias, g, _seed_arg(seed), offset, out_dtype)
 
 
@@ -435,9 +591,11 @@ def sbn_log_prob_wn(
     g = check_weight_norm_args(weight_v, weight_g, 0)
     if _validating(validate):
         check_binary(x, "x")
-    backend = resolve_backend(backend, h.device)
+    backend = resolve_backend(backend, h.device, compute_dtype(h, weight_v, weight_g, bias))
     if backend == "reference":
         return ref.bernoulli_log_prob(ref.sbn_logits(h, weight_v, bias, scale=ref.weight_norm_scale(weight_v, g)), x)
+    if backend == "cpu":
+        return _cpu_log_prob(h, x, weight_v, bias, g)
     return _log_prob(h, x, weight_v, bias, g)
 
 
@@ -467,8 +625,8 @@ def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int | None 
     """
     check_tensor(weight_v, "weight_v", 2, symbols="(M, N)")
     g = check_weight_norm_args(weight_v, weight_g, dim)
-    backend = resolve_backend(backend, weight_v.device)
-    if backend == "reference" or dim in (-1, None):
+    backend = resolve_backend(backend, weight_v.device, compute_dtype(weight_v, weight_g))
+    if backend in ("reference", "cpu") or dim in (-1, None):
         return ref.weight_norm(weight_v, weight_g, dim)
     if dim % 2 == 0:
         return _weight_norm_op(weight_v, g)

@@ -1,0 +1,249 @@
+"""The CPU backend's fused layer epilogue: the C source beside this file, built once per machine, loaded with ctypes.
+
+A stochastic binary layer on the CPU is the matmul ``a = h·Wᵀ + b`` by BLAS (through torch), then
+one pass of :file:`bihm_cpu.c` over ``a`` that draws the SPEC §5 uniforms (Philox4x32-10 bit for
+bit as the reference and the Triton kernels), samples ``x = 1[u < σ(a)]``, and sums the row
+log-likelihoods, optionally writing ``d = x − σ(a)`` for the backward. Score mode takes given
+targets. The pass is vectorized by the C compiler (``-O3 -march=native``) and runs on
+``torch.get_num_threads()`` threads for large layers (ctypes releases the GIL).
+
+**Build.** The first use compiles the source with the system C compiler (``$CC``, else ``cc``,
+``gcc`` or ``clang``) into ``$BIHM_TRITON_CACHE_DIR/cpu`` (default ``~/.cache/bihm_triton/cpu``),
+keyed by the source, the flags, the compiler and the CPU, so it happens once per machine (about
+half a second; a build over a second is announced in one line on stderr). Without a compiler, or
+if the build fails, :func:`available` is False, one line says why, and ``backend="auto"`` runs the
+reference instead.
+
+Chosen over numba and torch.compile's C++ backend after measuring all three on this project's CPU
+(``bench/RESULTS.md``, "The CPU path"): no dependency beyond a C compiler, sub-second build, and
+the fastest of the three by 10× on the layer epilogue.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+__all__ = ["available", "unavailable_reason", "library_path", "sample", "score", "uniform", "SOURCE"]
+
+#: The C source of the epilogue (package data, installed beside this file).
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bihm_cpu.c")
+_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-std=gnu99"]
+_ABI = 1
+_WANT_LP, _WANT_D, _X_U8 = 1, 2, 4
+#: Elements of a layer below which the pass runs on the calling thread only.
+PARALLEL_MIN = 1 << 15
+
+_state: dict = {}
+_lock = threading.Lock()
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("BIHM_TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "bihm_triton")
+    for d in (os.path.join(base, "cpu"), os.path.join(tempfile.gettempdir(), f"bihm_triton_cpu_{os.getuid()}")):
+        try:
+            os.makedirs(d, exist_ok=True)
+            if os.access(d, os.W_OK):
+                return d
+        except OSError:
+            continue
+    raise OSError("no writable folder for the CPU kernels; set BIHM_TRITON_CACHE_DIR")
+
+
+def _compiler() -> str | None:
+    for c in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if c and shutil.which(c.split()[0]):
+            return c
+    return None
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU's model and flags (a shared home across machines gets one
+    build per kind of CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _build() -> tuple[ctypes.CDLL | None, str]:
+    """Compile (or find the cached build of) the C source and load it; ``(None, reason)`` when impossible."""
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler found ($CC, cc, gcc or clang)"
+    with open(SOURCE, "rb") as f:
+        src = f.read()
+    try:
+        version = subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"the C compiler {cc!r} does not run ({e})"
+    key = hashlib.sha256(b"\0".join([src, " ".join(_FLAGS).encode(), version.encode(), _cpu_id().encode(),
+                                     platform.machine().encode()])).hexdigest()[:20]
+    try:
+        cache = _cache_dir()
+    except OSError as e:
+        return None, str(e)
+    path = os.path.join(cache, f"bihm_cpu_{key}.so")
+    if not os.path.exists(path):
+        t0 = time.perf_counter()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        err = ""
+        for arch in (["-march=native"], []):  # -march=native is unknown to some compilers and CPUs
+            out = subprocess.run([*cc.split(), *_FLAGS, *arch, SOURCE, "-o", tmp], capture_output=True, text=True)
+            if out.returncode == 0:
+                break
+            err = (out.stderr or out.stdout).strip().splitlines()[-1:] or [""]
+            err = err[0]
+        else:
+            return None, f"the C compiler {cc!r} failed on {os.path.basename(SOURCE)}: {err}"
+        os.replace(tmp, path)
+        took = time.perf_counter() - t0
+        if took > 1.0:
+            print(f"bihm_triton: built the CPU kernels in {took:.1f} s (once per machine; cached in {cache})",
+                  file=sys.stderr)
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        return None, f"the built CPU kernels do not load ({e})"
+    if lib.bihm_abi_version() != _ABI:
+        return None, f"{path} has another ABI version"
+    p, i64, u64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int
+    lib.bihm_sample.argtypes = [p, p, p, p, i64, i64, u64, u64, i32, i64, i64]
+    lib.bihm_score.argtypes = [p, p, p, p, i64, i64, i32, i64, i64]
+    lib.bihm_uniform.argtypes = [p, i64, i64, u64, u64, i64, i64]
+    for fn in (lib.bihm_sample, lib.bihm_score, lib.bihm_uniform):
+        fn.restype = None
+    return lib, path
+
+
+def _lib() -> ctypes.CDLL | None:
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                lib, info = _build()
+                _state["lib"], _state["info"] = lib, info
+                if lib is None:
+                    print(f"bihm_triton: the CPU backend is unavailable ({info}); CPU tensors run on the reference "
+                          f"implementation (slower). Install a C compiler (e.g. gcc) to enable it.", file=sys.stderr)
+    return _state["lib"]
+
+
+def available() -> bool:
+    """True when the CPU kernels are built (or can be, now: the first call builds them)."""
+    return _lib() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (None when it is True)."""
+    return None if _lib() is not None else _state["info"]
+
+
+def library_path() -> str | None:
+    """The loaded shared library's path (None when unavailable)."""
+    return _state["info"] if _lib() is not None else None
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    pool = _state.get("pool")
+    if pool is None or pool._max_workers != n:  # noqa: SLF001
+        if pool is not None:
+            pool.shutdown(wait=False)
+        pool = _state["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="bihm_cpu")
+    return pool
+
+
+def _run_groups(fn, n_groups: int, elements: int, *args) -> None:
+    """``fn(*args, g0, g1)`` over row groups [0, n_groups), split across torch's intra-op threads when large."""
+    n = min(torch.get_num_threads(), n_groups)
+    if n <= 1 or elements < PARALLEL_MIN:
+        fn(*args, 0, n_groups)
+        return
+    cuts = [n_groups * i // n for i in range(n + 1)]
+    futures = [_pool(n).submit(fn, *args, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    for f in futures:
+        f.result()
+
+
+def _check_logits(a: torch.Tensor) -> None:
+    if a.dtype != torch.float32 or a.device.type != "cpu" or a.dim() != 2 or not a.is_contiguous():
+        raise ValueError(f"the CPU kernels take contiguous (R, M) float32 CPU logits, got {a.dtype} "
+                         f"{tuple(a.shape)} on {a.device}")
+
+
+def _seed_int(seed) -> int:
+    return int(seed.reshape(())) if isinstance(seed, torch.Tensor) else int(seed)
+
+
+def sample(a: torch.Tensor, seed, offset: int, *, out_dtype: torch.dtype = torch.float32, want_lp: bool = True,
+           want_d: bool = False):
+    """Draw a layer given its logits: ``(x (R, M) out_dtype, lp (R,) float32 or None, d (R, M) float32 or None)``.
+
+    ``x[r, j] = 1[u[r, j] < σ(a[r, j])]`` with the ``(seed, offset)`` uniforms of SPEC §5 (row 0 of ``a``
+    starts a Philox row group), ``lp[r] = Σ_j x·a − softplus(a)`` (nats), ``d = x − σ(a)``.
+
+    Raises:
+        RuntimeError: the CPU kernels are unavailable (see :func:`unavailable_reason`).
+        ValueError: logits that are not contiguous (R, M) float32 on the CPU.
+    """
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"the CPU kernels are unavailable: {_state['info']}")
+    _check_logits(a)
+    R, M = a.shape
+    native = out_dtype in (torch.float32, torch.uint8, torch.bool)
+    x = torch.empty((R, M), dtype=out_dtype if native else torch.float32)
+    lp = torch.empty(R, dtype=torch.float32) if want_lp else None
+    d = torch.empty((R, M), dtype=torch.float32) if want_d else None
+    flags = (_WANT_LP if want_lp else 0) | (_WANT_D if want_d else 0) | (_X_U8 if x.dtype != torch.float32 else 0)
+    if R and M:
+        _run_groups(lib.bihm_sample, -(-R // 4), R * M, a.data_ptr(), x.data_ptr(), lp.data_ptr() if want_lp else None,
+                    d.data_ptr() if want_d else None, R, M, _seed_int(seed), offset, flags)
+    elif want_lp:
+        lp.zero_()
+    return (x if native else x.to(out_dtype)), lp, d
+
+
+def score(a: torch.Tensor, x: torch.Tensor, *, want_d: bool = False):
+    """Score given targets: ``(lp (R,) float32, d (R, M) float32 or None)`` for logits a (R, M) and binary x (R, M)
+    (read as ``x != 0``; float32, uint8 and bool natively, other dtypes converted)."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"the CPU kernels are unavailable: {_state['info']}")
+    _check_logits(a)
+    R, M = a.shape
+    if x.dtype == torch.bool:
+        x = x.view(torch.uint8)
+    elif x.dtype not in (torch.float32, torch.uint8):
+        x = (x != 0).view(torch.uint8)
+    x = x.contiguous()
+    lp = torch.zeros(R, dtype=torch.float32)
+    d = torch.empty((R, M), dtype=torch.float32) if want_d else None
+    flags = (_WANT_D if want_d else 0) | (_X_U8 if x.dtype == torch.uint8 else 0)
+    if R and M:
+        _run_groups(lib.bihm_score, R, R * M, a.data_ptr(), x.data_ptr(), lp.data_ptr(),
+                    d.data_ptr() if want_d else None, R, M, flags)
+    return lp, d
+
+
+def uniform(seed, offset: int, rows: int, cols: int) -> torch.Tensor:
+    """The (rows, cols) float32 uniforms of a draw: equal bit for bit to :func:`bihm_triton.reference.philox_uniform`."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"the CPU kernels are unavailable: {_state['info']}")
+    out = torch.empty((rows, cols), dtype=torch.float32)
+    if rows and cols:
+        _run_groups(lib.bihm_uniform, -(-rows // 4), rows * cols, out.data_ptr(), rows, cols, _seed_int(seed), offset)
+    return out
