@@ -54,7 +54,7 @@ def measure(config: str, sizes, n: int, reference=None) -> dict:
     model.sample_p(n, seed=seed)
     torch.cuda.synchronize()
     out = {"config": config or "(default)", "compile_s": round(time.perf_counter() - t0, 2),
-           "chain": dict(model._fused_p_chain().config)}
+           "chain": dict(model.engine.p_chain().config)}
     if reference is not None:
         out["x_mismatch"] = float((x != reference[0]).float().mean())
         out["log_p_max_abs_diff"] = float((lp - reference[1]).abs().max())

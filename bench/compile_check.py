@@ -132,7 +132,7 @@ def _compile(fn, sig: dict, const: dict, arch: int, options: dict):
 
 
 def _gibbs_plans(sizes, l: int):
-    """The pass plan of ``sizes`` and the layer plans of the Gibbs update of h_l (as BiHM._fused_gibbs_hidden)."""
+    """The pass plan of ``sizes`` and the layer plans of the Gibbs update of h_l (as the Triton engine's gibbs_hidden)."""
     from bihm_triton.kernels.passes import make_pass_plan
 
     plan, L = make_pass_plan(sizes, reg_max=64), len(sizes) - 1

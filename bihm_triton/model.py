@@ -10,17 +10,15 @@ that stream K up to 10⁵ per data point and N up to 10⁶ samples for Z through
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import warnings
 
 import torch
 from tqdm.auto import tqdm
 
-from . import ops, samplers
+from . import engines, ops, samplers
 from . import reference as ref
 from .reference._checks import check_positive_int
 from .reference.bihm import WeightNormStochasticLayer
@@ -73,17 +71,6 @@ def parse_sizes(spec: str, d0: int) -> list[int]:
     return ref.check_sizes([d0, *latent])
 
 
-def _params_key(modules) -> tuple:
-    """Identity, storage and autograd version of every parameter of ``modules``: changes whenever a
-    parameter is replaced, re-pointed (``.data = …``) or updated in place through autograd-visible ops."""
-    return tuple((id(p), p.data_ptr(), p._version) for m in modules for p in m._parameters.values() if p is not None)
-
-
-def _is_compile_failure(e: Exception) -> bool:
-    """A Triton compilation error or an out-of-resources launch (shared memory, registers)."""
-    return type(e).__name__ in ("CompilationError", "OutOfResources", "CompileTimeAssertionFailure")
-
-
 class _SegmentLSE:
     """Running per-data-point logsumexp over row chunks (rows of one data point may span chunks).
 
@@ -112,43 +99,14 @@ class _SegmentLSE:
         return torch.where(self.sum > 0, self.max + torch.log(self.sum), -math.inf)
 
 
-class _FusedLogWeights(torch.autograd.Function):
-    """log p(x, h), log q(h | x) (R,) of the fused pass, with the fused two-launch backward.
-
-    Inputs after the fixed ones: the packed layers' weights, then their biases (q layers, p layers,
-    the prior); the weights are packed on every forward (so a CUDA graph replays the packing too).
-    """
-
-    @staticmethod
-    def forward(ctx, passes, x, k, rows, seed, offset, row0, in_row0, n_layers, *tensors):
-        weights, biases = tensors[:n_layers], tensors[n_layers:]
-        passes.pack(weights, biases)
-        log_p, log_q, st = passes.forward(x, rows, seed=seed, offset=offset, row0=row0, in_repeat=k, in_row0=in_row0)
-        ctx.passes, ctx.k, ctx.n_layers, ctx.rows, ctx.row0, ctx.in_row0 = passes, k, n_layers, rows, row0, in_row0
-        ctx.shapes = [(t.shape, t.dtype) for t in tensors]
-        ctx.save_for_backward(x, st)
-        return log_p, log_q
-
-    @staticmethod
-    def backward(ctx, grad_log_p, grad_log_q):
-        x, st = ctx.saved_tensors
-        zeros = x.new_zeros(ctx.rows, dtype=torch.float32)
-        grads = ctx.passes.backward(x, st, ctx.rows, zeros if grad_log_p is None else grad_log_p,
-                                    zeros if grad_log_q is None else grad_log_q, row0=ctx.row0, in_repeat=ctx.k,
-                                    in_row0=ctx.in_row0)
-        n = ctx.n_layers
-        out_w = [None if 0 in shape else dw.to(dtype) for (dw, _), (shape, dtype) in zip(grads, ctx.shapes[:n])]
-        out_b = [db.to(dtype) for (_, db), (_, dtype) in zip(grads, ctx.shapes[n:])]
-        return (None,) * 9 + (*out_w, *out_b)
-
-
 class BiHM(ref.BiHM):
-    """Bidirectional Helmholtz Machine on the fused Triton ops (reference ops on CPU).
+    """Bidirectional Helmholtz Machine on the fast paths: Triton kernels on CUDA, the CPU kernels on the CPU.
 
     Args:
         sizes: ``[d_0, d_1, …, d_L]`` (data width, then latent widths bottom to top).
         weight_norm: parameters ``weight_v``/``weight_g`` per layer (Salimans & Kingma 2016).
-        backend: ``"auto"`` (Triton on CUDA, reference on CPU), ``"triton"`` or ``"reference"``.
+        backend: ``"auto"`` (Triton on CUDA; the CPU kernels for float32 on the CPU; the reference for
+            float64), ``"triton"``, ``"cpu"`` or ``"reference"``. What runs is :attr:`engine`.
         device, dtype: of the parameters (float32 default). float64 runs the reference math in float64 on
             the reference backend; the Triton kernels always compute in fp32 (results are cast).
         chunk_rows: rows per chunk in the streaming estimators (memory ∝ chunk_rows × widest layer).
@@ -272,199 +230,44 @@ class BiHM(ref.BiHM):
             terms.append(self._log_z2_terms(n, n_inner, seed, offset, row_start=row_start + r0))
         return log_mean_exp_with_se(torch.cat(terms))
 
-    # ----------------------------------------------------------- fused passes
-    def stream_uniform(self, seed, offset: int, rows: int, cols: int) -> torch.Tensor:
-        """The (rows, cols) uniforms of a draw of the SPEC §5 stream (the samplers' resampling and coin
-        draws): the Triton kernel on the Triton backend, the reference elsewhere; equal bit for bit."""
-        if self._uses_fused_sampler():
-            from .kernels.philox import philox_uniform
-
-            return philox_uniform(seed, offset, rows, cols, device=self.device)
-        return ref.philox_uniform(seed, offset, rows, cols, device=self.device)
-
-    def _pass_layers(self) -> list:
-        """The layers of the fused passes in their packing order: q layers, p layers, the prior."""
-        return [*self.q_layers, *self.p_layers, self.p_top]
-
-    def _fused_passes(self, pack: bool):
-        """The fused log-weight passes (:class:`bihm_triton.kernels.passes.FusedPasses`), cached; with
-        ``pack`` the weights are repacked when a parameter changed (see :meth:`_fused_p_chain`)."""
-        from .kernels.passes import FusedPasses
-
-        cached = self.__dict__.get("_fused_passes_cache")
-        if cached is None or cached[1].device != self.device:
-            cached = self.__dict__["_fused_passes_cache"] = [None, FusedPasses(self.sizes, self.device)]
-        if pack and not self.__dict__.get("_packed_while_fixed"):
-            layers = self._pass_layers()
-            key = _params_key(layers)
-            if cached[0] != key:
-                cached[1].pack([m.weight for m in layers], [m.bias for m in layers])
-                cached[0] = key
-            if "_packed_while_fixed" in self.__dict__:
-                self.__dict__["_packed_while_fixed"] = True
+    # ----------------------------------------------------------------- engine
+    @property
+    def engine(self) -> engines.LayerEngine:
+        """The fast paths this model runs on (:mod:`bihm_triton.engines`): chosen once per backend, device and
+        dtype: the fused Triton kernels, the CPU kernels, or the reference layer by layer."""
+        key = (self.backend, self.device, self.dtype)
+        cached = self.__dict__.get("_engine")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_engine"] = (key, engines.engine_for(self))
         return cached[1]
 
-    @contextlib.contextmanager
+    def stream_uniform(self, seed, offset: int, rows: int, cols: int) -> torch.Tensor:
+        """The (rows, cols) uniforms of a draw of the SPEC §5 stream (the samplers' resampling and coin
+        draws), from the engine's kernels; equal bit for bit on every engine."""
+        return self.engine.uniform(seed, offset, rows, cols)
+
     def _parameters_fixed(self):
-        """Within: the parameters do not change (a sampler's own loop), so the packed weights are checked
-        once and the backend is resolved once instead of at every layer update (host time per sweep)."""
-        if "_packed_while_fixed" in self.__dict__:  # nested: the outer one holds
-            yield
-            return
-        self.__dict__["_packed_while_fixed"] = False
-        self.__dict__["_fused_sampler_fixed"] = self._uses_fused_sampler()
-        try:
-            yield
-        finally:
-            self.__dict__.pop("_packed_while_fixed", None)
-            self.__dict__.pop("_fused_sampler_fixed", None)
-
-    def _fused(self, name: str, fused, fallback):
-        """Run ``fused()``; on a compile failure warn once and use ``fallback()`` from then on."""
-        flag = f"_fused_{name}_failed"
-        if flag not in self.__dict__ and self._uses_fused_sampler():
-            try:
-                return fused()
-            except Exception as e:  # noqa: BLE001 - a compiler failure on an untested GPU/Triton pair
-                if not _is_compile_failure(e):
-                    raise
-                warnings.warn(f"the fused {name} kernels failed to compile for this network ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); running layer by layer instead",
-                              RuntimeWarning, stacklevel=4)
-                self.__dict__[flag] = repr(e)
-        return fallback()
-
-    def _fused_gibbs_hidden(self, states, l: int, k: int, stream):
-        """The exact block-Gibbs update of h_l in one launch (:mod:`bihm_triton.kernels.gibbs`), drawing
-        the reference's stream; None where it does not apply (the caller runs the reference path)."""
-        if k % 2 or not self._uses_fused_sampler() or "_fused_gibbs_failed" in self.__dict__:
-            return None  # the fused update takes K even (whole Philox row groups per chain)
-        start = stream.offset
-
-        def fused():
-            from .kernels.chain import precision_terms
-            from .kernels.gibbs import gibbs_hidden_update
-
-            passes = self._fused_passes(pack=True)
-            plan, L, top = passes.plan, self.n_layers, l == self.n_layers
-            plans = {"q": plan.q[l - 1], "p": plan.p[L] if top else plan.p[l], "down": plan.p[l - 1],
-                     "up": None if top else plan.q[l]}
-            R, N, d = states[0].shape[0], 2 * k, self.sizes[l]
-            ref.check_draw_fits(R * N, d)
-            offsets = (stream.take(), stream.take(), stream.take(), stream.take())  # from p, from q, coin, choice
-            return gibbs_hidden_update(passes.weights, plans, l, top, states, k, seed=stream.seed, offsets=offsets,
-                                       terms=precision_terms())
-
-        def reference_path():
-            stream.offset = start  # nothing drawn: the caller's path takes the same draws
-            return None
-
-        return self._fused("gibbs", fused, reference_path)
-
-    def _fused_gibbs_x(self, states, log_s, k: int, n_inner: int, paper: bool, stream, mask, x_obs):
-        """The block-Gibbs update of x in three launches (:func:`bihm_triton.kernels.gibbs.gibbs_x_update`),
-        drawing the reference's stream; returns ``(new x, its log Ŝ)``, or None where it does not apply."""
-        if not self._uses_fused_sampler() or {"_fused_gibbs_x_failed", "_fused_passes_failed"} & self.__dict__.keys():
-            return None  # the x update rides on the fused passes
-        start = stream.offset
-
-        def fused():
-            from .kernels.chain import precision_terms
-            from .kernels.gibbs import gibbs_x_update
-
-            passes = self._fused_passes(pack=True)
-            R, rows = states[0].shape[0], states[0].shape[0] * k
-            ref.check_draw_fits(rows * n_inner, max(self.sizes))
-            off_cand = stream.take()
-            off_inner = stream.take(self.n_layers)  # the inner q pass
-            off_choice = stream.take()
-            new, new_s = gibbs_x_update(passes.weights, {"p": passes.plan.p[0], "q": passes.plan.q[0]}, passes,
-                                        states, log_s, k, n_inner, seed=stream.seed,
-                                        offsets=(off_cand, off_inner, off_choice), terms=precision_terms(),
-                                        exact=not paper, mask=mask, x_obs=x_obs)
-            return new.to(self.dtype), new_s.to(self.dtype)
-
-        def reference_path():
-            stream.offset = start
-            return None
-
-        return self._fused("gibbs_x", fused, reference_path)
-
-    def _aligned_chunk_log_weights(self, x, k, rows, seed, offset, *, row_start, x_row0):
-        def layers():
-            return super(BiHM, self)._aligned_chunk_log_weights(x, k, rows, seed, offset, row_start=row_start,
-                                                                x_row0=x_row0)
-
-        def fused():
-            log_p, log_q, _ = self._fused_passes(pack=True).forward(
-                x, rows, seed=seed, offset=offset, row0=row_start, in_repeat=k, in_row0=x_row0)
-            return log_p.to(self.dtype), log_q.to(self.dtype)
-
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-            return layers()  # differentiable chunks: the per-layer autograd path
-        return self._fused("passes", fused, layers)
-
-    def _log_weights_and_states(self, x, k, seed, offset, row_start=0):
-        """log p(x, h) and log q(h | x) (B, K) of K samples per data point, differentiable in every
-        parameter: on the Triton backend one fused forward launch and a two-launch backward
-        (:mod:`bihm_triton.kernels.passes`); the states are not returned (None) there."""
-        def fused():
-            layers = self._pass_layers()
-            a0, s = ref.philox.aligned_start(row_start * k)
-            pts = -(-s // k)  # data points in front of x that the leading rows of an unaligned start read
-            log_p, log_q = _FusedLogWeights.apply(self._fused_passes(pack=False), ref.bihm.pad_rows(x, pts), k,
-                                                  x.shape[0] * k + s, seed, offset, a0, row_start - pts,
-                                                  len(layers), *[m.weight for m in layers],
-                                                  *[m.bias for m in layers])
-            return log_p[s:].to(self.dtype).view(-1, k), log_q[s:].to(self.dtype).view(-1, k), None
-
-        return self._fused("passes", fused,
-                           lambda: super(BiHM, self)._log_weights_and_states(x, k, seed, offset, row_start))
-
-    # ---------------------------------------------------------------- sampling
-    def _uses_fused_sampler(self) -> bool:
-        """The fused kernels apply: the Triton backend on a float32 model (CUDA, or the interpreter)."""
-        fixed = self.__dict__.get("_fused_sampler_fixed")
-        if fixed is not None:
-            return fixed
-        return (ops.resolve_backend(self.backend, self.device) == "triton" and self.dtype != torch.float64
-                and (self.device.type == "cuda" or self.backend == "triton"))
-
-    def _fused_p_chain(self):
-        """The p network packed for the fused sampler (:class:`bihm_triton.kernels.chain.FusedChain`),
-        cached and repacked only when a parameter changed (``data_ptr`` and autograd's ``_version``
-        counter: optimizer steps, ``load_state_dict``, in-place edits under ``torch.no_grad()``).
-
-        Edits that bypass the version counter (``param.data.copy_(...)``, a CUDA-graph replay of an
-        optimizer step) are not seen: call :meth:`refresh_fused_cache` after them.
-        """
-        from .kernels.chain import FusedChain
-
-        order = [self.p_top, *list(self.p_layers._modules.values())[::-1]]  # (ModuleList indexing is slow)
-        key = _params_key(order)
-        cached = self.__dict__.get("_fused_p_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        weights, biases = [m.weight for m in order], [m.bias for m in order]
-        if cached is not None and cached[1].device == self.device:
-            chain = cached[1]
-            chain.pack(weights, biases)
-        else:
-            chain = FusedChain(weights, biases)
-        self.__dict__["_fused_p_cache"] = (key, chain)
-        return chain
+        """Context: the parameters do not change inside (a sampler's own loop; see the engine)."""
+        return self.engine.parameters_fixed()
 
     def refresh_fused_cache(self) -> None:
         """Mark the packed weights of the fused kernels stale: the next call repacks them from the
         parameters (needed after changes the version counters do not see: ``.data`` edits, CUDA-graph
         replays of an optimizer step)."""
-        cached = self.__dict__.get("_fused_p_cache")
-        if cached is not None:
-            self.__dict__["_fused_p_cache"] = (None, cached[1])
-        passes = self.__dict__.get("_fused_passes_cache")
-        if passes is not None:
-            passes[0] = None
+        self.engine.refresh()
 
+    def _aligned_chunk_log_weights(self, x, k, rows, seed, offset, *, row_start, x_row0):
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            # differentiable chunks: the per-layer autograd path
+            return super()._aligned_chunk_log_weights(x, k, rows, seed, offset, row_start=row_start, x_row0=x_row0)
+        return self.engine.chunk_log_weights(x, k, rows, seed, offset, row_start, x_row0)
+
+    def _log_weights_and_states(self, x, k, seed, offset, row_start=0):
+        """log p(x, h) and log q(h | x) (B, K) of K samples per data point, differentiable in every
+        parameter, from the engine (the states are None where the engine does not keep them)."""
+        return self.engine.log_weights(x, k, seed, offset, row_start)
+
+    # ---------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample_p(self, n: int, *, seed=None, offset: int = 0, row_start: int = 0, return_hidden: bool = False,
                  return_log_p: bool = False, out_dtype: torch.dtype | None = None):
@@ -496,42 +299,12 @@ class BiHM(ref.BiHM):
             ref.check_draw_fits(row_start + n, d, "sample_p")
         out_dtype = out_dtype or self.dtype
         want_lp = return_hidden or return_log_p
-        x, hidden, log_p = self._fused(
-            "sampler", lambda: self._sample_p_fused(n, seed, offset, row_start, return_hidden, want_lp, out_dtype),
-            lambda: self._sample_p_layers(n, seed, offset, row_start, out_dtype))
+        x, hidden, log_p = self.engine.sample_p(n, seed, offset, row_start, return_hidden, want_lp, out_dtype)
         if return_hidden:
             return ref.PSample(x, hidden, log_p)
         if return_log_p:
             return x, log_p
         return x
-
-    def _sample_p_fused(self, n, seed, offset, row_start, return_hidden, want_lp, out_dtype):
-        chain = self._fused_p_chain()
-        plan, dev = chain.plan, chain.device
-        a0, s = ref.philox.aligned_start(row_start)
-        n_al = n + s  # an unaligned start: the s rows before it in its Philox row group are drawn and dropped
-        x = torch.empty((n_al, self.sizes[0]), device=dev, dtype=out_dtype)
-        log_p = torch.empty(n_al, device=dev, dtype=torch.float32) if want_lp else None
-        hidden = torch.empty(n_al * plan.hidden_width, device=dev, dtype=out_dtype) if return_hidden else None
-        for r0 in range(0, n_al, self.chunk_rows):
-            chain.launch(min(self.chunk_rows, n_al - r0), final=x, log_prob=log_p, seed=seed, offset=offset,
-                         total_rows=n_al, row0=r0, hidden=hidden, stream_row0=a0)
-        states = None
-        if return_hidden:  # regions in drawing order: h_L first, h_1 last
-            states = [hidden[n_al * L.hoff:n_al * (L.hoff + L.M)].view(n_al, L.M)[s:] for L in plan.layers[:-1]][::-1]
-        return x[s:], states, (log_p[s:] if want_lp else None)
-
-    def _sample_p_layers(self, n, seed, offset, row_start, out_dtype):
-        parts = []
-        for r0 in range(0, n, self.chunk_rows):
-            parts.append(self.p_pass(min(self.chunk_rows, n - r0), seed, offset, row_start=row_start + r0))
-
-        def joined(l: int) -> torch.Tensor:  # one chunk: no copy beyond the dtype conversion
-            chunks = [p[0][l] for p in parts]
-            return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).to(out_dtype)
-
-        log_p = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
-        return joined(0), [joined(l) for l in range(1, len(self.sizes))], log_p
 
     def gibbs_sample(self, n: int, steps: int, k: int = 10, **kwargs) -> samplers.GibbsResult:
         """Block Gibbs samples of p*(x, h): exact by default (see :func:`bihm_triton.samplers.gibbs_sample`)."""

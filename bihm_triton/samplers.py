@@ -112,8 +112,9 @@ def _sample_layer(model, layer, h, n_cand: int, stream: RandomStream):
 
 def _update_hidden(model, states, l: int, K: int, paper: bool, stream: RandomStream):
     """Importance-resampling update of h_l (1 ≤ l ≤ L) given its neighbours; returns the new h_l."""
-    if not paper and hasattr(model, "_fused_gibbs_hidden"):  # one fused launch on the Triton backend
-        new = model._fused_gibbs_hidden(states, l, K, stream)
+    engine = getattr(model, "engine", None)
+    if not paper and engine is not None:  # one fused launch on the Triton backend
+        new = engine.gibbs_hidden(states, l, K, stream)
         if new is not None:
             return new
     L = model.n_layers
@@ -149,8 +150,9 @@ def _update_hidden(model, states, l: int, K: int, paper: bool, stream: RandomStr
 
 def _update_x(model, states, log_s, K: int, n_inner: int, paper: bool, stream: RandomStream, mask, x_obs):
     """Importance-resampling update of x given h_1; returns (new x, its log Ŝ)."""
-    if hasattr(model, "_fused_gibbs_x"):  # three fused launches on the Triton backend
-        out = model._fused_gibbs_x(states, log_s, K, n_inner, paper, stream, mask, x_obs)
+    engine = getattr(model, "engine", None)
+    if engine is not None:  # three fused launches on the Triton backend
+        out = engine.gibbs_x(states, log_s, K, n_inner, paper, stream, mask, x_obs)
         if out is not None:
             return out
     R = states[0].shape[0]

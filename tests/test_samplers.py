@@ -49,7 +49,7 @@ def test_fused_gibbs_matches_p_star(tiny, k):
     fast = BiHM(model.sizes, backend="triton", device=DEVICE)
     fast.load_state_dict(model.state_dict())
     g = samplers.gibbs_sample(fast, N_CHAINS, 30, k, seed=k, progress=False)
-    assert "_fused_gibbs_x_failed" not in fast.__dict__ and "_fused_gibbs_failed" not in fast.__dict__
+    assert not fast.engine.failed
     tv = _tv(g.x.cpu(), e.log_p_star)
     print(f"fused exact Gibbs K={k}: TV(samples, p*) = {tv:.4f}")
     assert tv < 0.02
@@ -201,12 +201,12 @@ def test_fused_gibbs_update_draws_the_reference_chains(sizes, k):
     take the reference's stream and choices: with exact logits (dyadic weights) every chain equals
     the reference sampler's."""
     exact, fast = _exact_pair(sizes)
-    hidden_calls = _count_calls(fast, "_fused_gibbs_hidden")
-    x_calls = _count_calls(fast, "_fused_gibbs_x")
+    hidden_calls = _count_calls(fast.engine, "gibbs_hidden")
+    x_calls = _count_calls(fast.engine, "gibbs_x")
     got = samplers.gibbs_sample(fast, 13, 3, k, seed=9, progress=False)
     want = samplers.gibbs_sample(exact, 13, 3, k, seed=9, progress=False)
     assert len(hidden_calls) == 3 * (len(sizes) - 1) and len(x_calls) == 3
-    assert "_fused_gibbs_failed" not in fast.__dict__ and "_fused_gibbs_x_failed" not in fast.__dict__
+    assert not fast.engine.failed
     differing = _differing_chains(got, want)
     assert max(differing) <= (1 if DEVICE.type == "cuda" else 0), differing
 
@@ -217,7 +217,7 @@ def test_fused_x_update_draws_the_reference_chains(mode):
     pixels: the same chains as the reference sampler."""
     sizes = [21, 7, 5]
     exact, fast = _exact_pair(sizes)
-    x_calls = _count_calls(fast, "_fused_gibbs_x")
+    x_calls = _count_calls(fast.engine, "gibbs_x")
     if mode == "inpaint":
         g = torch.Generator().manual_seed(3)
         x = (torch.rand(11, 21, generator=g) < 0.5).float()
@@ -229,7 +229,7 @@ def test_fused_x_update_draws_the_reference_chains(mode):
         kw = dict(n_inner=3) if mode == "odd-k-n-inner-3" else dict(paper_compatible=True)
         got = samplers.gibbs_sample(fast, 13, 3, 5, seed=9, progress=False, **kw)
         want = samplers.gibbs_sample(exact, 13, 3, 5, seed=9, progress=False, **kw)
-    assert len(x_calls) == 3 and "_fused_gibbs_x_failed" not in fast.__dict__
+    assert len(x_calls) == 3 and not fast.engine.failed
     differing = _differing_chains(got, want)
     assert max(differing) <= (1 if DEVICE.type == "cuda" else 0), differing
 
@@ -240,7 +240,7 @@ def test_fused_gibbs_repacks_between_runs():
     sizes = [12, 8, 6, 4]
     exact, fast = _exact_pair(sizes)
     samplers.gibbs_sample(fast, 9, 1, 2, seed=1, progress=False)
-    assert "_packed_while_fixed" not in fast.__dict__ and "_fused_sampler_fixed" not in fast.__dict__
+    assert fast.engine._fixed is None  # the run's "parameters fixed" state ended with it
     with torch.no_grad():
         for a, b in zip(exact.parameters(), fast.parameters()):
             a.mul_(-0.5)
