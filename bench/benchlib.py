@@ -9,12 +9,17 @@ otherwise write, in the same process and with the same precision settings):
 * ``torch_compile`` — ``torch.compile`` of exactly those functions (default mode);
 * ``torch_compile_ro`` — the same with ``mode="reduce-overhead"`` (CUDA graphs; GPU only, and only
   where the function is capturable: not the Gibbs sweep);
-* ``triton`` — this library: :mod:`bihm_triton.ops` (``backend="triton"``) and
-  :class:`bihm_triton.model.BiHM` (``backend="triton"``).
+* ``triton`` — this library on the GPU: :mod:`bihm_triton.ops` (``backend="triton"``) and
+  :class:`bihm_triton.model.BiHM` (``backend="triton"``);
+* ``cpu`` — this library on the CPU (the default there): the same calls with ``backend="cpu"``
+  (the matmul by BLAS through torch, then one fused C pass per layer: :mod:`bihm_triton.kernels.cpu`).
+
+``triton`` and ``cpu`` are "ours" (:data:`OURS`): their outputs must equal the reference's (same
+stream); the report gives each of ours against ``torch`` and the faster ``torch_compile`` mode.
 
 The reference (:mod:`bihm_triton.reference`, eager PyTorch with the SPEC §5 Philox stream written
 as int64 tensor ops) is a correctness oracle, never timed: the ``triton`` provider's output must
-equal it element for element (same stream), and the native providers, which draw from torch's own
+equal it element for element (same stream; the ``cpu`` provider likewise), and the native providers, which draw from torch's own
 generator, must match its distribution (Welch t-tests on per-row statistics, fixed seeds).
 
 Parameters are random and *dyadic* (multiples of 2⁻⁸, |w| < 4): with binary inputs every logit is
@@ -41,7 +46,9 @@ import torch
 
 import bihm_triton.reference as ref
 
-ALL_PROVIDERS = ("torch", "torch_compile", "torch_compile_ro", "triton")
+ALL_PROVIDERS = ("torch", "torch_compile", "torch_compile_ro", "triton", "cpu")
+#: This library's providers (the others are what a user would write instead).
+OURS = ("triton", "cpu")
 #: The providers this run times: all, or the comma-separated list in ``BIHM_BENCH_PROVIDERS``.
 PROVIDERS = tuple(p for p in os.environ.get("BIHM_BENCH_PROVIDERS", ",".join(ALL_PROVIDERS)).split(",") if p)
 for _p in PROVIDERS:
@@ -73,13 +80,13 @@ TIERS = {
         gibbs=1024,
         loglik=(1000, 1000),
     ),
-    "cpu": dict(
+    "cpu": dict(  # the CPU path issue's sizes: n = 20 000; K = 500 on 20 points; B = 100, K = 10
         layer=[(4096, 784, 300), (4096, 300, 200), (4096, 50, 35), (1000, 784, 300)],
         nets={"mnist": MNIST_SIZES, "784-200-100-50": SMALL_SIZES},
-        ancestral=[2**8, 2**10, 2**12],
-        train=[100, 1000],
+        ancestral=[2**10, 20000],
+        train=[100],
         gibbs=128,
-        loglik=(20, 100),
+        loglik=(20, 500),
     ),
     "tiny": dict(
         layer=[(64, 20, 12), (37, 9, 5)],
@@ -236,15 +243,15 @@ def mark_step(provider: str) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
-def ops_primitives():
-    """The triton provider's layer ops: ``(sample(h, W, b, seed, offset, out_dtype), score(h, x, W, b))``."""
+def ops_primitives(backend: str = "triton"):
+    """The layer ops of one of :data:`OURS`: ``(sample(h, W, b, seed, offset, out_dtype), score(h, x, W, b))``."""
     from bihm_triton import ops
 
     def sample(h, w, b, seed, offset, out_dtype):
-        return ops.sbn_sample(h, w, b, seed=seed, offset=offset, out_dtype=out_dtype, backend="triton")
+        return ops.sbn_sample(h, w, b, seed=seed, offset=offset, out_dtype=out_dtype, backend=backend)
 
     def score(h, x, w, b):
-        return ops.sbn_log_prob(h, x, w, b, backend="triton", validate=False)
+        return ops.sbn_log_prob(h, x, w, b, backend=backend, validate=False)
 
     return sample, score
 
@@ -270,14 +277,14 @@ def dyadic_state_dict(sizes) -> dict:
 
 
 def make_model(provider: str, sizes):
-    """A BiHM with the shared dyadic parameters on the bench device: the product
-    (:class:`bihm_triton.model.BiHM`, ``backend="triton"``) for ``"triton"``, the reference
+    """A BiHM with the shared dyadic parameters: the product (:class:`bihm_triton.model.BiHM`) with
+    ``backend=provider`` for one of :data:`OURS` (``"cpu"`` on the CPU), the reference
     :class:`~bihm_triton.reference.BiHM` for ``"reference"`` (the oracle)."""
     sizes = list(sizes)
-    if provider == "triton":
+    if provider in OURS:
         from bihm_triton.model import BiHM
 
-        model = BiHM(sizes, backend="triton", device=DEVICE, chunk_rows=1 << 16)
+        model = BiHM(sizes, backend=provider, device=DEVICE if provider == "triton" else "cpu", chunk_rows=1 << 16)
     elif provider == "reference":
         model = ref.BiHM(sizes, device=DEVICE)
     else:
@@ -466,6 +473,13 @@ def skip_unless_measurable(provider: str, *, capturable: bool = True) -> None:
                     "GPU only (use --benchmark-disable for a correctness run under TRITON_INTERPRET=1)")
     if provider == "torch_compile_ro" and not ON_GPU:
         pytest.skip("mode='reduce-overhead' uses CUDA graphs: GPU only")
+    if provider == "cpu" and ON_GPU:
+        pytest.skip("the cpu provider is this library on the CPU: timed in a CPU run (BIHM_BENCH_DEVICE=cpu)")
+    if provider == "cpu":
+        from bihm_triton import ops
+
+        if not ops.cpu_available():
+            pytest.skip("the CPU backend's kernels are unavailable here (no C compiler)")
     if provider == "torch_compile_ro" and not capturable:
         pytest.skip("this case is not capturable in a CUDA graph (data-dependent Python control flow)")
 

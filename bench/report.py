@@ -3,11 +3,12 @@
 Reads pytest-benchmark JSON files (``--benchmark-json``) and/or the suites' JSONL logs
 (``BIHM_BENCH_JSONL``) and prints one row per case::
 
-    case | shape | torch | torch_compile | torch_compile_ro | triton (samples/s) | triton/torch |
-    triton/compile | floor
+    case | shape | torch | torch_compile | torch_compile_ro | triton | cpu (samples/s) | ours/torch |
+    ours/compile | floor
 
-``triton/compile`` is against the faster of the two compiled modes (the stronger baseline a user
-would pick).
+"ours" is each of this library's providers that has results (``triton`` on a GPU, ``cpu`` on a
+CPU): ``triton/torch``, ``triton/compile``, ``cpu/torch``, ``cpu/compile``. ``…/compile`` is against
+the faster of the two compiled modes (the stronger baseline a user would pick).
 "samples" is what each case counts (rows of a layer, ancestral samples, importance samples of a
 training step, Gibbs chains swept); "floor" is the triton provider's fraction of the roofline
 floor (:mod:`roofline`; GPU results only), with the ceilings from ``--ceilings`` (saved by
@@ -42,8 +43,13 @@ def _ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "—"
 
 
+OURS = ("triton", "cpu")
+
+
 def table(rows: list[dict], *, nominal: bool) -> list[list[str]]:
-    out = [["case", "shape", "unit", *[f"{p}/s" for p in PROVIDERS], "triton/torch", "triton/compile",
+    shown = [p for p in PROVIDERS if any(_rate(r, p) for r in rows)] or list(PROVIDERS)
+    ours = [p for p in OURS if p in shown]
+    out = [["case", "shape", "unit", *[f"{p}/s" for p in shown], *[f"{o}/{b}" for o in ours for b in ("torch", "compile")],
             "floor (triton)" + (" nominal" if nominal else "")]]
     for r in rows:
         rates = {p: _rate(r, p) for p in PROVIDERS}
@@ -53,8 +59,8 @@ def table(rows: list[dict], *, nominal: bool) -> list[list[str]]:
         fl = r["floor"]
         out.append([
             r["name"], r["shape"], r.get("unit") or "",
-            *[roofline.si(rates[p]) for p in PROVIDERS],
-            _ratio(rates["triton"], rates["torch"]), _ratio(rates["triton"], compiled),
+            *[roofline.si(rates[p]) for p in shown],
+            *[x for o in ours for x in (_ratio(rates[o], rates["torch"]), _ratio(rates[o], compiled))],
             f"{frac:.1%} of {roofline.seconds(fl['seconds'])} ({fl['binding']})" if frac is not None else "—",
         ])
     return out

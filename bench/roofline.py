@@ -44,7 +44,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 #: The benchmark providers, in table order (bench/benchlib.py).
-PROVIDERS = ("torch", "torch_compile", "torch_compile_ro", "triton")
+PROVIDERS = ("torch", "torch_compile", "torch_compile_ro", "triton", "cpu")
 
 # ------------------------------------------------------------------------------ instruction model
 

@@ -23,8 +23,8 @@ VARIANTS = ("x+logp", "x")
 
 
 def _make_call(provider: str, sizes, n: int, with_log_p: bool):
-    if provider == "triton":
-        model = bl.make_model("triton", sizes)
+    if provider in bl.OURS:
+        model = bl.make_model(provider, sizes)
         if with_log_p:
             return lambda s: model.sample_p(n, seed=s.seed, return_log_p=True)
         return lambda s: (model.sample_p(n, seed=s.seed), None)
@@ -53,18 +53,18 @@ def test_ancestral(benchmark, provider, net, n, variant):
     def check(out, s):
         x, log_p = out
         want = bl.make_model("reference", sizes).sample_p(n, seed=s.seed, return_hidden=True)
-        if provider != "triton":  # torch's generator: compare distributions
+        if provider not in bl.OURS:  # torch's generator: compare distributions
             guard = {"x_p": bl.assert_same_distribution(x.float().mean(1), want.x.mean(1), f"{provider} x")}
             if with_log_p:
                 guard["log_p_p"] = bl.assert_same_distribution(log_p, want.log_p, f"{provider} log p(x, h)")
             return guard
-        got = bl.make_model("triton", sizes).sample_p(n, seed=s.seed, return_hidden=True)
-        assert torch.equal(x.float(), got.x.float()), "triton: sample_p is not deterministic for a fixed seed"
+        got = bl.make_model(provider, sizes).sample_p(n, seed=s.seed, return_hidden=True)
+        assert torch.equal(x.float(), got.x.float()), f"{provider}: sample_p is not deterministic for a fixed seed"
         got_states, want_states = [got.x, *got.hidden], [want.x, *want.hidden]
-        guard = {"sample_mismatch": bl.assert_samples(got_states, want_states, "triton ancestral sample")}
+        guard = {"sample_mismatch": bl.assert_samples(got_states, want_states, f"{provider} ancestral sample")}
         rows_ok = bl.rows_equal(got_states, want_states)
         guard["rows_identical"] = float(rows_ok.float().mean())
-        guard["log_p_rel_err"] = bl.assert_log_probs(got.log_p, want.log_p, rows_ok, "triton log p(x, h)")
+        guard["log_p_rel_err"] = bl.assert_log_probs(got.log_p, want.log_p, rows_ok, f"{provider} log p(x, h)")
         if with_log_p:
             torch.testing.assert_close(log_p, got.log_p)
         return guard

@@ -18,15 +18,14 @@ import baselines
 import benchlib as bl
 from bihm_triton.samplers import gibbs_sample
 
-NET = "mnist"
-SIZES = bl.tier()["nets"][NET]
+NETS = bl.tier()["nets"]
 CHAINS = bl.tier()["gibbs"]
 K = bl.GIBBS_K
 
 
-def _inputs(n: int):
+def _inputs(sizes, n: int):
     def make():
-        ref_model = bl.make_model("reference", SIZES)
+        ref_model = bl.make_model("reference", sizes)
         sets = []
         for i in range(bl.n_input_sets()):
             with torch.no_grad():
@@ -34,14 +33,14 @@ def _inputs(n: int):
             sets.append(bl.inputs_namespace(init=states, seed=bl.seed_tensor(i)))
         return sets
 
-    return bl.cached_inputs(("gibbs", tuple(SIZES), n), make)
+    return bl.cached_inputs(("gibbs", tuple(sizes), n), make)
 
 
-def _make_call(provider: str, n: int):
-    if provider in ("triton", "reference"):
-        model = bl.make_model(provider, SIZES)
+def _make_call(provider: str, sizes, n: int):
+    if provider in (*bl.OURS, "reference"):
+        model = bl.make_model(provider, sizes)
         return lambda s: gibbs_sample(model, n, 1, K, init=s.init, seed=s.seed, progress=False)
-    net = bl.make_net(SIZES)
+    net = bl.make_net(sizes)
     sweep = bl.native(baselines.gibbs_sweep, provider)
 
     def call(s):
@@ -54,18 +53,20 @@ def _make_call(provider: str, n: int):
 
 
 @pytest.mark.parametrize("provider", bl.PROVIDERS)
-def test_gibbs_sweep(benchmark, provider):
+@pytest.mark.parametrize("net", list(NETS))
+def test_gibbs_sweep(benchmark, provider, net):
     bl.skip_unless_measurable(provider, capturable=False)
+    sizes = NETS[net]
     n = CHAINS
-    sets = _inputs(n)
+    sets = _inputs(sizes, n)
 
     def check(out, s):
         """triton: the same chains as the reference. One resampling decision can legitimately flip
         where two candidates' log-weights differ only in the last bits (fp32 sums over ~1,650 units),
         and a flipped decision changes that chain; so a few chains may differ, not more. The native
         providers draw differently: the mean of x after the sweep must match in distribution."""
-        want = _make_call("reference", n)(s)
-        if provider != "triton":
+        want = _make_call("reference", sizes, n)(s)
+        if provider not in bl.OURS:
             return {"x_p": bl.assert_same_distribution(out[0].float().mean(1), want.x.float().mean(1),
                                                        f"{provider} x after a sweep")}
         got_states, want_states = [out.x, *out.hidden], [want.x, *want.hidden]
@@ -78,7 +79,7 @@ def test_gibbs_sweep(benchmark, provider):
         return {"sample_mismatch": mismatch, "rows_identical": 1.0 - differ}
 
     bl.run_benchmark(
-        benchmark, provider=provider, case="gibbs_sweep", name=f"gibbs_sweep.{NET}", shape=f"chains={n},k={K}",
-        params=dict(sizes=list(SIZES), chains=n, k=K, steps=1, n_inner=1), items=n, unit="chains",
-        sets=sets, call=_make_call(provider, n), check=check,
+        benchmark, provider=provider, case="gibbs_sweep", name=f"gibbs_sweep.{net}", shape=f"chains={n},k={K}",
+        params=dict(sizes=list(sizes), chains=n, k=K, steps=1, n_inner=1), items=n, unit="chains",
+        sets=sets, call=_make_call(provider, sizes, n), check=check,
     )

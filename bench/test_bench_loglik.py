@@ -14,8 +14,7 @@ import torch
 import baselines
 import benchlib as bl
 
-NET = "mnist"
-SIZES = bl.tier()["nets"][NET]
+NETS = bl.tier()["nets"]
 B, K = bl.tier()["loglik"]
 
 
@@ -24,17 +23,17 @@ def _points_per_chunk(b: int, k: int, max_rows: int = 1 << 16) -> int:
     return max(d for d in range(1, b + 1) if b % d == 0 and (d * k <= max_rows or d == 1))
 
 
-def _make_call(provider: str):
-    if provider in ("triton", "reference"):
+def _make_call(provider: str, sizes):
+    if provider in (*bl.OURS, "reference"):
         if provider == "reference":
             from bihm_triton.model import BiHM
 
-            model = BiHM(SIZES, backend="reference", device=bl.DEVICE, chunk_rows=1 << 16)
-            model.load_state_dict(bl.dyadic_state_dict(SIZES))
+            model = BiHM(sizes, backend="reference", device=bl.DEVICE, chunk_rows=1 << 16)
+            model.load_state_dict(bl.dyadic_state_dict(sizes))
         else:
-            model = bl.make_model("triton", SIZES)
+            model = bl.make_model(provider, sizes)
         return lambda s: model.log_likelihood(s.x, K, seed=s.seed, progress=False).log_p_tilde_star
-    net = bl.make_net(SIZES)
+    net = bl.make_net(sizes)
     fn = bl.native(baselines.log_likelihood, provider)
     per = _points_per_chunk(B, K)
 
@@ -50,20 +49,22 @@ def _make_call(provider: str):
 
 
 @pytest.mark.parametrize("provider", bl.PROVIDERS)
-def test_log_likelihood(benchmark, provider):
+@pytest.mark.parametrize("net", list(NETS))
+def test_log_likelihood(benchmark, provider, net):
     bl.skip_unless_measurable(provider)
-    sets = bl.cached_inputs(("loglik", tuple(SIZES), B), lambda: [
-        bl.inputs_namespace(x=bl.data_batch(SIZES[0], B, i)[0], seed=bl.seed_tensor(i))
+    sizes = NETS[net]
+    sets = bl.cached_inputs(("loglik", tuple(sizes), B), lambda: [
+        bl.inputs_namespace(x=bl.data_batch(sizes[0], B, i)[0], seed=bl.seed_tensor(i))
         for i in range(bl.n_input_sets())])
 
     def check(out, s):
-        want = _make_call("reference")(s)
-        if provider != "triton":
+        want = _make_call("reference", sizes)(s)
+        if provider not in bl.OURS:
             return {"bound_p": bl.assert_same_mean_paired(out, want, f"{provider} log p~*(x)")}
-        return {"bound_rel_err": bl.assert_log_probs(out, want, None, "triton log p~*(x)", rtol=1e-4)}
+        return {"bound_rel_err": bl.assert_log_probs(out, want, None, f"{provider} log p~*(x)", rtol=1e-4)}
 
     bl.run_benchmark(
-        benchmark, provider=provider, case="loglik", name=f"log_likelihood.{NET}", shape=f"B={B},K={K}",
-        params=dict(sizes=list(SIZES), batch=B, k=K), items=B * K, unit="importance samples",
-        sets=sets, call=_make_call(provider), check=check,
+        benchmark, provider=provider, case="loglik", name=f"log_likelihood.{net}", shape=f"B={B},K={K}",
+        params=dict(sizes=list(sizes), batch=B, k=K), items=B * K, unit="importance samples",
+        sets=sets, call=_make_call(provider, sizes), check=check,
     )

@@ -106,8 +106,13 @@ def test_report_and_roofline_command_lines(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("| layer.sample.fwd |") == 1 and "10.00x" in out
 
-    # CPU results get no fraction of a GPU floor
+    # CPU results get no fraction of a GPU floor; the cpu provider (ours on the CPU) gets its ratios
     cpu = tmp_path / "cpu.json"
-    cpu.write_text(json.dumps({"benchmarks": [_fake_result("torch", 1.0, device="cpu: x (2 cores)")]}))
+    cpu.write_text(json.dumps({"benchmarks": [_fake_result("torch", 1.0, device="cpu: x (2 cores)"),
+                                              _fake_result("torch_compile", 0.5, device="cpu: x (2 cores)"),
+                                              _fake_result("cpu", 0.25, device="cpu: x (2 cores)")]}))
     assert report.main([str(cpu)]) == 0
-    assert "% of" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "% of" not in out and "cpu/torch" in out and "cpu/compile" in out and "triton/torch" not in out
+    row = [l for l in out.splitlines() if l.startswith("layer.sample.fwd")][0]
+    assert "4.00x" in row and "2.00x" in row
