@@ -362,7 +362,12 @@ def engine_for(model) -> LayerEngine:
     ``backend="triton"`` under the interpreter; float32), the CPU kernels (float32 CPU tensors), else the
     layer engine on the reference ops."""
     backend = ops.resolve_backend(model.backend, model.device, model.dtype)
-    if backend == "triton" and model.dtype != torch.float64 and (model.device.type == "cuda" or model.backend == "triton"):
+    fused_ok = backend == "triton" and model.dtype != torch.float64 and (model.device.type == "cuda"
+                                                                          or model.backend == "triton")
+    if fused_ok and getattr(model, "deterministic_layers", 0):
+        warnings.warn("the fused Triton kernels do not take deterministic layers yet: this model runs layer by layer "
+                      "on the Triton ops", RuntimeWarning, stacklevel=3)
+    elif fused_ok:
         return TritonEngine(model)
     if backend == "cpu":
         return CpuEngine(model)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import engines, ops, samplers
 from . import reference as ref
 from .reference._checks import check_positive_int
-from .reference.bihm import WeightNormStochasticLayer
+from .reference.bihm import WeightNormStochasticLayer, layer_input
 from .reference.estimators import MeanWithSE, log_mean_exp_with_se
 
 __all__ = ["BiHM", "parse_sizes"]
@@ -105,6 +105,9 @@ class BiHM(ref.BiHM):
     Args:
         sizes: ``[d_0, d_1, …, d_L]`` (data width, then latent widths bottom to top).
         weight_norm: parameters ``weight_v``/``weight_g`` per layer (Salimans & Kingma 2016).
+        deterministic_layers: tanh hidden layers inside every conditional (the authors' option; see
+            :class:`bihm_triton.reference.MLPStochasticLayer`). The fused Triton kernels do not take them:
+            such a model runs layer by layer on the ops (one line says so on a GPU).
         backend: ``"auto"`` (Triton on CUDA; the CPU kernels for float32 on the CPU; the reference for
             float64), ``"triton"``, ``"cpu"`` or ``"reference"``. What runs is :attr:`engine`.
         device, dtype: of the parameters (float32 default). float64 runs the reference math in float64 on
@@ -117,9 +120,10 @@ class BiHM(ref.BiHM):
         ValueError / TypeError: bad sizes (``[]``, ``[784, 0, 10]``), backend or chunk_rows.
     """
 
-    def __init__(self, sizes, *, weight_norm: bool = False, backend: str = "auto", device=None,
-                 dtype=torch.float32, chunk_rows: int = 1 << 16):
-        super().__init__(sizes, weight_norm=weight_norm, device=device, dtype=dtype)
+    def __init__(self, sizes, *, weight_norm: bool = False, deterministic_layers: int = 0, backend: str = "auto",
+                 device=None, dtype=torch.float32, chunk_rows: int = 1 << 16):
+        super().__init__(sizes, weight_norm=weight_norm, deterministic_layers=deterministic_layers, device=device,
+                         dtype=dtype)
         if backend not in ops.BACKENDS:
             raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
         check_positive_int(chunk_rows, "chunk_rows", 4)
@@ -131,6 +135,7 @@ class BiHM(ref.BiHM):
 
     # ------------------------------------------------------------- primitives
     def layer_sample(self, layer, h, seed, offset):
+        h = layer_input(layer, h)
         if isinstance(layer, WeightNormStochasticLayer):
             return ops.sbn_sample_wn(h, layer.weight_v, layer.weight_g, layer.bias, seed=seed, offset=offset,
                                      out_dtype=self.dtype, backend=self.backend)
@@ -138,6 +143,7 @@ class BiHM(ref.BiHM):
                               backend=self.backend)
 
     def layer_log_prob(self, layer, h, x):
+        h = layer_input(layer, h)
         if isinstance(layer, WeightNormStochasticLayer):
             return ops.sbn_log_prob_wn(h, x, layer.weight_v, layer.weight_g, layer.bias, backend=self.backend,
                                        validate=False)
@@ -323,20 +329,25 @@ class BiHM(ref.BiHM):
     def config(self) -> dict:
         """Architecture as a JSON-able dict: what :meth:`from_config` needs."""
         return {"sizes": list(self.sizes), "weight_norm": self.weight_norm,
+                "deterministic_layers": self.deterministic_layers,
                 "dtype": str(self.dtype).replace("torch.", "")}
 
     @classmethod
     def from_config(cls, config: dict, **kwargs) -> "BiHM":
         """A freshly initialized model of the architecture in ``config`` (see :meth:`config`); kwargs go to ``__init__``."""
         return cls(config["sizes"], weight_norm=config["weight_norm"], dtype=getattr(torch, config["dtype"]),
+                   deterministic_layers=int(config.get("deterministic_layers", 0)),
                    **kwargs)
 
     def check_compatible(self, state_dict: dict, config: dict | None = None) -> None:
         """Raise ValueError unless ``state_dict`` (and ``config``) fit this architecture, naming the first mismatch."""
         if config is not None and (list(config["sizes"]) != self.sizes
-                                   or bool(config["weight_norm"]) != self.weight_norm):
-            raise ValueError(f"checkpoint is for sizes={config['sizes']}, weight_norm={config['weight_norm']}; "
-                             f"this model has sizes={self.sizes}, weight_norm={self.weight_norm}")
+                                   or bool(config["weight_norm"]) != self.weight_norm
+                                   or int(config.get("deterministic_layers", 0)) != self.deterministic_layers):
+            raise ValueError(f"checkpoint is for sizes={config['sizes']}, weight_norm={config['weight_norm']}, "
+                             f"deterministic_layers={config.get('deterministic_layers', 0)}; this model has "
+                             f"sizes={self.sizes}, weight_norm={self.weight_norm}, "
+                             f"deterministic_layers={self.deterministic_layers}")
         own = self.state_dict()
         for name, t in own.items():
             if name not in state_dict:

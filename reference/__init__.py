@@ -13,6 +13,7 @@ Installed as ``bihm_triton.reference``; needs only torch (no Triton). Contents:
 from .bihm import (
     BiHM,
     EffectiveSampleSize,
+    MLPStochasticLayer,
     LogLikelihood,
     PriorLayer,
     PSample,
@@ -59,7 +60,7 @@ from .philox import (
 
 __all__ = [
     "BiHM", "EffectiveSampleSize", "LogLikelihood", "PriorLayer", "PSample", "QSample", "StochasticLayer",
-    "WeightNormStochasticLayer", "check_sizes",
+    "WeightNormStochasticLayer", "MLPStochasticLayer", "check_sizes",
     "Enumeration", "all_binary", "binary_index", "exact_enumeration",
     "MeanWithSE", "bhattacharyya_estimate", "effective_sample_size", "log_mean_exp", "log_mean_exp_with_se",
     "log_p_estimate", "log_p_tilde_star_estimate",

@@ -8,7 +8,11 @@ Layout (SPEC §6) for ``sizes = [d_0, d_1, …, d_L]`` (``h_0 = x``):
 * ``q_layers[l]``, l = 0…L−1, infers ``h_{l+1}`` from ``h_l``: ``weight`` (d_{l+1}, d_l),
   ``bias`` (d_{l+1},);
 * with ``weight_norm=True`` every layer holds ``weight_v`` and ``weight_g`` and ``weight`` is the
-  derived ``g · v / ‖v‖``.
+  derived ``g · v / ‖v‖``;
+* with ``deterministic_layers=n`` (the authors' ``--deterministic-layers``) every conditional
+  ``p(h_l | h_{l+1})`` and ``q(h_{l+1} | h_l)`` computes its logits with an MLP: ``hidden`` holds n
+  tanh layers of width ``(d_in + d_out) // 2`` (``weight``, ``bias`` each), and ``weight`` (d_out,
+  mid), ``bias`` (d_out,) are the logistic output layer (:class:`MLPStochasticLayer`).
 
 States are lists ``[h_0, h_1, …, h_L]`` of (R, d_l) tensors with values in {0, 1}. When K samples
 are drawn per data point, row ``r = b·K + k`` holds sample k of data point b.
@@ -51,6 +55,7 @@ from .philox import DRAW_STRIDE, aligned_start, check_draw_fits, check_offset, c
 __all__ = [
     "StochasticLayer",
     "WeightNormStochasticLayer",
+    "MLPStochasticLayer",
     "PriorLayer",
     "BiHM",
     "PSample",
@@ -142,6 +147,68 @@ class WeightNormStochasticLayer(nn.Module):
         return f"d_in={self.d_in}, d_out={self.d_out}, weight_norm=True"
 
 
+class DeterministicLayer(nn.Module):
+    """``tanh(h · Wᵀ + b)``: a hidden layer of an :class:`MLPStochasticLayer` (``weight`` (d_out, d_in),
+    ``bias`` (d_out,)), initialized as the authors' (their initializer for every weight, biases −1)."""
+
+    def __init__(self, d_in: int, d_out: int, *, device=None, dtype=torch.float32):
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.weight = nn.Parameter(torch.empty(d_out, d_in, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(d_out, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        authors_init_(self.weight, generator)
+        with torch.no_grad():
+            self.bias.fill_(-1.0)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(torch.nn.functional.linear(h.to(self.weight.dtype), self.weight, self.bias))
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}, tanh"
+
+
+class MLPStochasticLayer(StochasticLayer):
+    """A conditional Bernoulli layer whose logits come from an MLP (the authors' ``--deterministic-layers n``,
+    ``create_layers`` in their ``helmholtz`` package): ``n`` tanh layers of width ``(d_in + d_out) // 2``
+    (:attr:`hidden`), then the logistic output layer ``x ~ Bern(σ(z · Wᵀ + b))`` with ``weight``
+    (d_out, mid) and ``bias`` (d_out,). Every weight gets the authors' initialization, every bias −1.
+
+    :meth:`features` maps the layer's binary input h (R, d_in) to the output layer's real input z (R, mid).
+    """
+
+    def __init__(self, d_in: int, d_out: int, n_hidden: int, *, device=None, dtype=torch.float32):
+        mid = (d_in + d_out) // 2
+        if mid < 1:
+            raise ValueError(f"deterministic layers need (d_in + d_out) // 2 >= 1, got d_in={d_in}, d_out={d_out}")
+        super().__init__(mid, d_out, device=device, dtype=dtype)
+        self.d_in = d_in
+        widths = [d_in] + [mid] * n_hidden
+        self.hidden = nn.ModuleList(DeterministicLayer(a, b, device=device, dtype=dtype)
+                                    for a, b in zip(widths, widths[1:]))
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        super().reset_parameters(generator)
+        for m in getattr(self, "hidden", ()):
+            m.reset_parameters(generator)
+
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        """The MLP's hidden activations (R, mid) for inputs h (R, d_in); differentiable in its parameters."""
+        for m in self.hidden:
+            h = m(h)
+        return h
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}, deterministic_layers={len(self.hidden)}"
+
+
+def layer_input(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """What the logistic output of ``layer`` reads: h itself, or an MLP layer's hidden activations."""
+    return layer.features(h) if isinstance(layer, MLPStochasticLayer) else h
+
+
 class PriorLayer(nn.Module):
     """The top prior ``p(h_L) = Bern(σ(logits))``, ``logits`` (d,), initialized to −1 (SPEC §3).
 
@@ -207,23 +274,36 @@ class BiHM(nn.Module):
     Args:
         sizes: ``[d_0, d_1, …, d_L]``, the data width then the latent widths, bottom to top.
         weight_norm: hold every weight as ``weight_v``, ``weight_g`` (Salimans & Kingma 2016).
+        deterministic_layers: tanh hidden layers inside every conditional (the authors'
+            ``--deterministic-layers``; :class:`MLPStochasticLayer`); 0 (default) is the paper's model.
         device, dtype: of the parameters (float32 or float64).
 
     Raises:
-        ValueError / TypeError: bad ``sizes`` (e.g. ``[]``, ``[784]``, ``[784, 0, 10]``).
+        ValueError / TypeError: bad ``sizes`` (e.g. ``[]``, ``[784]``, ``[784, 0, 10]``), a negative
+            ``deterministic_layers``, or deterministic layers with weight normalization (not supported).
 
     The stochastic primitives are :meth:`layer_sample` and :meth:`layer_log_prob`; everything
     else is written on top of them, so a subclass that replaces the two with faster kernels keeps
     all the math here.
     """
 
-    def __init__(self, sizes, *, weight_norm: bool = False, device=None, dtype=torch.float32):
+    def __init__(self, sizes, *, weight_norm: bool = False, deterministic_layers: int = 0, device=None,
+                 dtype=torch.float32):
         super().__init__()
         self.sizes = check_sizes(sizes)
         self.weight_norm = bool(weight_norm)
-        Layer = WeightNormStochasticLayer if weight_norm else StochasticLayer
+        if isinstance(deterministic_layers, bool) or not isinstance(deterministic_layers, int) or deterministic_layers < 0:
+            raise ValueError(f"deterministic_layers must be an int >= 0, got {deterministic_layers!r}")
+        if deterministic_layers and weight_norm:
+            raise ValueError("deterministic_layers with weight_norm=True is not supported; use one or the other")
+        self.deterministic_layers = deterministic_layers
         L = len(self.sizes) - 1
         kw = dict(device=device, dtype=dtype)
+        if deterministic_layers:
+            def Layer(d_in, d_out, **k):  # noqa: N802
+                return MLPStochasticLayer(d_in, d_out, deterministic_layers, **k)
+        else:
+            Layer = WeightNormStochasticLayer if weight_norm else StochasticLayer
         self.p_layers = nn.ModuleList(Layer(self.sizes[l + 1], self.sizes[l], **kw) for l in range(L))
         self.p_top = PriorLayer(self.sizes[-1], **kw)
         self.q_layers = nn.ModuleList(Layer(self.sizes[l], self.sizes[l + 1], **kw) for l in range(L))
@@ -248,11 +328,29 @@ class BiHM(nn.Module):
             m.reset_parameters(generator)
 
     def extra_repr(self) -> str:
-        return f"sizes={self.sizes}, weight_norm={self.weight_norm}"
+        extra = f", deterministic_layers={self.deterministic_layers}" if self.deterministic_layers else ""
+        return f"sizes={self.sizes}, weight_norm={self.weight_norm}{extra}"
+
+    def weight_penalty(self, l1: float = 0.0, l2: float = 0.0) -> torch.Tensor:
+        """``l1 · Σ|W| + l2 · Σ W²`` over every weight matrix of p and q (hidden MLP layers included; the
+        effective weight under weight normalization; not the biases or the prior's logits): the authors'
+        ``--l1reg`` / ``--l2reg``, added once per training step to the loss summed over the batch. A scalar
+        tensor, differentiable."""
+        out = self.p_top.logits.new_zeros(())
+        if not (l1 or l2):
+            return out
+        for layer in (*self.p_layers, *self.q_layers):
+            for w in [layer.weight, *(m.weight for m in getattr(layer, "hidden", ()))]:
+                if l1:
+                    out = out + l1 * w.abs().sum()
+                if l2:
+                    out = out + l2 * w.pow(2).sum()
+        return out
 
     # ------------------------------------------------------------- primitives
     def layer_sample(self, layer: nn.Module, h: torch.Tensor, seed, offset: int):
         """Sample ``layer`` given inputs h (R, d_in): returns (x (R, d_out), log_prob (R,))."""
+        h = layer_input(layer, h)
         if isinstance(layer, WeightNormStochasticLayer):
             return sbn_sample_wn(h, layer.weight_v, layer.weight_g, layer.bias, seed=seed, offset=offset,
                                  out_dtype=self.dtype)
@@ -260,6 +358,7 @@ class BiHM(nn.Module):
 
     def layer_log_prob(self, layer: nn.Module, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-row log-likelihood (R,) of targets x (R, d_out) under ``layer`` given h (R, d_in)."""
+        h = layer_input(layer, h)
         if isinstance(layer, WeightNormStochasticLayer):
             return sbn_log_prob_wn(h, x, layer.weight_v, layer.weight_g, layer.bias)
         return sbn_log_prob(h, x, layer.weight, layer.bias)

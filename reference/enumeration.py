@@ -77,7 +77,10 @@ def _layer_tensors(layer):
 
 def _score(layer, h, x):
     w, b, s = _layer_tensors(layer)
-    a = sbn_logits(h.double(), w.double(), b.double(), scale=None if s is None else s.double())
+    h = h.double()
+    for m in getattr(layer, "hidden", ()):  # deterministic (tanh) layers of an MLPStochasticLayer, in float64
+        h = torch.tanh(h @ m.weight.double().t() + m.bias.double())
+    a = sbn_logits(h, w.double(), b.double(), scale=None if s is None else s.double())
     return bernoulli_log_prob(a, x)
 
 

@@ -15,9 +15,10 @@ SIZES = [[3, 2], [4, 3, 2], [3, 2, 2, 2]]
 
 
 @pytest.mark.parametrize("sizes", SIZES, ids=str)
-@pytest.mark.parametrize("weight_norm", [False, True])
-def test_enumeration_identities(sizes, weight_norm):
-    model = random_model(sizes, seed=len(sizes), weight_norm=weight_norm)
+@pytest.mark.parametrize("weight_norm,deterministic", [(False, 0), (True, 0), (False, 2)],
+                         ids=["plain", "weight_norm", "2-deterministic"])
+def test_enumeration_identities(sizes, weight_norm, deterministic):
+    model = random_model(sizes, seed=len(sizes), weight_norm=weight_norm, deterministic_layers=deterministic)
     e = ref.exact_enumeration(model)
     n = 2 ** sizes[0]
     assert e.x.shape == (n, sizes[0]) and e.log_p.shape == (n,)
@@ -31,8 +32,11 @@ def test_enumeration_identities(sizes, weight_norm):
     torch.testing.assert_close(torch.logsumexp(e.log_p_star_joint.flatten(), 0), torch.tensor(0.0, dtype=torch.float64))
 
 
-def test_tables_agree_with_the_model():
-    model = random_model([4, 3, 2], seed=7)
+@pytest.mark.parametrize("deterministic", [0, 1, 3])
+def test_tables_agree_with_the_model(deterministic):
+    """The model's primitives (for deterministic layers: the MLP through the layer ops) against the
+    enumeration's own float64 evaluation of every table entry."""
+    model = random_model([4, 3, 2], seed=7, deterministic_layers=deterministic)
     e = ref.exact_enumeration(model)
     sample = model.sample_p(50, seed=1, return_hidden=True)
     states = [sample.x, *sample.hidden]

@@ -49,8 +49,17 @@ def setup():
     return model, x
 
 
-def test_bihm_surrogate_gradient_is_grad_log_p_tilde_star(setup):
-    model, x = setup
+@pytest.fixture(scope="module")
+def setup_deterministic():
+    """The authors' --deterministic-layers 1: every conditional is a one-hidden-layer tanh MLP."""
+    model = random_model([4, 3, 2], seed=32, scale=1.0, deterministic_layers=1)
+    x = torch.tensor([[0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    return model, x
+
+
+@pytest.mark.parametrize("which", ["plain", "deterministic"])
+def test_bihm_surrogate_gradient_is_grad_log_p_tilde_star(setup, setup_deterministic, which):
+    model, x = setup if which == "plain" else setup_deterministic
     states = _all_states(model, x)
     exact_obj = 2 * torch.logsumexp(0.5 * (model.log_p_joint(states) + model.log_q_cond(states)), 0)
     exact = -_flat_grad(model, exact_obj)
@@ -99,3 +108,16 @@ def test_loss_bad_objective(setup):
         model.loss(x, 3, "vae")
     with pytest.raises(ValueError, match="k must be"):
         model.loss(x, 0)
+
+
+def test_weight_penalty_is_the_authors_l1_l2(setup_deterministic):
+    """l1·Σ|W| + l2·ΣW² over every weight matrix (MLP hidden layers included), never biases or the prior."""
+    model, _ = setup_deterministic
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    assert len(weights) == 4 * (len(model.sizes) - 1)  # p and q, output and one hidden layer each
+    want = sum(0.3 * w.abs().sum() + 0.02 * (w ** 2).sum() for w in weights)
+    torch.testing.assert_close(model.weight_penalty(0.3, 0.02), want)
+    assert float(model.weight_penalty()) == 0.0
+    g = torch.autograd.grad(model.weight_penalty(0.0, 0.5), [model.p_top.logits, model.q_layers[0].bias],
+                            allow_unused=True)
+    assert all(t is None for t in g)

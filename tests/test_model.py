@@ -136,3 +136,39 @@ def test_model_bad_arguments():
         BiHM([4, 2], backend="gpu")
     with pytest.raises(ValueError, match="chunk_rows"):
         BiHM([4, 2], chunk_rows=2)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_deterministic_layers_on_every_backend(backend, device):
+    """A model with the authors' deterministic layers runs layer by layer on the fast ops (the fused Triton
+    kernels do not take them, and say so once) and draws the reference's samples and likelihoods; it
+    saves and loads with its architecture."""
+    from helpers import assert_few_rounding_flips
+
+    r = random_model([9, 6, 4], seed=5, dtype=torch.float32, scale=1.0, deterministic_layers=2)
+    dev = device if backend == "triton" else torch.device("cpu")
+    m = BiHM(r.sizes, deterministic_layers=2, backend=backend, device=dev)
+    m.load_state_dict(r.state_dict())
+    if backend == "triton":
+        with pytest.warns(RuntimeWarning, match="deterministic layers"):
+            assert m.engine.name == "layers"
+    s, want = m.sample_p(40, seed=3, return_hidden=True), r.sample_p(40, seed=3, return_hidden=True)
+    assert_few_rounding_flips(s.x, want.x)  # tanh activations: logits not exact, last-bit flips only
+    x = want.x
+    torch.testing.assert_close(m.log_likelihood(x.to(dev), 5, seed=1).log_p.cpu(),
+                               r.log_likelihood(x, 5, seed=1).log_p, rtol=1e-4, atol=1e-4)
+    loss, _ = m.loss(x.to(dev), 3, seed=2)
+    loss.backward()
+    assert m.p_layers[0].hidden[1].weight.grad.abs().sum() > 0
+
+
+def test_deterministic_layers_checkpoint_roundtrip(tmp_path):
+    m = BiHM([6, 4, 2], deterministic_layers=1)
+    m.save(tmp_path / "m.safetensors")
+    back = BiHM.load(tmp_path / "m.safetensors")
+    assert back.deterministic_layers == 1
+    assert torch.equal(back.sample_p(5, seed=1), m.sample_p(5, seed=1))
+    with pytest.raises(ValueError, match="deterministic_layers"):
+        BiHM([6, 4, 2]).check_compatible(m.state_dict(), m.config())
+    with pytest.raises(ValueError, match="weight_norm"):
+        BiHM([6, 4, 2], deterministic_layers=1, weight_norm=True)
