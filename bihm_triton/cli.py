@@ -9,11 +9,17 @@ no network), ``idx:<path>`` (MNIST IDX images), or a name from
 Errors are one line on stderr: ``bihm-triton <command>: error: …``; exit status 2 for bad
 arguments, data or files (argparse's convention), 1 when training diverges, 130 on Ctrl-C.
 Destinations (run folders, ``--json``, ``--figure``, ``--out``) are checked before any work.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1), ``train`` and ``eval`` run on every process
+(:mod:`bihm_triton.distributed`: NCCL with one GPU per process, gloo on CPUs): rank 0 prints and
+writes files, the other ranks print only their own errors (tagged with their rank); ``demo``,
+``sample`` and ``inpaint`` are single-process commands and are refused there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -167,15 +173,19 @@ def output_file(path: str | None, what: str, suffix: str | None = None) -> str |
 
 
 def _device(name: str | None) -> torch.device:
+    """The ``--device`` (default CUDA when available); under torchrun a bare ``cuda`` is the process's
+    own GPU, ``cuda:$LOCAL_RANK``."""
+    from .distributed import local_device
+
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         dev = torch.device(name)
     except RuntimeError as e:
         raise ValueError(f"--device {name!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available (use --device cpu)")
-    return dev
+    return local_device(dev)
 
 
 def _load_model(checkpoint: str, device, backend: str):
@@ -224,16 +234,22 @@ def _say(msg: str) -> None:
 def evaluate(model, x: torch.Tensor, *, k: int, z_samples: int, n_inner: int, seed: int,
              progress: bool | None = None) -> dict:
     """Test-set numbers (nats): mean log p̃*(x), log p(x), log Ẑ² ± se, log p*(x) ± se, ESS.
-    Prints one line per stage (they can take minutes)."""
+    Prints one line per stage (they can take minutes).
+
+    In an initialized ``torch.distributed`` group (torchrun) the samples of p and the test points are
+    split across the ranks (:mod:`bihm_triton.distributed`) and every rank returns the same numbers:
+    the single-process ones up to summation order."""
+    from . import distributed
+
     n = x.shape[0]
     if n < 1:
         raise ValueError("no data points to evaluate")
     _say(f"estimating log Z^2 from {z_samples} samples of p ({n_inner} q-samples each) ...")
-    z = model.estimate_log_z2(z_samples, n_inner=n_inner, seed=seed + 1, progress=progress)
+    z = distributed.estimate_log_z2(model, z_samples, n_inner=n_inner, seed=seed + 1, progress=progress)
     _say(f"estimating log-likelihoods of {n} points with K = {k} importance samples each ...")
-    ll = model.log_likelihood(x, k, log_z2=z.value, seed=seed + 2, progress=progress)
+    ll = distributed.log_likelihood(model, x, k, log_z2=z.value, seed=seed + 2, progress=progress)
     _say("effective sample sizes ...")
-    ess = model.effective_sample_size(x[: min(200, n)], min(k, 1000), seed=seed + 3, progress=progress)
+    ess = distributed.effective_sample_size(model, x[: min(200, n)], min(k, 1000), seed=seed + 3, progress=progress)
     lpt = ll.log_p_tilde_star.double()
     se_lpt = float(lpt.std() / math.sqrt(n)) if n > 1 else 0.0
     return {
@@ -387,6 +403,13 @@ def _progress(args):
     return False if args.no_progress else None
 
 
+def _is_main() -> bool:
+    """Rank 0 of an initialized torch.distributed group, or a single process."""
+    from .distributed import Comm
+
+    return Comm().is_main
+
+
 def _eval(args) -> int:
     json_out = output_file(args.json, "--json")
     figure = output_file(args.figure, "--figure", ".png")
@@ -399,6 +422,8 @@ def _eval(args) -> int:
     r = evaluate(model, x, k=args.k, z_samples=args.z_samples, n_inner=args.n_inner, seed=args.seed,
                  progress=_progress(args))
     print_evaluation(r)
+    if not _is_main():
+        return 0  # rank 0 writes the files (and draws the figure)
     if json_out:
         with open(json_out, "w") as f:
             json.dump(r, f, indent=2)
@@ -619,14 +644,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _launched_rank() -> int:
+    """This process's rank under torchrun (``RANK`` with ``WORLD_SIZE`` > 1), else 0."""
+    from .distributed import torchrun_world_size
+
+    try:
+        return int(os.environ.get("RANK", "0")) if torchrun_world_size() > 1 else 0
+    except ValueError:
+        return 0
+
+
+def _run(args) -> int:
+    """``args.func(args)``, under torchrun in the process group it sets up (rank 0 alone prints)."""
+    from . import distributed
+
+    if distributed.torchrun_world_size() <= 1:
+        return args.func(args)
+    if args.command not in ("train", "eval"):
+        raise ValueError(f"'{args.command}' runs in one process: start it without torchrun (train and eval run "
+                         f"on several)")
+    with distributed.launch_from_env(_device(args.device)) as comm:
+        with open(os.devnull, "w") as devnull, \
+                (contextlib.redirect_stdout(devnull) if not comm.is_main else contextlib.nullcontext()):
+            return args.func(args)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    rank = _launched_rank()
+    with open(os.devnull, "w") as devnull, \
+            (contextlib.redirect_stderr(devnull) if rank else contextlib.nullcontext()), \
+            (contextlib.redirect_stdout(devnull) if rank else contextlib.nullcontext()):
+        args = parser.parse_args(argv)  # usage errors and --help: once, from rank 0
     torch.set_num_threads(args.threads)
-    prefix = f"bihm-triton {args.command}: error:"
+    prefix = f"bihm-triton {args.command}{f' (rank {rank})' if rank else ''}: error:"
     debug = bool(os.environ.get("BIHM_TRITON_DEBUG"))
     try:
-        return args.func(args)
+        return _run(args)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -11,6 +11,18 @@ A run lives in one directory:
 Every random choice is a function of ``(seed, epoch, step)``: the shuffling of epoch e and the
 Philox seed of step t; so :meth:`Trainer.resume` continues a run exactly as if it had not stopped.
 
+**More than one process** (:mod:`bihm_triton.distributed`): under ``torchrun``, or with any
+initialized ``torch.distributed`` process group, every rank runs the same :class:`Trainer` on the
+same data and takes rows ``[a, b)`` of every global batch (:func:`~bihm_triton.distributed.shard_range`),
+computed with ``row_start=a`` so that they draw the random numbers they draw in one process; the
+gradients are summed over the ranks (the loss is a sum over the batch, SPEC §3) before Adam steps on
+every rank alike. Rank 0 alone claims the run folder and writes the config, log and checkpoints;
+the settings, the data fingerprints and the seed must agree on every rank (checked), the initial
+weights are rank 0's (broadcast), and the validation bound, the non-finite check, early stopping
+and the CUDA-graph fallback are decided from values reduced across the ranks, the same on every
+rank. A run resumes with the same or another number of ranks; a W-rank run equals the 1-rank run
+up to summation order (see the module :mod:`bihm_triton.distributed` for what is exact).
+
 A new trainer never overwrites a run: a folder that already holds one is refused unless
 ``overwrite=True``. :meth:`Trainer.resume` takes every setting from the run, checks that the data
 are the run's (a fingerprint of each split is stored with the run), and rewrites the log from the
@@ -29,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import read_safetensors, save_safetensors_atomic, write_json_atomic
+from .distributed import Comm, log_likelihood as _sharded_log_likelihood
 from .model import BiHM
 from .reference.philox import MAX_SEED
 
@@ -101,14 +114,22 @@ class Trainer:
             graph and replay it for every full batch (``None``, the default: on CUDA). The step
             then costs one graph launch instead of hundreds of kernel launches; the results are the
             same as without it. Where capture fails, training goes on eagerly after a one-line
-            message.
+            message. With more than one rank the graph holds the loss and backward of the rank's
+            shard of a full batch (keyed on the shard's size and first row); the gradient sum and
+            Adam run after it; a capture that fails on any rank turns the graph off on every rank.
+        process_group: ``None`` (default): the initialized ``torch.distributed`` default group,
+            else this process alone; ``False``: this process alone; or a process group (see
+            :class:`bihm_triton.distributed.Comm`). With more than one rank the constructor, every
+            step and :meth:`fit` are collectives: every rank calls them alike.
 
     Every step is host-synchronization free: statistics stay on the device and are read once per
     epoch (and every ``check_every`` steps, where a non-finite loss stops training).
 
     Raises:
-        ValueError: data of the wrong width, not binary or empty; bad settings.
-        FileExistsError: ``out_dir`` already holds a run and ``overwrite`` is false, or names a file.
+        ValueError: data of the wrong width, not binary or empty; bad settings; settings, data or
+            architecture that differ between the ranks (the message names them).
+        FileExistsError: ``out_dir`` already holds a run and ``overwrite`` is false, or names a file
+            (raised on every rank).
     """
 
     check_every = 100
@@ -116,9 +137,10 @@ class Trainer:
     def __init__(self, model: BiHM, train_x: torch.Tensor, valid_x: torch.Tensor | None = None,
                  config: TrainConfig | None = None, out_dir: str | os.PathLike | None = None, *,
                  cuda_graph: bool | None = None, overwrite: bool = False, data_source: dict | None = None,
-                 _resuming: bool = False):
+                 process_group=None, _resuming: bool = False):
         self.model = model
         self.config = config or TrainConfig()
+        self.comm = process_group if isinstance(process_group, Comm) else Comm(process_group)
         self.train_x = model._check_x(train_x, "train_x")
         _check_rows(self.train_x, "train_x")
         self.valid_x = None if valid_x is None else model._check_x(valid_x, "valid_x")
@@ -127,13 +149,19 @@ class Trainer:
         self.fingerprints = {"train": data_fingerprint(self.train_x), "valid": data_fingerprint(self.valid_x)}
         self.data_source = data_source
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
+        if self.comm.distributed:  # one run: the same settings, data and architecture everywhere, rank 0's weights
+            self.comm.agree("the training settings, data fingerprints or model architectures",
+                            (dataclasses.asdict(self.config), self.fingerprints, model.config()))
+            self.comm.broadcast_tensors(list(model.parameters()))
         if self.out_dir is not None and not _resuming:
-            _claim_run_dir(self.out_dir, overwrite)
+            self.comm.on_main(_claim_run_dir, self.out_dir, overwrite)
         on_cuda = model.device.type == "cuda"
         self.cuda_graph = on_cuda if cuda_graph is None else (bool(cuda_graph) and on_cuda)
         # capturable: Adam's step counter lives on the device, so the update can be replayed in a graph
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.lr, capturable=self.cuda_graph)
         self._graph = None  # (CUDAGraph, static x, static seed, static loss, static stats) once captured
+        a, b = self.comm.shard(self.config.batch_size)
+        self._graph_shard = (b - a, a)  # the rank's shard of a full batch (rows, first row): what a graph replays
         self.epoch = 0
         self.step = 0
         self.best = -math.inf
@@ -146,22 +174,35 @@ class Trainer:
         config = {"model": self.model.config(), "train": dataclasses.asdict(self.config), "data": self.fingerprints}
         if self.data_source is not None:
             config["data_source"] = self.data_source
-        write_json_atomic(config, os.path.join(self.out_dir, "config.json"))
+        self.comm.on_main(write_json_atomic, config, os.path.join(self.out_dir, "config.json"))
 
     # ------------------------------------------------------------------ epochs
     def _permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
         return torch.randperm(self.train_x.shape[0], generator=g)
 
-    def _loss_and_step(self, x: torch.Tensor, seed):
-        """The body of a training step: loss, backward, Adam (gradients must be None on entry)."""
+    def _loss_backward(self, x: torch.Tensor, seed, row_start: int = 0):
+        """Loss and backward of this rank's rows of the batch (gradients must be None on entry); an empty
+        shard computes nothing (loss 0, no gradients: it contributes zeros to the sum)."""
         cfg = self.config
-        loss, stats = self.model.loss(x, cfg.k, cfg.objective, seed=seed, validate=False)
+        if x.shape[0] == 0:
+            empty = x.new_zeros(0, dtype=self.model.dtype)
+            return x.new_zeros((), dtype=self.model.dtype), {"bound": empty, "log_p": empty, "ess": empty}
+        loss, stats = self.model.loss(x, cfg.k, cfg.objective, seed=seed, row_start=row_start, validate=False)
         loss.backward()
-        self.optimizer.step()
         return loss.detach(), {k: v.detach() for k, v in stats.items()}
 
-    def _capture(self, batch: int) -> None:
+    def _sum_grads_and_step(self) -> None:
+        self.comm.sum_grads(self.model.parameters())  # the whole batch's gradient (a sum: see the module doc)
+        self.optimizer.step()
+
+    def _loss_and_step(self, x: torch.Tensor, seed, row_start: int = 0):
+        """The body of a training step: loss, backward, the gradient sum over the ranks, Adam."""
+        loss, stats = self._loss_backward(x, seed, row_start)
+        self._sum_grads_and_step()
+        return loss, stats
+
+    def _capture(self, batch: int, row_start: int = 0) -> None:
         """Record one step on static buffers in a CUDA graph. The warm-up steps it needs (lazy
         allocations, kernel compilation) are undone in place — parameters and Adam state get their
         values back in the very tensors the graph reads and writes — so the run is the same as
@@ -173,18 +214,20 @@ class Trainer:
                        for p in params if p in opt.state}
         static_x = torch.zeros(batch, model.sizes[0], device=model.device, dtype=model.dtype)
         static_seed = torch.zeros((), device=model.device, dtype=torch.int64)
+        # one rank: the whole step; more: the rank's loss and backward (the gradient sum runs outside)
+        body = self._loss_and_step if not self.comm.distributed else self._loss_backward
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
                     opt.zero_grad(set_to_none=True)
-                    self._loss_and_step(static_x, static_seed)
+                    body(static_x, static_seed, row_start)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             opt.zero_grad(set_to_none=True)
             with torch.cuda.graph(graph):
-                loss, stats = self._loss_and_step(static_x, static_seed)
+                loss, stats = body(static_x, static_seed, row_start)
             self._graph = (graph, static_x, static_seed, loss, stats)
         finally:
             torch.cuda.synchronize()
@@ -201,13 +244,15 @@ class Trainer:
                         else:
                             v.copy_(old)
 
-    def train_step(self, x: torch.Tensor, *, seed=None) -> dict:
+    def train_step(self, x: torch.Tensor, *, seed=None, row_start: int = 0) -> dict:
         """One optimizer step on the batch x: the loss of SPEC §3, its backward, and Adam.
 
         Args:
             x: (B, d_0) binary data on the model's device (not re-checked: the trainer checked its
-                data once).
+                data once). With more than one rank: this rank's rows ``[a, b)`` of the global batch
+                (possibly none), and ``row_start=a``; every rank calls the step (a collective).
             seed: the step's Philox seed (default: a function of the run's seed and the step).
+            row_start: index of x's first row in the global batch (SPEC §5: its random numbers).
 
         Returns:
             dict of device tensors (no host synchronization): ``loss`` (), and ``bound``, ``log_p``,
@@ -216,15 +261,9 @@ class Trainer:
         """
         if seed is None:
             seed = _step_seed(self.config.seed, self.step)
-        full = x.shape[0] == self.config.batch_size
-        if self.cuda_graph and full and self._graph is None:
-            try:
-                self._capture(x.shape[0])
-            except Exception as e:  # noqa: BLE001 - any capture failure: go on eagerly (state restored)
-                print(f"bihm-triton: CUDA-graph capture of the training step failed ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}); training without it", flush=True)
-                self.cuda_graph = False
-                self._graph = None
+        if self.cuda_graph and self._graph is None:
+            self._try_capture()
+        full = (x.shape[0], row_start) == self._graph_shard
         if self.cuda_graph and full and self._graph is not None:
             graph, static_x, static_seed, loss, stats = self._graph
             static_x.copy_(x)
@@ -233,11 +272,36 @@ class Trainer:
             else:
                 static_seed.fill_(int(seed))
             graph.replay()
+            if self.comm.distributed:
+                self._sum_grads_and_step()
         else:
             self.optimizer.zero_grad(set_to_none=True)
-            loss, stats = self._loss_and_step(x, seed)
+            loss, stats = self._loss_and_step(x, seed, row_start)
         self.step += 1
         return {"loss": loss, **stats}
+
+    def _try_capture(self) -> None:
+        """Capture the graph of this rank's shard of a full batch, at the first step (on every rank
+        alike: the outcome is agreed, so a failure anywhere turns the graph off everywhere). A rank whose
+        shard of a full batch is empty (batch size < ranks) has nothing to capture. Skipped when the
+        training set is smaller than a batch (no full batch)."""
+        rows, row_start = self._graph_shard
+        error = None
+        if rows and self.train_x.shape[0] >= self.config.batch_size:
+            try:
+                self._capture(rows, row_start)
+            except Exception as e:  # noqa: BLE001 - any capture failure: go on eagerly (state restored)
+                error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                self._graph = None
+        errors = self.comm.gather_objects(error)
+        if any(errors) or self._graph is None:
+            if any(errors) and self.comm.is_main:
+                where = "" if not self.comm.distributed else \
+                    f" on rank {[r for r, e in enumerate(errors) if e][0]}"
+                print(f"bihm-triton: CUDA-graph capture of the training step failed{where} "
+                      f"({next(e for e in errors if e)}); training without it", flush=True)
+            self.cuda_graph = False
+            self._graph = None
 
     def train_epoch(self, progress: bool = True, heartbeat_s: float | None = None) -> dict:
         """One pass over the training data; returns the epoch's mean bound and ESS (floats).
@@ -255,38 +319,47 @@ class Trainer:
         total_bound = torch.zeros((), device=dev, dtype=torch.float64)
         total_ess = torch.zeros((), device=dev, dtype=torch.float64)
         first_bad = torch.full((), -1, device=dev, dtype=torch.int64)
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
-        beat = time.perf_counter()
+        comm = self.comm
+        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {self.epoch + 1}", disable=not progress or not comm.is_main,
+                   leave=False)
+        beat, seen = time.perf_counter(), 0
         for i, start in enumerate(bar):
-            xb = self.train_x[perm[start:start + cfg.batch_size]]
+            rows = perm[start:start + cfg.batch_size]
+            a, b = comm.shard(rows.shape[0])  # this rank's rows of the global batch
             step = self.step
-            out = self.train_step(xb)
+            out = self.train_step(self.train_x[rows[a:b]], row_start=a)
+            seen += b - a
             total_bound += out["bound"].sum()
             total_ess += out["ess"].sum()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out["loss"]), step, first_bad)
             if (i + 1) % self.check_every == 0 or start + cfg.batch_size >= n:
                 self._raise_if_bad(first_bad)
-                bar.set_postfix(bound=f"{float(total_bound) / min(n, start + cfg.batch_size):.2f}")
+                bar.set_postfix(bound=f"{float(comm.sum(total_bound)) / min(n, start + cfg.batch_size):.2f}")
             if heartbeat_s and not progress and time.perf_counter() - beat > heartbeat_s:
-                beat = time.perf_counter()
+                beat = time.perf_counter()  # (rank 0 alone: a rank's own clock decides, so no collective here)
                 done = min(n, start + cfg.batch_size)
-                print(f"  epoch {self.epoch + 1}: {done} of {n} points, train bound {float(total_bound) / done:.2f}",
-                      flush=True)
+                if comm.is_main:
+                    print(f"  epoch {self.epoch + 1}: {done} of {n} points, train bound "
+                          f"{float(total_bound) / max(1, seen):.2f}{' (rank 0 rows)' if comm.distributed else ''}",
+                          flush=True)
         self.model.refresh_fused_cache()  # graph replays change the parameters without version bumps
-        return {"train_bound": float(total_bound) / n, "train_ess": float(total_ess) / n}
+        return {"train_bound": float(comm.sum(total_bound)) / n, "train_ess": float(comm.sum(total_ess)) / n}
 
     def _raise_if_bad(self, first_bad: torch.Tensor) -> None:
-        step = int(first_bad)
+        step = self.comm.first_step(first_bad)  # every rank decides alike
         if step >= 0:
             raise FloatingPointError(f"the loss became non-finite at epoch {self.epoch + 1}, step {step}; "
                                      f"the last checkpoint was left untouched")
 
     @torch.no_grad()
     def validate(self, progress: bool = False) -> float:
-        """Mean log p̃*(x) estimate (nats) over the validation data with ``valid_k`` samples (fixed seed)."""
+        """Mean log p̃*(x) estimate (nats) over the validation data with ``valid_k`` samples (fixed seed).
+
+        With more than one rank the points are split across the ranks and the per-point estimates
+        gathered (:func:`bihm_triton.distributed.log_likelihood`): every rank gets the same mean."""
         x = self.valid_x if self.valid_x is not None else self.train_x
-        ll = self.model.log_likelihood(x, self.config.valid_k, seed=_step_seed(self.config.seed, -2),
-                                       progress=progress)
+        ll = _sharded_log_likelihood(self.model, x, self.config.valid_k, seed=_step_seed(self.config.seed, -2),
+                                     progress=progress, process_group=self.comm)
         return float(ll.log_p_tilde_star.mean())
 
     def fit(self, epochs: int | None = None, *, progress: bool = True, verbose: bool = True,
@@ -311,17 +384,21 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             self.history.append(record)
-            if verbose:
+            if verbose and self.comm.is_main:
                 print(f"epoch {record['epoch']:4d}  train bound {record['train_bound']:9.3f}  "
                       f"valid bound {record['valid_bound']:9.3f}  ESS {record['train_ess']:5.2f}/{cfg.k}  "
                       f"{record['seconds']:.1f}s{'  *' if improved else ''}", flush=True)
             if self.out_dir is not None:
-                with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if improved:
-                    self.model.save(os.path.join(self.out_dir, "best.safetensors"))
-                self.save_checkpoint(os.path.join(self.out_dir, "last.safetensors"))
+                self.comm.on_main(self._write_epoch, record, improved)
         return self.history
+
+    def _write_epoch(self, record: dict, improved: bool) -> None:
+        """The log line and the checkpoints of an epoch (rank 0 alone writes them)."""
+        with open(os.path.join(self.out_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if improved:
+            self.model.save(os.path.join(self.out_dir, "best.safetensors"))
+        self.save_checkpoint(os.path.join(self.out_dir, "last.safetensors"))
 
     # -------------------------------------------------------------- checkpoints
     def _state(self) -> dict:
@@ -329,7 +406,10 @@ class Trainer:
                 "history": self.history, "train": dataclasses.asdict(self.config), "data": self.fingerprints}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Weights, Adam state and counters in one safetensors file, written atomically."""
+        """Weights, Adam state and counters in one safetensors file, written atomically.
+
+        Not a collective: with more than one rank, call it on rank 0 (every rank holds the same state);
+        :meth:`fit` does."""
         tensors = dict(self.model.state_dict())
         opt = self.optimizer.state_dict()
         for i, state in opt["state"].items():
@@ -341,8 +421,13 @@ class Trainer:
     @classmethod
     def resume(cls, out_dir: str | os.PathLike, train_x: torch.Tensor, valid_x: torch.Tensor | None = None, *,
                device=None, backend: str = "auto", max_epochs: int | None = None,
-               cuda_graph: bool | None = None) -> "Trainer":
+               cuda_graph: bool | None = None, process_group=None) -> "Trainer":
         """Continue the run in ``out_dir`` from ``last.safetensors``, exactly as if it had not stopped.
+
+        With more than one rank every rank calls it (they all read the checkpoint; rank 0 rewrites
+        the log). The number of ranks may differ from the run's: the checkpoint holds nothing per
+        rank, so the run goes on equal to the uninterrupted one up to summation order (exactly with
+        the same number of ranks).
 
         Every setting is the run's own; ``max_epochs`` raises (or lowers) its epoch limit. The data
         must be the run's: their fingerprints (:func:`data_fingerprint`) are checked. The log is
@@ -366,7 +451,8 @@ class Trainer:
         model.load_state_dict(weights)
         settings = dict(state["train"], **({} if max_epochs is None else {"max_epochs": max_epochs}))
         trainer = cls(model, train_x, valid_x, TrainConfig(**settings), out_dir=out_dir, cuda_graph=cuda_graph,
-                      data_source=run_config(out_dir).get("data_source"), _resuming=True)
+                      data_source=run_config(out_dir).get("data_source"), process_group=process_group,
+                      _resuming=True)
         for split, fp in (state.get("data") or {}).items():
             if fp is not None and trainer.fingerprints.get(split) != fp:
                 raise ValueError(f"the {split} data differ from the run's in {out_dir} (fingerprint "
@@ -384,7 +470,8 @@ class Trainer:
         trainer.best, trainer.bad_epochs = state["best"], state["bad_epochs"]
         trainer.history = state["history"]
         # the log as of the checkpoint: no duplicate epochs after an interruption between the two writes
-        _write_text_atomic(os.path.join(out_dir, "log.jsonl"), "".join(json.dumps(r) + "\n" for r in trainer.history))
+        trainer.comm.on_main(_write_text_atomic, os.path.join(out_dir, "log.jsonl"),
+                             "".join(json.dumps(r) + "\n" for r in trainer.history))
         if max_epochs is not None:
             trainer._write_config()
         return trainer
