@@ -6,6 +6,8 @@
 * :class:`Trainer` — the authors' training recipe with checkpoints;
 * :mod:`bihm_triton.reference` — the pure-PyTorch specification (no Triton needed);
 * :mod:`bihm_triton.kernels` — the Triton kernels and launchers;
+* :mod:`bihm_triton.distributed` — data-parallel training and sharded evaluation on ``torch.distributed``
+  (``torchrun``);
 * :mod:`bihm_triton.data`, :mod:`bihm_triton.samplers`, :mod:`bihm_triton.cli`.
 
 Importing this package does not import Triton; the kernels load on first use.

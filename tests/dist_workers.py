@@ -31,7 +31,9 @@ def _entry(rank: int, world: int, port: int, out_dir: str, fn, args) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # what torchrun sets (the command line reads them); the group itself is created here
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S))
     try:
         result = fn(rank, *args)
@@ -199,6 +201,37 @@ def eval_scenarios(rank: int, data: dict) -> dict:
     return out
 
 
+def write_idx(path: str, x: torch.Tensor) -> str:
+    """Binary 8x8 images x (n, 64) as an MNIST IDX image file (0 or 255): ``--data idx:<path>`` reads them
+    back without importing scikit-learn (seconds per process)."""
+    import numpy as np
+
+    images = (x.reshape(-1, 8, 8).numpy() * 255).astype(np.uint8)
+    with open(path, "wb") as f:
+        f.write(np.array([2051, *images.shape], dtype=">u4").tobytes())
+        f.write(images.tobytes())
+    return path
+
+
+def cli_train_args(idx: str) -> list[str]:
+    """``bihm-triton train`` arguments of the command-line runs: the 8x8 digits of the IDX file ``idx``
+    (70 % of 1,797: 1,257 training points), 3 epochs of 63 steps."""
+    return ["train", "--data", f"idx:{idx}", "--sizes", "16,8", "--epochs", "3", "--batch-size", "20",
+            "--valid-k", "5", "--no-progress"]
+
+
+def cli_scenario(rank: int, tmp: str, idx: str) -> tuple:
+    """``bihm-triton train`` on 2 ranks, uninterrupted, into tmp/cli_U (in the group these processes
+    set up, as under torchrun): the reference of the killed-and-resumed torchrun run. Then the same
+    command again, refused (the folder holds a run) on every rank."""
+    from bihm_triton.cli import main
+
+    first = main([*cli_train_args(idx), "--out", os.path.join(tmp, "cli_U")])
+    again = main([*cli_train_args(idx), "--out", os.path.join(tmp, "cli_U")])
+    return first, again
+
+
 def all_scenarios(rank: int, data: dict, tmp: str) -> dict:
-    """Training and evaluation scenarios in one set of processes."""
-    return {"train": training_scenarios(rank, data, tmp), "eval": eval_scenarios(rank, data)}
+    """Training, evaluation and command-line scenarios in one set of processes."""
+    return {"train": training_scenarios(rank, data, tmp), "eval": eval_scenarios(rank, data),
+            "cli": cli_scenario(rank, tmp, data["idx"])}

@@ -16,7 +16,12 @@ float64 on the reference backend, so "equal up to summation order" can be held t
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -32,9 +37,11 @@ WORLD = 2
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(tmp_path_factory):
+    every = torch.cat([load_digits(s) for s in ("train", "valid", "test")])
     return {"train": load_digits("train")[:101], "valid": load_digits("valid")[:31],
-            "test": load_digits("test")[:37]}
+            "test": load_digits("test")[:37],
+            "idx": dw.write_idx(str(tmp_path_factory.mktemp("idx") / "digits-idx3-ubyte"), every)}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +56,7 @@ def spawned(data, tmp_path_factory):
     c.fit(1, progress=False, verbose=False)  # resumed on 2 ranks by the workers
     ranks = dw.spawn(dw.all_scenarios, WORLD, data, tmp, out_dir=os.path.join(tmp, "results"))
     return {"one": dw.snapshot(one), "ranks": [r["train"] for r in ranks], "evals": [r["eval"] for r in ranks],
-            "tmp": tmp}
+            "cli": [r["cli"] for r in ranks], "tmp": tmp, "idx": data["idx"]}
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +198,15 @@ def test_shard_range_covers_every_row_once():
         distributed.shard_range(10, 2, 2)
 
 
+def test_single_process_commands_are_refused_under_torchrun(monkeypatch, capsys, tmp_path):
+    from bihm_triton.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["sample", "--checkpoint", str(tmp_path), "--no-progress"]) == 2
+    assert "'sample' runs in one process: start it without torchrun" in capsys.readouterr().err
+
+
 def test_single_process_is_the_model(data):
     """Without a process group the sharded estimators are the model's own calls (same bits)."""
     model = dw.eval_model()
@@ -200,3 +216,62 @@ def test_single_process_is_the_model(data):
     b = model.log_likelihood(x, 5, seed=2)
     assert all(torch.equal(u, v) for u, v in zip(a[:2], b[:2]))
     assert distributed.estimate_log_z2(model, 20, seed=3) == model.estimate_log_z2(20, seed=3)
+
+
+def _torchrun(*args: str) -> list[str]:
+    """``torchrun --standalone --nproc-per-node 2 -m bihm_triton …`` (a free port, this Python)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+            "-m", "bihm_triton", *args]
+
+
+def _lines(path) -> int:
+    try:
+        with open(path) as f:
+            return len(f.read().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def test_torchrun_killed_run_resumes_exactly(spawned, tmp_path):
+    """``torchrun … train`` killed (SIGTERM to torchrun, which stops its workers) after its first epoch's
+    checkpoint, then ``torchrun … train --resume``: the same weights and Adam state, bit for bit, and
+    the same log, as the uninterrupted 2-rank run (made in the spawned processes); printed once."""
+    from safetensors.torch import load_file
+
+    assert spawned["cli"] == [(0, 2), (0, 2)]
+    reference = os.path.join(spawned["tmp"], "cli_U")
+    killed = tmp_path / "K"
+    run = subprocess.Popen(_torchrun(*dw.cli_train_args(spawned["idx"]), "--out", str(killed)), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while not (killed / "last.safetensors").exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # the first epoch's checkpoint (written after its log line)
+    run.send_signal(signal.SIGTERM)
+    log = run.communicate(timeout=120)[0].decode()
+    done = _lines(killed / "log.jsonl")
+    assert 1 <= done < 3, log  # killed after a checkpoint, before the end
+    resumed = subprocess.run(_torchrun("train", "--out", str(killed), "--resume", "--no-progress"),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stdout.count(f"resuming {killed}") == 1 and resumed.stdout.count("epoch    3") == 1
+    a, b = load_file(str(killed / "last.safetensors")), load_file(os.path.join(reference, "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ours = [{k: v for k, v in json.loads(s).items() if k != "seconds"} for s in open(killed / "log.jsonl")]
+    theirs = [{k: v for k, v in json.loads(s).items() if k != "seconds"} for s in open(f"{reference}/log.jsonl")]
+    assert ours == theirs
+
+
+def test_torchrun_eval_prints_once_and_equals_one_process(spawned, tmp_path):
+    from bihm_triton.cli import main
+
+    reference = os.path.join(spawned["tmp"], "cli_U")
+    args = ["eval", "--checkpoint", reference, "--k", "20", "--z-samples", "500", "--n-inner", "2", "--no-progress"]
+    ev = subprocess.run(_torchrun(*args, "--json", str(tmp_path / "two.json")), capture_output=True, text=True,
+                        timeout=300)
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    assert ev.stdout.count("test log p*(x)") == 1 and ev.stdout.count("wrote") == 1, ev.stdout
+    assert main([*args, "--json", str(tmp_path / "one.json")]) == 0
+    two, one = (json.load(open(tmp_path / f"{n}.json")) for n in ("two", "one"))
+    assert two.keys() == one.keys()
+    for k in one:
+        assert two[k] == pytest.approx(one[k], rel=1e-6, abs=1e-9), k
