@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .checkpoint import read_safetensors, save_safetensors_atomic, write_json_atomic
 from .distributed import Comm, log_likelihood as _sharded_log_likelihood
 from .model import BiHM
-from .reference.philox import MAX_SEED
+from .reference.philox import MAX_SEED, check_seed
 
 __all__ = ["TrainConfig", "Trainer"]
 
@@ -61,7 +61,7 @@ class TrainConfig:
     max_epochs: int = 1000
     patience: int = 10  #: stop after this many epochs without a better validation bound
     valid_k: int = 100  #: importance samples per validation point
-    seed: int = 0
+    seed: int | None = 0  #: of every random choice; None: drawn when a Trainer starts (then recorded)
 
     def __post_init__(self):
         if self.objective not in ("bihm", "rws"):
@@ -72,6 +72,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.seed is not None:
+            check_seed(self.seed)
 
 
 RUN_FILES = ("config.json", "last.safetensors", "best.safetensors", "log.jsonl")
@@ -149,10 +151,14 @@ class Trainer:
         self.fingerprints = {"train": data_fingerprint(self.train_x), "valid": data_fingerprint(self.valid_x)}
         self.data_source = data_source
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
-        if self.comm.distributed:  # one run: the same settings, data and architecture everywhere, rank 0's weights
-            self.comm.agree("the training settings, data fingerprints or model architectures",
-                            (dataclasses.asdict(self.config), self.fingerprints, model.config()))
-            self.comm.broadcast_tensors(list(model.parameters()))
+        # one run: the same settings, data and architecture on every rank, and one seed (seed=None: drawn
+        # from torch's generator, on rank 0 for all), then rank 0's initial weights everywhere
+        settings = dict(dataclasses.asdict(self.config), seed=None)
+        seed = self.comm.agree("the training settings, data fingerprints or model architectures",
+                               (settings, self.fingerprints, model.config()), seed=self.config.seed)
+        if seed != self.config.seed:
+            self.config = dataclasses.replace(self.config, seed=seed)
+        self.comm.broadcast_tensors(list(model.parameters()))
         if self.out_dir is not None and not _resuming:
             self.comm.on_main(_claim_run_dir, self.out_dir, overwrite)
         on_cuda = model.device.type == "cuda"

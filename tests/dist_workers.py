@@ -158,8 +158,16 @@ def training_scenarios(rank: int, data: dict, tmp: str) -> dict:
             t._capture = _fake_capture(counter).__get__(t)
         t.fit(progress=False, verbose=False)
         out[name] = dict(snapshot(t), cuda_graph=t.cuda_graph, **counter)
+    # seed=None: rank 0's draw for every rank (each rank's generator in another state)
+    model = train_model()
+    torch.manual_seed(100 + rank)
+    out["drawn_seed"] = Trainer(model, x, v, train_config(seed=None)).config.seed
     # refusals, on every rank alike
     errors = {}
+    try:
+        Trainer(train_model(), x, v, train_config(seed=rank))
+    except ValueError as e:
+        errors["seed"] = str(e)
     try:
         Trainer(train_model(), x, v, train_config(), out_dir=os.path.join(tmp, "A"))
     except FileExistsError as e:

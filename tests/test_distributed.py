@@ -145,6 +145,15 @@ def test_graph_step_keyed_on_the_shard_and_fallback_agreed(runs):
         _assert_same_run(r["A"], f, lr, exact=True)
 
 
+def test_one_seed_for_every_rank(runs):
+    from bihm_triton.reference.philox import draw_seed
+
+    torch.manual_seed(100)  # rank 0's generator state
+    assert [r["drawn_seed"] for r in runs["ranks"]] == [draw_seed()] * WORLD
+    for r in runs["ranks"]:
+        assert "seed differs between the ranks" in r["errors"]["seed"]
+
+
 def test_refusals_reach_every_rank(runs):
     for r in runs["ranks"]:
         e = r["errors"]
@@ -275,3 +284,17 @@ def test_torchrun_eval_prints_once_and_equals_one_process(spawned, tmp_path):
     assert two.keys() == one.keys()
     for k in one:
         assert two[k] == pytest.approx(one[k], rel=1e-6, abs=1e-9), k
+
+
+def test_seed_none_is_drawn_once_and_recorded(data, tmp_path):
+    from bihm_triton.reference.philox import draw_seed
+
+    model = dw.train_model()
+    torch.manual_seed(7)
+    t = Trainer(model, data["train"], data["valid"], dw.train_config(seed=None), out_dir=tmp_path)
+    torch.manual_seed(7)
+    assert t.config.seed == draw_seed()
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["train"]["seed"] == t.config.seed
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*63\)"):
+        dw.train_config(seed=-1)
