@@ -54,7 +54,7 @@ from .reference.estimators import MeanWithSE
 from .reference.philox import draw_seed
 
 __all__ = ["Comm", "shard_range", "log_likelihood", "effective_sample_size", "estimate_log_z2", "launch_from_env",
-           "torchrun_world_size"]
+           "local_device", "torchrun_world_size"]
 
 
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -102,6 +102,7 @@ class Comm:
 
         self.group = None
         self.rank, self.world_size = 0, 1
+        self.device = torch.device("cpu")  #: where collectives run: the current CUDA device for NCCL
         if process_group is False:
             return
         if process_group is None and not (dist.is_available() and dist.is_initialized()):

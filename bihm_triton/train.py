@@ -310,7 +310,8 @@ class Trainer:
             self._graph = None
 
     def train_epoch(self, progress: bool = True, heartbeat_s: float | None = None) -> dict:
-        """One pass over the training data; returns the epoch's mean bound and ESS (floats).
+        """One pass over the training data; returns the epoch's mean bound and ESS (floats). With more
+        than one rank: this rank's shards of every batch, and the means over all ranks' points.
 
         Without a progress bar, ``heartbeat_s`` prints a line every so many seconds (long epochs).
 
