@@ -62,6 +62,8 @@ class TrainConfig:
     patience: int = 10  #: stop after this many epochs without a better validation bound
     valid_k: int = 100  #: importance samples per validation point
     seed: int | None = 0  #: of every random choice; None: drawn when a Trainer starts (then recorded)
+    l1reg: float = 0.0  #: the authors' --l1reg: l1 · Σ|W| over every weight matrix, added once per step
+    l2reg: float = 0.0  #: the authors' --l2reg: l2 · Σ W² over every weight matrix, added once per step
 
     def __post_init__(self):
         if self.objective not in ("bihm", "rws"):
@@ -72,6 +74,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("l1reg", "l2reg"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
         if self.seed is not None:
             check_seed(self.seed)
 
@@ -191,10 +197,19 @@ class Trainer:
         """Loss and backward of this rank's rows of the batch (gradients must be None on entry); an empty
         shard computes nothing (loss 0, no gradients: it contributes zeros to the sum)."""
         cfg = self.config
+        # the weight penalty (the authors' --l1reg/--l2reg) is part of the step once in all: rank 0's loss
+        penalty = None
+        if (cfg.l1reg or cfg.l2reg) and self.comm.is_main:
+            penalty = self.model.weight_penalty(cfg.l1reg, cfg.l2reg)
         if x.shape[0] == 0:
             empty = x.new_zeros(0, dtype=self.model.dtype)
-            return x.new_zeros((), dtype=self.model.dtype), {"bound": empty, "log_p": empty, "ess": empty}
+            if penalty is not None:
+                penalty.backward()
+            zero = x.new_zeros((), dtype=self.model.dtype)
+            return (zero if penalty is None else penalty.detach()), {"bound": empty, "log_p": empty, "ess": empty}
         loss, stats = self.model.loss(x, cfg.k, cfg.objective, seed=seed, row_start=row_start, validate=False)
+        if penalty is not None:
+            loss = loss + penalty
         loss.backward()
         return loss.detach(), {k: v.detach() for k, v in stats.items()}
 

@@ -117,6 +117,35 @@ def test_train_step_is_the_loss_backward_and_adam(digits):
     assert t.step == 3
 
 
+def test_weight_penalty_enters_each_step_once(digits):
+    """TrainConfig(l1reg, l2reg): the step is Adam on loss + l1·Σ|W| + l2·ΣW² (the authors' --l1reg/--l2reg),
+    a model with deterministic layers included; the settings are validated."""
+    x, v = digits
+    cfg = TrainConfig(batch_size=32, lr=3e-3, l1reg=0.01, l2reg=0.5)
+
+    def model():
+        torch.manual_seed(3)
+        return BiHM([64, 16, 8], deterministic_layers=1)
+
+    t = Trainer(model(), x, v, cfg)
+    plain = model()
+    opt = torch.optim.Adam(plain.parameters(), lr=cfg.lr)
+    for step in range(2):
+        xb = x[32 * step:32 * (step + 1)]
+        out = t.train_step(xb, seed=7 + step)
+        opt.zero_grad()
+        loss, _ = plain.loss(xb, cfg.k, seed=7 + step)
+        loss = loss + plain.weight_penalty(0.01, 0.5)
+        loss.backward()
+        opt.step()
+        torch.testing.assert_close(out["loss"], loss.detach())
+    for (n, a), b in zip(t.model.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=n)
+    for bad in (dict(l1reg=-1.0), dict(l2reg=float("nan")), dict(l1reg="0.1")):
+        with pytest.raises(ValueError, match="reg must be a number >= 0"):
+            TrainConfig(**bad)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graph_step_equals_eager(digits):
     """The captured step (loss, backward, Adam replayed as one CUDA graph) gives the eager step's results,
