@@ -1,0 +1,161 @@
+"""The CPU backend (kernels/cpu: the C pass after a BLAS matmul) against the reference and torch's own ops.
+
+Its uniforms must equal the reference's Philox stream bit for bit (and through it Triton's and the
+Random123 vectors, tests/test_philox.py); with dyadic weights the logits are exact, so samples agree
+element for element up to the sigmoid's last-ulp rounding (assert_samples_match); log-likelihoods
+and gradients are compared with the float64 reference.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bihm_triton.reference as ref
+from bihm_triton import ops
+from helpers import binary, dyadic
+
+cpu = pytest.importorskip("bihm_triton.kernels.cpu")
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C compiler: the CPU backend is unavailable")
+
+SHAPES = [(1, 1, 1), (3, 17, 100), (17, 100, 3), (100, 300, 17), (300, 3, 300), (5, 0, 7), (1, 300, 17)]
+
+
+def _layer(R, N, M, *, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = binary(R, N, generator=g)
+    w = dyadic(torch.randn(M, N, generator=g) * 0.7).clamp(-2, 2)
+    b = dyadic(torch.randn(M, generator=g)).clamp(-2, 2)
+    return h, w, b
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**63 - 1), offset=st.integers(0, 2**62), rows=st.integers(0, 23),
+       cols=st.integers(0, 300))
+def test_uniforms_are_the_reference_stream(seed, offset, rows, cols):
+    assert torch.equal(cpu.uniform(seed, offset, rows, cols), ref.philox_uniform(seed, offset, rows, cols))
+
+
+@pytest.mark.parametrize("R,N,M", SHAPES)
+def test_samples_and_log_probs_equal_the_reference(R, N, M):
+    h, w, b = _layer(R, N, M, seed=R * 7 + M)
+    x, lp = ops.sbn_sample(h, w, b, seed=98765, offset=2**41 + R, backend="cpu")
+    xr, lpr = ref.sbn_sample(h, w, b, seed=98765, offset=2**41 + R)
+    assert torch.equal(x, xr)
+    torch.testing.assert_close(lp, lpr)
+    torch.testing.assert_close(ops.sbn_log_prob(h, xr, w, b, backend="cpu"), lpr)
+    for dt in (torch.uint8, torch.bool, torch.float16):
+        xd, _ = ops.sbn_sample(h, w, b, seed=98765, offset=2**41 + R, out_dtype=dt, backend="cpu")
+        assert xd.dtype == dt and torch.equal(xd.float(), xr)
+
+
+@pytest.mark.parametrize("wn", [False, True], ids=["plain", "weight_norm"])
+def test_log_prob_and_gradients_vs_float64_reference(wn):
+    h, w, b = _layer(37, 53, 29, seed=4)
+    h = h + 0.25 * torch.randn(h.shape)  # real-valued inputs (a deterministic layer's output) get a gradient too
+    g = torch.rand(29) + 0.5
+    x, _ = ref.sbn_sample(h, w, b, seed=5)
+    leaves = [t.clone().requires_grad_() for t in (h, w, b, g)]
+    leaves64 = [t.double().clone().requires_grad_() for t in (h, w, b, g)]
+    if wn:
+        got = ops.sbn_log_prob_wn(leaves[0], x, leaves[1], leaves[3], leaves[2], backend="cpu")
+        want = ops.sbn_log_prob_wn(leaves64[0], x, leaves64[1], leaves64[3], leaves64[2], backend="reference")
+    else:
+        got = ops.sbn_log_prob(leaves[0], x, leaves[1], leaves[2], backend="cpu")
+        want = ops.sbn_log_prob(leaves64[0], x, leaves64[1], leaves64[2], backend="reference")
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    coef = torch.randn(37)
+    (coef * got).sum().backward()
+    (coef.double() * want).sum().backward()
+    for a, b_ in zip(leaves[:3 if not wn else 4], leaves64):
+        torch.testing.assert_close(a.grad.double(), b_.grad, rtol=1e-4, atol=1e-5)
+    # the sample path: the same gradient of its log-likelihood, the sample held fixed
+    w1 = w.clone().requires_grad_()
+    xs, lps = ops.sbn_sample(h, w1, b, seed=5, backend="cpu")
+    assert torch.equal(xs, x) and not xs.requires_grad
+    lps.sum().backward()
+    w64 = w.double().requires_grad_()
+    ops.sbn_log_prob(h.double(), x, w64, b.double(), backend="reference").sum().backward()
+    torch.testing.assert_close(w1.grad.double(), w64.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_nan_and_infinite_logits_follow_the_reference():
+    a = torch.tensor([[float("nan"), float("inf"), -float("inf"), 0.0, 90.0, -90.0, 1e-30, 17.0]])
+    x, lp, d = cpu.sample(a.repeat(5, 1), 3, 0, want_d=True)
+    xr = ref.bernoulli_sample(a.repeat(5, 1), seed=3)
+    assert torch.equal(x, xr)
+    assert torch.isnan(lp).all()  # the NaN logit makes every row's log-likelihood NaN, as the reference
+    finite = a[:, 1:].repeat(5, 1)
+    x2, lp2, d2 = cpu.sample(finite, 3, 0, want_d=True)
+    torch.testing.assert_close(lp2, ref.bernoulli_log_prob(finite, x2))
+    torch.testing.assert_close(d2, x2 - torch.sigmoid(finite))
+    # score mode with an impossible target: −inf, not NaN
+    lp3, _ = cpu.score(torch.tensor([[float("inf"), 3.0]]), torch.tensor([[0.0, 1.0]]))
+    assert lp3.item() == -float("inf")
+
+
+def test_threads_split_rows_without_changing_anything():
+    a = torch.randn(4099, 333)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu.sample(a, 11, 2**40, want_d=True)
+        torch.set_num_threads(2)
+        two = cpu.sample(a, 11, 2**40, want_d=True)
+    finally:
+        torch.set_num_threads(old)
+    for u, v in zip(one, two):
+        assert torch.equal(u, v)
+
+
+def test_auto_backend_uses_it_for_float32_only():
+    assert ops.resolve_backend("auto", torch.device("cpu"), torch.float32) == "cpu"
+    assert ops.resolve_backend("auto", torch.device("cpu"), torch.float64) == "reference"
+    with pytest.raises(TypeError, match="float64.*backend='reference'"):
+        ops.sbn_sample(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64),
+                       torch.zeros(4, dtype=torch.float64), seed=1, backend="cpu")
+
+
+def _run_python(code: str, env_extra: dict, tmp_path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, BIHM_TRITON_CACHE_DIR=str(tmp_path / "cache"), **env_extra)
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_no_compiler_falls_back_to_the_reference_with_one_line(tmp_path):
+    """Without a C compiler: one line on stderr, no traceback, and the model runs (on the reference)."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    code = ("import torch\nfrom bihm_triton import ops\nfrom bihm_triton.model import BiHM\n"
+            "m = BiHM([6, 4, 2])\nx = m.sample_p(5, seed=1)\n"
+            "print(m.engine.name, ops.resolve_backend('auto', torch.device('cpu'), torch.float32))\n"
+            "print(m.log_likelihood(x, 3, seed=2).log_p.shape)\n")
+    out = _run_python(code, {"PATH": str(empty), "CC": ""}, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "layers reference"
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bihm_triton: the CPU backend is unavailable (no C compiler"), \
+        out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_slow_first_build_is_announced_once(tmp_path):
+    """A build that takes over a second says so in one line (simulated with a slow compiler wrapper); the
+    next process finds the cached build and says nothing."""
+    wrapper = tmp_path / "slowcc"
+    real = next(c for c in ("cc", "gcc", "clang") if __import__("shutil").which(c))
+    wrapper.write_text(f"#!/bin/sh\nsleep 1.2\nexec {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    code = "from bihm_triton.kernels import cpu\nassert cpu.available()\n"
+    first = _run_python(code, {"CC": str(wrapper)}, tmp_path)
+    assert first.returncode == 0, first.stderr
+    lines = [ln for ln in first.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bihm_triton: built the CPU kernels in"), first.stderr
+    second = _run_python(code, {"CC": str(wrapper)}, tmp_path)
+    assert second.returncode == 0 and second.stderr.strip() == "", second.stderr
