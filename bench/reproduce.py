@@ -44,7 +44,10 @@ import torch
 DEPTH_SPECS = {2: "0.5x-2l-10", 4: "0.45x-4l-10", 6: "0.4x-6l-10", 12: "0.33x-12l-10"}
 HEADLINE_SIZES = "300,200,100,75,50,35,30,25,20,15,10,10"
 UCI_SETS = ("adult", "connect4", "dna", "mushrooms", "nips")
-UCI_CANDIDATES = ("100,50", "200,100,50,25")
+#: The UCI grid (``--uci-grid``): architecture[@l2reg], chosen on the validation bound only.
+UCI_CANDIDATES = ("100,50", "200,100,50", "100,50@0.001", "200,100,50@0.001")
+#: Hidden widths of the one-hidden-layer SBN trained with RWS (a reference row), chosen on validation.
+UCI_RWS_SBN = (100, 200)
 K_GRID = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000)
 
 
@@ -66,9 +69,10 @@ def _params(sizes) -> int:
 
 
 def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", lr: float | None = None,
-          resume: bool = False):
-    """Train until early stopping or ``args.minutes`` of wall time in all (a resumed run's earlier epochs count;
-    at least one epoch); returns (trainer, facts)."""
+          resume: bool = False, l2reg: float | None = None):
+    """Train until early stopping (``--patience`` epochs without a better validation bound), ``--epochs`` epochs
+    in all, or ``--minutes`` of wall time in all (a resumed run's earlier epochs count; at least one epoch);
+    returns (trainer, facts)."""
     from bihm_triton.model import BiHM
     from bihm_triton.train import TrainConfig, Trainer
 
@@ -76,10 +80,13 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
     device = torch.device(args.device)
     train_x, valid_x = train_x.to(device), valid_x.to(device)
     given = {"sizes": list(sizes), "objective": objective, "lr": lr or args.lr, "seed": args.seed,
-             "valid_k": args.valid_k}
+             "valid_k": args.valid_k, "l1reg": getattr(args, "l1reg", 0.0),
+             "l2reg": getattr(args, "l2reg", 0.0) if l2reg is None else l2reg, "patience": getattr(args, "patience", 10)}
     if resume and os.path.exists(os.path.join(out, "last.safetensors")):
         trainer = Trainer.resume(out, train_x, valid_x, device=device)
         own = {"sizes": list(trainer.model.sizes), **{k: getattr(trainer.config, k) for k in given if k != "sizes"}}
+        if trainer.config.patience != given["patience"]:  # a longer patience continues an early-stopped run
+            trainer.config.patience = given["patience"]
         differ = [f"{k} {own[k]} (given {given[k]})" for k in given if own[k] != given[k]]
         if differ:
             _log(f"{name}: the resumed run keeps its own settings: {', '.join(differ)}")
@@ -87,17 +94,18 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
         if resume:
             _log(f"{name}: no run to resume at {out}; starting a new one")
         torch.manual_seed(args.seed)
-        model = BiHM(sizes, device=device)
+        model = BiHM(sizes, device=device, deterministic_layers=getattr(args, "deterministic_layers", 0))
         cfg = TrainConfig(objective=objective, lr=given["lr"], max_epochs=100_000, seed=args.seed,
-                          valid_k=args.valid_k)
+                          valid_k=args.valid_k, l1reg=given["l1reg"], l2reg=given["l2reg"], patience=given["patience"])
         if not args.overwrite and os.path.exists(os.path.join(out, "config.json")):
             raise FileExistsError(f"{out} already holds a run: continue it with --resume, replace it with "
                                   "--overwrite, or choose another --runs")
         trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=args.overwrite)
     t0, e0 = time.perf_counter(), trainer.epoch
     before = sum(r.get("seconds", 0.0) for r in trainer.history)  # a resumed run's earlier sessions count
-    while trainer.bad_epochs < trainer.config.patience and (trainer.epoch == 0 or  # at least one epoch in all
-                                                           before + time.perf_counter() - t0 < 60 * args.minutes):
+    max_epochs = getattr(args, "epochs", None) or 10**9
+    while trainer.bad_epochs < trainer.config.patience and trainer.epoch < max_epochs and (
+            trainer.epoch == 0 or before + time.perf_counter() - t0 < 60 * args.minutes):  # at least one epoch
         trainer.fit(1, progress=False, verbose=False)
         r = trainer.history[-1]
         _log(f"{name}: epoch {r['epoch']} train bound {r['train_bound']:.2f} valid bound {r['valid_bound']:.2f}"
@@ -108,6 +116,12 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
              round((time.perf_counter() - t0) / 60, 1), "train_minutes_total":
              round(sum(r.get("seconds", 0.0) for r in trainer.history) / 60, 1), "best_valid_bound": trainer.best,
              "valid_k": trainer.config.valid_k, "early_stopped": trainer.bad_epochs >= trainer.config.patience,
+             "patience": trainer.config.patience, "l1reg": trainer.config.l1reg, "l2reg": trainer.config.l2reg,
+             "deterministic_layers": trainer.model.deterministic_layers,
+             "curve": [{"epoch": r["epoch"], "valid_bound": r["valid_bound"], "train_bound": r["train_bound"],
+                        "seconds": r.get("seconds")} for r in trainer.history],
+             "stopped_by": ("early stopping" if trainer.bad_epochs >= trainer.config.patience else
+                            "epoch limit" if trainer.epoch >= max_epochs else "time budget"),
              "run": out}
     return trainer, facts
 
@@ -148,10 +162,26 @@ def evaluate(model, test_x, args, *, k: int, seed: int) -> dict:
             "log_p_star_se": math.hypot(se, z.se)}
 
 
+def _commit() -> str | None:
+    """The checkout's commit (with ``+dirty`` when it has uncommitted changes), or None outside git."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
 def _save(args, name: str, result: dict) -> None:
     os.makedirs(args.out, exist_ok=True)
     result = dict(result, date=time.strftime("%Y-%m-%d"), device=str(args.device), torch=torch.__version__,
-                  threads=torch.get_num_threads(), command=" ".join(["python bench/reproduce.py", *sys.argv[1:]]))
+                  threads=torch.get_num_threads(), command=" ".join(["python bench/reproduce.py", *sys.argv[1:]]),
+                  commit=_commit())
     path = os.path.join(args.out, f"{name}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
@@ -212,22 +242,67 @@ def run_depth(args) -> dict:
     return result
 
 
+def parse_candidate(spec: str) -> tuple[str, float]:
+    """``"200,100,50@0.001"`` -> (``"200,100,50"``, l2reg 0.001); no ``@``: l2reg 0."""
+    arch, _, reg = spec.partition("@")
+    return arch, float(reg) if reg else 0.0
+
+
+def bernoulli_baseline(train_x: torch.Tensor, test_x: torch.Tensor) -> dict:
+    """The independent-Bernoulli model fitted on the training split with add-one smoothing,
+    ``p_j = (Σ_n x_nj + 1) / (N + 2)``: its exact average test log-likelihood ± standard error (nats)."""
+    x = train_x.double()
+    p = (x.sum(0) + 1.0) / (x.shape[0] + 2.0)
+    t = test_x.double()
+    ll = (t * torch.log(p) + (1 - t) * torch.log1p(-p)).sum(1)
+    return {"log_p": float(ll.mean()), "log_p_se": float(ll.std() / math.sqrt(ll.numel())), "test_points": len(t)}
+
+
+def evaluate_rws(model, test_x, args, *, k: int, seed: int) -> dict:
+    """Test log p(x) (the IS estimate RWS reports, K samples) ± standard error (nats), once."""
+    x = test_x.to(model.device)
+    lp = model.log_likelihood(x, k, seed=seed + 2).log_p.double()
+    return {"test_points": len(x), "k": k, "log_p": float(lp.mean()), "log_p_se": float(lp.std() / math.sqrt(len(x)))}
+
+
 def run_uci(args) -> dict:
+    """Every set: the grid of BiHMs trained to early stopping, the best on the validation bound evaluated once on
+    the whole test split; the reference rows (independent Bernoulli, one-hidden-layer SBN trained with RWS)."""
     from bihm_triton.model import parse_sizes
 
-    result = {"experiment": "uci", "candidates": list(UCI_CANDIDATES), "sets": {}}
+    path = os.path.join(args.out, "uci.json")
+    result = {"experiment": "uci", "candidates": list(args.uci_grid), "rws_sbn_widths": list(UCI_RWS_SBN),
+              "sets": {}}
+    if os.path.exists(path) and args.resume:  # keep the sets finished in earlier sessions
+        old = json.load(open(path))
+        if old.get("candidates") == result["candidates"]:
+            result["sets"] = {k: v for k, v in old.get("sets", {}).items() if k not in args.sets}
     for name in args.sets:
         train_x, valid_x, test_x = _data(name, args)
+        d0 = train_x.shape[1]
         tried = {}
-        for spec in UCI_CANDIDATES:
-            _, facts = train(f"uci-{name}-{spec.replace(',', '-')}", parse_sizes(spec, train_x.shape[1]), train_x,
-                             valid_x, args, resume=args.resume)
+        for spec in args.uci_grid:
+            arch, l2 = parse_candidate(spec)
+            tag = arch.replace(",", "-") + (f"-l2-{l2:g}" if l2 else "")
+            _, facts = train(f"uci-{name}-{tag}", parse_sizes(arch, d0), train_x, valid_x, args, resume=args.resume,
+                             l2reg=l2)
             tried[spec] = facts
         chosen = max(tried, key=lambda s: tried[s]["best_valid_bound"])  # the validation split only
         model = best_model(tried[chosen]["run"], torch.device(args.device))
-        result["sets"][name] = {"chosen": chosen, "candidates": tried,
-                                **evaluate(model, test_x, args, k=args.k, seed=args.seed)}
-        _log(f"uci {name}: chose {chosen}, test log p* {result['sets'][name]['log_p_star']:.2f}")
+        entry = {"chosen": chosen, "candidates": tried, **evaluate(model, test_x, args, k=args.k, seed=args.seed)}
+        entry["bernoulli"] = bernoulli_baseline(train_x, test_x)
+        sbn = {}
+        for width in UCI_RWS_SBN:
+            _, facts = train(f"uci-{name}-rws-sbn-{width}", [d0, width], train_x, valid_x, args, objective="rws",
+                             resume=args.resume, l2reg=0.0)
+            sbn[str(width)] = facts
+        best_w = max(sbn, key=lambda w: sbn[w]["best_valid_bound"])
+        rws_model = best_model(sbn[best_w]["run"], torch.device(args.device))
+        entry["rws_sbn"] = {"chosen_width": int(best_w), "candidates": sbn,
+                            **evaluate_rws(rws_model, test_x, args, k=args.k, seed=args.seed)}
+        result["sets"][name] = entry
+        _log(f"uci {name}: chose {chosen}, test log p* {entry['log_p_star']:.2f}; Bernoulli "
+             f"{entry['bernoulli']['log_p']:.2f}; RWS SBN-{best_w} log p {entry['rws_sbn']['log_p']:.2f}")
         _save(args, "uci", result)
     return result
 
@@ -241,7 +316,13 @@ def run_headline(args) -> dict:
     test_x, subset = test_subset(test_x, args.test_points, args.seed)
     result = {"experiment": "headline", "data": "binarized_mnist", "published_log_p_star": -84.8, "test_subset": subset,
               **facts, **evaluate(model, test_x, args, k=args.k, seed=args.seed)}
+    curve = facts["curve"]
+    if len(curve) >= 2:  # the bound's slope over the last epochs (nats per epoch): is it still improving?
+        tail = curve[-min(5, len(curve)):]
+        result["valid_bound_slope_last_epochs"] = (tail[-1]["valid_bound"] - tail[0]["valid_bound"]) / max(
+            1, tail[-1]["epoch"] - tail[0]["epoch"])
     _save(args, "headline", result)
+    figure_curve(result, os.path.join(args.out, "headline.png"))
     return result
 
 
@@ -279,6 +360,22 @@ def figure_ess(result: dict, path: str) -> None:
     for ax in (a, b):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure_curve(result: dict, path: str) -> None:
+    """The headline's training curve: validation (and training) bound per epoch, every session's epochs."""
+    plt = _plt()
+    c = result["curve"]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot([r["epoch"] for r in c], [r["valid_bound"] for r in c], label=f"validation bound (K = {result['valid_k']})")
+    ax.plot([r["epoch"] for r in c], [r["train_bound"] for r in c], alpha=0.6, label="training bound (K = 10)")
+    ax.axhline(result["published_log_p_star"], color="gray", ls=":", lw=1, label="published test log p* (84.8)")
+    ax.set(xlabel="epoch", ylabel="nats", title="the 12-layer BiHM on binarized MNIST")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -424,6 +521,17 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default=None, help="ess: the architecture (default 200,100,50)")
     ap.add_argument("--depths", type=int, nargs="*", default=sorted(DEPTH_SPECS), help="depth: which nets")
     ap.add_argument("--sets", nargs="*", default=list(UCI_SETS), help="uci: which sets")
+    ap.add_argument("--uci-grid", nargs="*", default=list(UCI_CANDIDATES), help="uci: candidate architectures, "
+                    "each 'widths[@l2reg]' (chosen on the validation bound)")
+    ap.add_argument("--epochs", type=int, default=None, help="stop every model at this many epochs in all (depth: "
+                    "equal training)")
+    ap.add_argument("--patience", type=int, default=10, help="early stopping: epochs without a better validation "
+                    "bound (the authors': 10)")
+    ap.add_argument("--l1reg", type=float, default=0.0, help="the authors' --l1reg (l1 · Σ|W| per step)")
+    ap.add_argument("--l2reg", type=float, default=0.0, help="the authors' --l2reg (l2 · Σ W² per step; uci: "
+                    "the grid's @l2reg overrides it)")
+    ap.add_argument("--deterministic-layers", type=int, default=0, help="the authors' --deterministic-layers: tanh "
+                    "hidden layers inside every conditional")
     once = ap.add_mutually_exclusive_group()
     once.add_argument("--overwrite", action="store_true", help="replace runs already in --runs (without it, and "
                     "without --resume, an existing run is an error)")
