@@ -124,6 +124,9 @@ def configure(benchmark_disabled: bool) -> None:
     if tier not in TIER_NAMES:
         raise pytest.UsageError(f"BIHM_BENCH_SIZE must be one of {TIER_NAMES}, got {tier!r}")
     STATE.tier = tier
+    threads = os.environ.get("BIHM_BENCH_THREADS")
+    if threads:  # torch's intra-op threads (the CPU tier is reported at 1 and at 2)
+        torch.set_num_threads(int(threads))
     if ON_GPU:
         # tf32 for every provider (torch matmuls and the Triton kernels' tl.dot follow this setting)
         torch.set_float32_matmul_precision("high")
@@ -529,6 +532,7 @@ def run_benchmark(benchmark, *, provider: str, case: str, name: str, shape: str,
     info = dict(
         provider=provider, case=case, name=name, shape=shape, case_id=f"{name}[{shape}]", params=params,
         items=items, unit=unit, tier=STATE.tier, device=device_name(), matmul_precision=STATE.matmul_precision,
+        threads=torch.get_num_threads(),
         input_sets=len(sets), torch=torch.__version__, triton=_version("triton"),
     )
     if provider.startswith("torch_compile"):
