@@ -327,6 +327,18 @@ def _check_resume_conflicts(out_dir: str, given: dict, d0: int) -> None:
                          f"{'; '.join(conflicts)}. Leave them out, or start a new run with another --out")
 
 
+def _note_full_size_list(spec: str, sizes: list, command: str) -> None:
+    """One line when an explicit ``--sizes`` list starts with the data width: the user may have given the
+    full ``[d_0, d_1, ...]`` list (as ``BiHM`` takes it) where the command takes latent widths only."""
+    from .model import _GEOMETRIC
+
+    if _GEOMETRIC.match(spec) or sizes[1] != sizes[0]:
+        return
+    hint = f"; for {[sizes[0], *sizes[2:]]} give --sizes {','.join(map(str, sizes[2:]))}" if len(sizes) > 2 else ""
+    print(f"bihm-triton {command}: note: --sizes lists the latent widths only (d_0 = {sizes[0]} comes from the "
+          f"data), so this trains {sizes}, whose first latent layer is as wide as the data{hint}", flush=True)
+
+
 def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
     from .model import BiHM, parse_sizes
     from .train import RUN_FILES, TrainConfig, Trainer
@@ -366,6 +378,8 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
         print(f"resuming {out} (--data {source}) at epoch {trainer.epoch} (up to epoch {trainer.config.max_epochs})")
     else:
         sizes = parse_sizes(settings["sizes"], train_x.shape[1])
+        if "sizes" in given:
+            _note_full_size_list(given["sizes"], sizes, args.command)
         model = BiHM(sizes, weight_norm=settings["weight_norm"], backend=args.backend, device=device)
         cfg = TrainConfig(k=settings["k"], batch_size=settings["batch_size"], lr=settings["lr"],
                           objective=settings["objective"], max_epochs=settings["epochs"],
@@ -529,7 +543,8 @@ def _common(p: argparse.ArgumentParser, *, seed_default=0) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per stage instead)")
 
 
-def _train_options(p: argparse.ArgumentParser, defaults: dict, out: str) -> None:
+def _train_options(p: argparse.ArgumentParser, defaults: dict, out: str, *, resume: bool) -> None:
+    """The training options of ``train`` and ``demo``; ``resume``: the command has ``--resume``."""
     d = defaults
     p.add_argument("--sizes", default=None,
                    help=f"LATENT widths, bottom to top; the data width d_0 comes from the data: '200,100,50' or "
@@ -543,7 +558,8 @@ def _train_options(p: argparse.ArgumentParser, defaults: dict, out: str) -> None
     p.add_argument("--lr", type=_positive_float, default=None,
                    help=f"Adam learning rate (default {d['lr']}; the authors' is 1e-3)")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
-                   help=f"maximum epochs (default {d['epochs']}; with --resume: a new limit for the run)")
+                   help=f"maximum epochs (default {d['epochs']}" + ("; with --resume: a new limit for the run)"
+                                                                    if resume else ")"))
     p.add_argument("--patience", type=_int_at_least(1), default=None,
                    help=f"early stopping patience in epochs (default {d['patience']})")
     p.add_argument("--valid-k", type=_int_at_least(1), default=None,
@@ -561,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train on the bundled 8x8 digits, evaluate, write demo.png")
-    _train_options(p, DEMO_DEFAULTS, "bihm-demo")
+    _train_options(p, DEMO_DEFAULTS, "bihm-demo", resume=False)
     p.add_argument("--eval-k", type=_int_at_least(1), default=1000, help="importance samples per test point (1000)")
     p.add_argument("--z-samples", type=_int_at_least(2), default=100_000, help="samples for log Z^2 (100000)")
     p.add_argument("--n-inner", type=_int_at_least(1), default=10, help="inner q-samples per Z^2 term (10)")
@@ -571,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a BiHM (authors' defaults: K = 10, batch 100, Adam lr 1e-3)")
     p.add_argument("--data", default=None, help=DATA_HELP + " (with --resume: the run's own)")
-    _train_options(p, TRAIN_DEFAULTS, "bihm-run")
+    _train_options(p, TRAIN_DEFAULTS, "bihm-run", resume=True)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out with its own settings (give --epochs to raise its limit)")
     _common(p, seed_default=None)

@@ -40,7 +40,8 @@ def parse_sizes(spec: str, d0: int) -> list[int]:
     ``parse_sizes("0.5x-4l-10", 784) == [784, 392, 115, 33, 10]``.
 
     Raises:
-        ValueError: an unparseable spec, or a width < 1 (e.g. ``"784,0,10"``).
+        ValueError: an unparseable spec, an empty entry (``"200,,50"``, ``"200,50,"``), or a width < 1
+            (e.g. ``"784,0,10"``).
     """
     if not isinstance(spec, str):
         raise TypeError(f"sizes spec must be a string like '200,100,50', got {type(spec).__name__}")
@@ -61,12 +62,17 @@ def parse_sizes(spec: str, d0: int) -> list[int]:
             base = np.exp(np.log(first / float(last)) / (n - 1))
             latent = [int(float(last) * base ** i) for i in reversed(range(n))]
     else:
+        entries = spec.replace(" ", "").split(",")
+        if entries == [""]:
+            raise ValueError(f"sizes spec {spec!r} lists no latent layer")
+        for i, t in enumerate(entries):
+            if t == "":  # '200,,50' or a trailing comma: never drop an entry silently
+                raise ValueError(f"sizes spec {spec!r}: entry {i + 1} of {len(entries)} is empty; give every latent "
+                                 f"width, e.g. '200,100,50'")
         try:
-            latent = [int(t) for t in spec.replace(" ", "").split(",") if t != ""]
+            latent = [int(t) for t in entries]
         except ValueError:
             raise ValueError(f"sizes spec {spec!r} is neither 'd1,d2,...' nor '<f>x-<n>l-<last>'") from None
-        if not latent:
-            raise ValueError(f"sizes spec {spec!r} lists no latent layer")
     for i, d in enumerate(latent):
         if d < 1:
             raise ValueError(f"sizes spec {spec!r}: latent width {i + 1} is {d}; widths must be >= 1")
