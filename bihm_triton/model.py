@@ -156,21 +156,27 @@ class BiHM(ref.BiHM):
         sizes: ``[d_0, d_1, …, d_L]`` (data width, then latent widths bottom to top).
         weight_norm: parameters ``weight_v``/``weight_g`` per layer (Salimans & Kingma 2016).
         backend: ``"auto"`` (Triton on CUDA, reference on CPU), ``"triton"`` or ``"reference"``.
-        device, dtype: of the parameters (float32 default). float64 runs the reference math in float64 on
-            the reference backend; the Triton kernels always compute in fp32 (results are cast).
+        device, dtype: of the parameters (float32 default). The Triton kernels compute in float32, so a
+            float64 model runs the reference math in float64 under ``backend="auto"`` (on CUDA too), and
+            ``backend="triton"`` refuses float64.
         chunk_rows: rows per chunk in the streaming estimators (memory ∝ chunk_rows × widest layer).
 
     Parameter layout, initialization and every formula: :class:`bihm_triton.reference.BiHM`.
 
     Raises:
-        ValueError / TypeError: bad sizes (``[]``, ``[784, 0, 10]``), backend or chunk_rows.
+        ValueError / TypeError: bad sizes (``[]``, ``[784, 0, 10]``), backend or chunk_rows;
+            TypeError: ``dtype=torch.float64`` with ``backend="triton"``.
     """
 
     def __init__(self, sizes, *, weight_norm: bool = False, backend: str = "auto", device=None,
                  dtype=torch.float32, chunk_rows: int = 1 << 16):
-        super().__init__(sizes, weight_norm=weight_norm, device=device, dtype=dtype)
         if backend not in ops.BACKENDS:
             raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+        if backend == "triton" and dtype == torch.float64:
+            raise TypeError("backend='triton' computes in float32, but dtype is torch.float64; use "
+                            "dtype=torch.float32, or backend='reference' (or 'auto', which runs a float64 model on "
+                            "the reference, on CUDA too) for float64")
+        super().__init__(sizes, weight_norm=weight_norm, device=device, dtype=dtype)
         check_positive_int(chunk_rows, "chunk_rows", 4)
         self.backend = backend
         self.chunk_rows = chunk_rows - chunk_rows % 4

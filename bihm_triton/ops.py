@@ -1,7 +1,8 @@
 """Public functional ops: stochastic binary layers and weight normalization, autograd-aware.
 
 Backends: ``backend="auto"`` runs the Triton kernels (:mod:`bihm_triton.kernels`) on CUDA tensors
-and the reference (:mod:`bihm_triton.reference`) on CPU tensors; ``"triton"`` or ``"reference"``
+and the reference (:mod:`bihm_triton.reference`) on CPU tensors and on float64 inputs (the kernels
+compute in float32; ``"triton"`` refuses float64 with a TypeError); ``"triton"`` or ``"reference"``
 forces one (the Triton backend accepts CPU tensors when ``TRITON_INTERPRET=1``, which is how the
 tests run it without a GPU). The Triton ops are registered with ``torch.library`` (namespace
 ``bihm_triton``), with fake implementations and autograd formulas, so ``torch.compile(fullgraph=True)``
@@ -69,6 +70,27 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "triton" and not _TRITON_AVAILABLE:
         raise RuntimeError("backend='triton' needs the triton package (Linux); use backend='reference'")
     return backend
+
+
+def _backend_for(backend: str, device: torch.device, **tensors) -> str:
+    """The backend that runs an op on ``tensors`` (the inputs that set its compute dtype): as
+    :func:`resolve_backend`, except for float64. The Triton kernels compute in float32, so float64 inputs
+    run on the reference under ``"auto"`` (float64 math, as on the CPU) and are refused under ``"triton"``
+    (a float32 result returned as float64 would pass for float64 precision).
+
+    Raises:
+        TypeError: ``backend="triton"`` with a float64 input (the message names it and the alternatives).
+    """
+    resolved = resolve_backend(backend, device)
+    if resolved == "triton":
+        wide = [name for name, t in tensors.items() if t is not None and t.dtype == torch.float64]
+        if wide:
+            if backend == "auto":
+                return "reference"
+            raise TypeError(f"backend='triton' computes in float32, but {wide[0]} is float64; pass float32 "
+                            f"tensors, or use backend='reference' (or 'auto', which runs float64 inputs on the "
+                            f"reference) for float64 results")
+    return resolved
 
 
 def _validating(validate: bool) -> bool:
@@ -339,7 +361,9 @@ def sbn_sample(
             seed from torch's default generator (``torch.manual_seed`` reproduces the run).
         offset: first Philox counter; the draw consumes ``ceil(R/4)·M`` counters.
         out_dtype: dtype of the sample, e.g. ``torch.float32`` (default) or ``torch.uint8`` (fastest).
-        backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+        backend: ``"auto"``, ``"triton"`` or ``"reference"``. The Triton kernels compute in float32:
+            under ``"auto"`` float64 inputs (h, weight, bias) run on the reference, in float64;
+            ``"triton"`` refuses them.
 
     Returns:
         ``(x, log_prob)``: x (R, M) ``out_dtype`` in {0, 1}, no gradient; log_prob (R,) float32
@@ -348,12 +372,12 @@ def sbn_sample(
     Raises:
         ValueError: mismatched shapes (the message names the argument and the expected shape),
             tensors on different devices, a seed outside ``[0, 2**63)``, a negative offset.
-        TypeError: unsupported dtypes.
+        TypeError: unsupported dtypes; a float64 input with ``backend="triton"``.
         RuntimeError: ``backend="triton"`` on CPU tensors without ``TRITON_INTERPRET=1``.
     """
     check_layer_args(h, weight, bias)
     check_offset(offset)
-    backend = resolve_backend(backend, h.device)
+    backend = _backend_for(backend, h.device, h=h, weight=weight, bias=bias)
     if backend == "reference":
         return ref.sbn_sample(h, weight, bias, seed=_reference_seed(seed), offset=offset, out_dtype=out_dtype)
     return _sample(h, weight, bias, None, _seed_arg(seed), offset, out_dtype)
@@ -385,7 +409,7 @@ def sbn_log_prob(
     check_layer_args(h, weight, bias, x)
     if _validating(validate):
         check_binary(x, "x")
-    backend = resolve_backend(backend, h.device)
+    backend = _backend_for(backend, h.device, h=h, weight=weight, bias=bias)
     if backend == "reference":
         return ref.bernoulli_log_prob(ref.sbn_logits(h, weight, bias), x)
     return _log_prob(h, x, weight, bias, None)
@@ -414,7 +438,7 @@ def sbn_sample_wn(
     check_layer_args(h, weight_v, bias, weight_name="weight_v")
     g = check_weight_norm_args(weight_v, weight_g, 0)
     check_offset(offset)
-    backend = resolve_backend(backend, h.device)
+    backend = _backend_for(backend, h.device, h=h, weight_v=weight_v, weight_g=g, bias=bias)
     if backend == "reference":
         return ref.sbn_sample_wn(h, weight_v, g, bias, seed=_reference_seed(seed), offset=offset, out_dtype=out_dtype)
     return _sample(h, weight_v, bias, g, _seed_arg(seed), offset, out_dtype)
@@ -435,7 +459,7 @@ def sbn_log_prob_wn(
     g = check_weight_norm_args(weight_v, weight_g, 0)
     if _validating(validate):
         check_binary(x, "x")
-    backend = resolve_backend(backend, h.device)
+    backend = _backend_for(backend, h.device, h=h, weight_v=weight_v, weight_g=g, bias=bias)
     if backend == "reference":
         return ref.bernoulli_log_prob(ref.sbn_logits(h, weight_v, bias, scale=ref.weight_norm_scale(weight_v, g)), x)
     return _log_prob(h, x, weight_v, bias, g)
@@ -458,16 +482,17 @@ def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int | None 
         backend: as in :func:`sbn_sample`.
 
     Returns:
-        (M, N) weight in the promoted dtype of the inputs (fp32 arithmetic on the Triton backend),
-        differentiable in both inputs.
+        (M, N) weight in the promoted dtype of the inputs (fp32 arithmetic on the Triton backend, which
+        therefore takes no float64 input: ``"auto"`` runs those on the reference), differentiable in
+        both inputs.
 
     Raises:
         ValueError: a bad dim or a weight_g shape that does not fit weight_v (named in the message).
-        TypeError: non-floating inputs.
+        TypeError: non-floating inputs; a float64 input with ``backend="triton"``.
     """
     check_tensor(weight_v, "weight_v", 2, symbols="(M, N)")
     g = check_weight_norm_args(weight_v, weight_g, dim)
-    backend = resolve_backend(backend, weight_v.device)
+    backend = _backend_for(backend, weight_v.device, weight_v=weight_v, weight_g=g)
     if backend == "reference" or dim in (-1, None):
         return ref.weight_norm(weight_v, weight_g, dim)
     if dim % 2 == 0:

@@ -500,7 +500,20 @@ class BiHM(nn.Module):
             a dict of (B,) tensors, left on the device (nothing is read back): ``bound`` (the
             log p̃*(x) estimate, nats), ``log_p`` (the IS estimate of log p(x), nats), ``ess`` (the
             effective sample size of the weights the objective uses).
+
+        Raises:
+            ValueError: x has no rows (B = 0; as ``sample_p(0)`` refuses n = 0: an empty batch has no
+                loss to train on), is not binary or has the wrong width; a bad objective or k.
         """
+        if isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == 0:
+            raise ValueError(f"x must have at least one row (B >= 1), got shape {tuple(x.shape)}: an empty batch "
+                             f"has no loss to train on")
+        return self._loss(x, k, objective, seed=seed, offset=offset, validate=validate)
+
+    def _loss(self, x: torch.Tensor, k: int = 10, objective: str = "bihm", *, seed=None, offset: int = 0,
+              validate: bool = True):
+        """:meth:`loss` without the check for rows: an empty batch (an empty shard of a distributed step)
+        has the loss 0 (a sum over no data points) and empty stats."""
         if objective not in ("bihm", "rws"):
             raise ValueError(f"objective must be 'bihm' or 'rws', got {objective!r}")
         x = self._check_x(x, validate=validate)
