@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ TRAIN_KEYS = ("sizes", "weight_norm", "objective", "k", "batch_size", "lr", "epo
 TRAIN_DEFAULTS = dict(sizes="200,100,50", weight_norm=False, objective="bihm", k=10, batch_size=100, lr=1e-3,
                       epochs=1000, patience=10, valid_k=100, seed=0)
 DEMO_DEFAULTS = dict(TRAIN_DEFAULTS, sizes="48,32,24,16", epochs=150, lr=3e-3)
+#: Seconds between the progress lines of a long epoch where no progress bar is shown (log files, --no-progress).
+HEARTBEAT_S = 30.0
 
 
 # ----------------------------------------------------------------------------------- data
@@ -287,11 +290,15 @@ def _settings(args, defaults: dict) -> tuple[dict, dict]:
     return {**defaults, **given}, given
 
 
-def _recorded_data(run_path: str) -> dict:
-    """The ``--data`` / ``--data-dir`` a run was trained with (``{}`` for runs that did not record them)."""
+def _run_config(run_path: str) -> dict:
     from .train import run_config
 
-    return run_config(run_path).get("data_source") or {}
+    return run_config(run_path)
+
+
+def _recorded_data(run_path: str) -> dict:
+    """The ``--data`` / ``--data-dir`` a run was trained with (``{}`` for runs that did not record them)."""
+    return _run_config(run_path).get("data_source") or {}
 
 
 def _data_of(args, recorded: dict) -> tuple[str, str | None]:
@@ -357,8 +364,8 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
             raise FileExistsError(f"--out {out} already holds a run ({', '.join(present)}): {how}replace it with "
                                   f"--overwrite, or choose another --out")
         _check_writable_parent(os.path.join(out, "config.json"), "--out")
-    elif not os.path.isfile(os.path.join(out, "last.safetensors")):
-        raise FileNotFoundError(f"--resume: no run to continue in {out} (no last.safetensors)")
+    elif not os.path.isfile(os.path.join(out, "last.safetensors")) and "model" not in _run_config(out):
+        raise FileNotFoundError(f"--resume: no run to continue in {out} (no last.safetensors, no config.json)")
     torch.manual_seed(settings["seed"])
     device = _device(args.device)
     recorded = _recorded_data(out) if resume else {}
@@ -369,13 +376,20 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
     train_x, valid_x = data.split("train").to(device), data.split("valid").to(device)
     if resume:
         _check_resume_conflicts(out, given, train_x.shape[1])
+        fresh = not os.path.isfile(os.path.join(out, "last.safetensors"))
         trainer = Trainer.resume(out, train_x, valid_x, device=device, backend=args.backend,
                                  max_epochs=given.get("epochs"))
         if trainer.epoch >= trainer.config.max_epochs or trainer.bad_epochs >= trainer.config.patience:
             why = "its epoch limit" if trainer.epoch >= trainer.config.max_epochs else "early stopping"
             print(f"the run in {out} already ended at epoch {trainer.epoch} ({why}); give --epochs to go further")
             return 0
-        print(f"resuming {out} (--data {source}) at epoch {trainer.epoch} (up to epoch {trainer.config.max_epochs})")
+        if fresh:
+            print(f"starting the run in {out} (--data {source}) from its config.json: it stopped before its first "
+                  f"checkpoint (up to epoch {trainer.config.max_epochs})")
+        else:
+            batch = trainer.position["batches"]
+            at = f"epoch {trainer.epoch + 1}, batch {batch + 1}" if batch else f"epoch {trainer.epoch}"
+            print(f"resuming {out} (--data {source}) at {at} (up to epoch {trainer.config.max_epochs})")
     else:
         sizes = parse_sizes(settings["sizes"], train_x.shape[1])
         if "sizes" in given:
@@ -391,7 +405,8 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
               f"{valid_x.shape[0]} valid points, K = {cfg.k}, batch {cfg.batch_size}, Adam lr {cfg.lr}, "
               f"device {device}")
     t0 = time.perf_counter()
-    trainer.fit(progress=not args.no_progress, heartbeat_s=30.0 if args.no_progress else None)
+    # a bar on a terminal; in a log file (or with --no-progress) a line per epoch and a heartbeat line
+    trainer.fit(progress=_progress(args), heartbeat_s=HEARTBEAT_S)
     print(f"trained {trainer.epoch} epochs in {time.perf_counter() - t0:.0f}s; best valid bound {trainer.best:.3f}; "
           f"checkpoints in {out}")
     return 0
@@ -635,6 +650,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_note(e: KeyboardInterrupt, args) -> str:
+    """What a Ctrl-C left behind and how to go on (one line)."""
+    from .train import TrainingInterrupted
+
+    if not isinstance(e, TrainingInterrupted):
+        return ""
+    note = f"; {e}"
+    if e.saved:
+        go_on = f"bihm-triton train --out {shlex.quote(e.out_dir)} --resume"
+        note += (f"; continue it with: {go_on}" if args.command == "train"
+                 else f"; continue its training with: {go_on} (or rerun the demo with --overwrite)")
+    return note
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -643,10 +672,10 @@ def main(argv=None) -> int:
     debug = bool(os.environ.get("BIHM_TRITON_DEBUG"))
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print(f"bihm-triton {args.command}: interrupted", file=sys.stderr)
+        print(f"bihm-triton {args.command}: interrupted{_interrupt_note(e, args)}", file=sys.stderr)
         return 130
     except FloatingPointError as e:  # training diverged
         if debug:

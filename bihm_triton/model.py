@@ -21,9 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ops, samplers
+from .progress import bar_disable
 from . import reference as ref
 from .reference._checks import check_positive_int
-from .reference.bihm import WeightNormStochasticLayer
+from .reference.bihm import WeightNormStochasticLayer, warn_nonfinite_samples
 from .reference.estimators import MeanWithSE, log_mean_exp_with_se
 
 __all__ = ["BiHM", "parse_sizes"]
@@ -94,12 +95,14 @@ class _SegmentLSE:
     """Running per-data-point logsumexp over row chunks (rows of one data point may span chunks).
 
     Exact for −inf values: a data point whose values are all −inf (every weight zero) has the
-    logsumexp −inf, never NaN.
+    logsumexp −inf, never NaN. A NaN value makes its data point's logsumexp NaN (as ``torch.logsumexp``):
+    NaN parameters never read as "probability zero".
     """
 
     def __init__(self, B: int, device):
         self.max = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
         self.sum = torch.zeros(B, dtype=torch.float64, device=device)
+        self.nan = torch.zeros(B, dtype=torch.bool, device=device)
 
     def update(self, b_lo: int, n: int, seg: torch.Tensor, v: torch.Tensor) -> None:
         """Add values v (rows,) whose data points are ``b_lo + seg`` (seg: 0 … n−1, contiguous; n given by
@@ -113,9 +116,11 @@ class _SegmentLSE:
         ref_ = torch.where(torch.isfinite(new), new, 0.0)
         self.sum[b_lo:b_lo + n] = s * torch.exp(m - ref_) * torch.isfinite(m) + cs * torch.exp(shift - ref_) * torch.isfinite(cm)
         self.max[b_lo:b_lo + n] = new
+        self.nan[b_lo:b_lo + n] |= torch.isnan(cm)  # scatter_reduce's amax propagates NaN
 
     def value(self) -> torch.Tensor:
-        return torch.where(self.sum > 0, self.max + torch.log(self.sum), -math.inf)
+        lse = torch.where(self.sum > 0, self.max + torch.log(self.sum), -math.inf)
+        return torch.where(self.nan, math.nan, lse)
 
 
 class _FusedLogWeights(torch.autograd.Function):
@@ -201,9 +206,8 @@ class BiHM(ref.BiHM):
     # --------------------------------------------------------------- chunking
     def _chunks(self, rows: int, chunk: int, progress: bool | None, desc: str):
         starts = range(0, rows, chunk)
-        # default: a bar for long loops, on a terminal only (tqdm's disable=None), not in log files
-        disable = (None if len(starts) > 8 else True) if progress is None else not progress
-        return tqdm(starts, desc=desc, disable=disable, leave=False)
+        # default: a bar for long loops; on a terminal only (tqdm's disable=None), never in log files
+        return tqdm(starts, desc=desc, disable=bar_disable(progress, len(starts) > 8), leave=False)
 
     @torch.no_grad()
     def _importance_lse(self, x: torch.Tensor, k: int, seed, offset: int, progress) -> dict:
@@ -449,6 +453,7 @@ class BiHM(ref.BiHM):
         cached = self.__dict__.get("_fused_p_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
+        self.__dict__["_p_nonfinite"] = (key, self._nonfinite_p())  # checked once per change (sample_p warns)
         weights, biases = [m.weight for m in order], [m.bias for m in order]
         if cached is not None and cached[1].device == self.device:
             chain = cached[1]
@@ -491,6 +496,10 @@ class BiHM(ref.BiHM):
         Returns:
             x (n, d_0); or ``(x, log_p (n,) float32)``; or a :class:`~bihm_triton.reference.PSample`
             (x, hidden [h_1 … h_L] each (n, d_l), log_p (n,) float32).
+
+        Warns:
+            RuntimeWarning: p's parameters hold NaN (or infinite weights): units with NaN logits are
+                sampled as 0 and log p is NaN (checked once per change of the parameters).
         """
         check_positive_int(n, "n")
         seed = self._seed(seed, offset)
@@ -499,6 +508,8 @@ class BiHM(ref.BiHM):
         x, hidden, log_p = self._fused(
             "sampler", lambda: self._sample_p_fused(n, seed, offset, return_hidden, want_lp, out_dtype),
             lambda: self._sample_p_layers(n, seed, offset, out_dtype))
+        # both paths refreshed the check of p's parameters when they changed (no device read otherwise)
+        warn_nonfinite_samples(self.__dict__.get("_p_nonfinite", (None, []))[1], "sample_p")
         if return_hidden:
             return ref.PSample(x, hidden, log_p)
         if return_log_p:
@@ -520,6 +531,9 @@ class BiHM(ref.BiHM):
         return x, states, log_p
 
     def _sample_p_layers(self, n, seed, offset, out_dtype):
+        key = _params_key([self.p_top, *list(self.p_layers._modules.values())[::-1]])
+        if self.__dict__.get("_p_nonfinite", (None,))[0] != key:
+            self.__dict__["_p_nonfinite"] = (key, self._nonfinite_p())
         parts = []
         for r0 in range(0, n, self.chunk_rows):
             parts.append(self.p_pass(min(self.chunk_rows, n - r0), seed, offset, total_rows=n, row_start=r0))

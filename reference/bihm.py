@@ -34,13 +34,14 @@ Source: Bornschein, Shabanian, Fischer, Bengio, "Bidirectional Helmholtz Machine
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from . import estimators as est
-from ._checks import check_binary, check_positive_int, check_tensor
+from ._checks import check_binary, check_positive_int, check_tensor, nonfinite_parameters
 from .layers import sbn_log_prob, sbn_log_prob_wn, sbn_sample, sbn_sample_wn
 from .philox import check_offset, check_seed, counters_used, draw_seed
 
@@ -76,6 +77,13 @@ def check_sizes(sizes) -> list[int]:
         if d < 1:
             raise ValueError(f"sizes[{i}] must be >= 1, got {d} (sizes = {sizes})")
     return sizes
+
+
+def warn_nonfinite_samples(bad: list, what: str) -> None:
+    """A RuntimeWarning when p's parameters ``bad`` (names) are non-finite: the samples are not p's."""
+    if bad:
+        warnings.warn(f"{what}: the model's parameters hold non-finite values ({', '.join(bad)}): units whose "
+                      f"logits are NaN are sampled as 0 and log p(x, h) is NaN", RuntimeWarning, stacklevel=4)
 
 
 def pass_offsets(rows: int, widths, offset: int) -> list[int]:
@@ -364,13 +372,22 @@ class BiHM(nn.Module):
         Returns:
             x (n, d_0) in the model's dtype, or a :class:`PSample` (x, hidden, log_p) when
             ``return_hidden``.
+
+        Warns:
+            RuntimeWarning: p's parameters hold NaN (or infinite weights): units with NaN logits are
+                sampled as 0 and log p is NaN.
         """
         check_positive_int(n, "n")
         seed = self._seed(seed, offset)
+        warn_nonfinite_samples(self._nonfinite_p(), "sample_p")
         states, log_p = self.p_pass(n, seed, offset)
         if return_hidden:
             return PSample(states[0], states[1:], log_p)
         return states[0]
+
+    def _nonfinite_p(self) -> list[str]:
+        """The parameters of p that make log p(x, h) NaN (:func:`~._checks.nonfinite_parameters`)."""
+        return nonfinite_parameters((n, p) for n, p in self.named_parameters() if n.startswith("p_"))
 
     @torch.no_grad()
     def sample_q(self, x: torch.Tensor, k: int = 1, *, seed=None, offset: int = 0) -> QSample:

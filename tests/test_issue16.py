@@ -135,3 +135,111 @@ def test_demo_help_does_not_offer_resume(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "with --resume: a new limit" in " ".join(capsys.readouterr().out.split())
+
+
+# ------------------------------------------------------------------------- item 2: NaN is never −inf
+
+NAN_PLACES = ["p_layers.1.weight", "q_layers.0.weight", "p_top.logits", "q_layers.1.bias"]
+
+
+def _nan_model(backend, name, device, **kw):
+    m = BiHM([6, 4, 3], backend=backend, device=device, chunk_rows=8, **kw)
+    with torch.no_grad():
+        dict(m.named_parameters())[name].view(-1)[1] = math.nan
+    return m
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", NAN_PLACES)
+def test_a_nan_parameter_gives_nan_estimates_not_minus_inf(backend, name, device):
+    """As torch.logsumexp: NaN in, NaN out (it read as log p̃*(x) = −inf, "impossible data", for every point)."""
+    m = _nan_model(backend, name, device)
+    x = binary(5, 6, generator=torch.Generator().manual_seed(0), device=device)
+    ll = m.log_likelihood(x, 8, seed=1, log_z2=0.0)
+    ess = m.effective_sample_size(x, 8, seed=1)
+    for t in (ll.log_p_tilde_star, ll.log_p, ll.log_p_star, ess.p, ess.p_star, m.bhattacharyya_distance(x, 8, seed=1)):
+        assert torch.isnan(t).all(), t
+    assert math.isnan(m.estimate_log_z2(16, seed=1).value)
+    for objective in ("bihm", "rws"):  # rws read a NaN weight as a zero one: a finite loss that trained q only
+        loss, stats = m.loss(x, 4, objective, seed=1)
+        assert math.isnan(loss.item()), objective
+        assert all(torch.isnan(v).all() for v in stats.values())
+    r = ref.BiHM([6, 4, 3])  # the reference model agrees
+    r.load_state_dict({k: v.cpu() for k, v in m.state_dict().items()})
+    assert torch.isnan(r.log_likelihood(x.cpu(), 8, seed=1).log_p_tilde_star).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_weights_still_read_minus_inf(backend, device):
+    """SPEC §2: a point whose weights are all zero (an impossible x) has −inf, never NaN."""
+    m = BiHM([3, 2], backend=backend, device=device, chunk_rows=4)
+    with torch.no_grad():
+        m.p_layers[0].bias.fill_(-math.inf)  # p(x_j = 1 | h) = 0
+    ll = m.log_likelihood(torch.tensor([[1.0, 0.0, 1.0]], device=device), 8, seed=5)
+    assert ll.log_p_tilde_star.item() == -math.inf and ll.log_p.item() == -math.inf
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_samplers_refuse_nan_parameters_and_sample_p_warns(backend, device):
+    m = _nan_model(backend, "p_layers.0.weight", device)
+    x = binary(3, 6, generator=torch.Generator().manual_seed(0), device=device)
+    with pytest.warns(RuntimeWarning, match=r"p_layers\.0\.weight \(NaN\).*log p\(x, h\) is NaN"):
+        _, log_p = m.sample_p(8, seed=1, return_log_p=True)
+    assert torch.isnan(log_p).all()
+    for call in (lambda: m.gibbs_sample(4, 2, 2, seed=1), lambda: m.sir_sample(4, 3, seed=1),
+                 lambda: m.inpaint(x, torch.ones_like(x, dtype=torch.bool), 2, 2, seed=1)):
+        with pytest.raises(ValueError, match=r"p_layers\.0\.weight \(NaN\).*importance weight would be NaN"):
+            call()
+    with warnings.catch_warnings():  # finite parameters: no warning, and the samplers run
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            m.p_layers[0].weight.zero_()
+        m.sample_p(8, seed=1, return_log_p=True)
+        m.gibbs_sample(4, 1, 2, seed=1)
+    r = ref.BiHM([6, 4, 3])  # the reference model warns too
+    with torch.no_grad():
+        r.p_top.logits[0] = math.nan
+    with pytest.warns(RuntimeWarning, match=r"p_top\.logits \(NaN\)"):
+        r.sample_p(4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from bihm_triton.data import load_digits
+
+    return load_digits("train")[:200], load_digits("valid")[:40]
+
+
+def _trainer(out, digits, *, backend="reference", max_epochs=2, **kw):
+    from bihm_triton.train import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_epochs=max_epochs, batch_size=50, valid_k=4, lr=3e-3, **kw)
+    return Trainer(BiHM([64, 8, 4], backend=backend), *digits, cfg, out_dir=out)
+
+
+def test_the_trainer_names_the_parameter_that_went_non_finite(digits, tmp_path, monkeypatch):
+    t = _trainer(None, digits)
+    with torch.no_grad():
+        t.model.p_layers[1].weight[0, 0] = math.nan  # before any step
+    with pytest.raises(FloatingPointError, match=r"step 0: parameter p_layers\.1\.weight went non-finite first "
+                                                 r"\(already at the start of step 0\)"):
+        t.fit(progress=False, verbose=False)
+    # in the middle of training: q_layers.0.bias becomes NaN in the update of step 2; the loss of step 3 is
+    # NaN, and by the next check every parameter is: the message names the first one
+    t = _trainer(None, digits)
+    real_step = t.optimizer.step
+
+    def step(*a, **k):
+        out = real_step(*a, **k)
+        if t.step == 2:
+            with torch.no_grad():
+                t.model.q_layers[0].bias[1] = math.nan
+        return out
+
+    monkeypatch.setattr(t.optimizer, "step", step)
+    with pytest.raises(FloatingPointError) as e:
+        t.fit(progress=False, verbose=False)
+    assert "at epoch 1, step 3: parameter q_layers.0.bias went non-finite first (already at the start of step 3)" \
+        in str(e.value)
+    assert all(torch.isnan(p).any() for p in t.model.parameters())  # why the first one matters
