@@ -211,11 +211,16 @@ def digits():
 
 
 def _trainer(out, digits, *, backend="reference", max_epochs=2, **kw):
+    """Two epochs of 4 batches each (the Triton backend, in the interpreter: a quarter of the data)."""
     from bihm_triton.train import TrainConfig, Trainer
 
     torch.manual_seed(0)
-    cfg = TrainConfig(max_epochs=max_epochs, batch_size=50, valid_k=4, lr=3e-3, **kw)
-    return Trainer(BiHM([64, 8, 4], backend=backend), *digits, cfg, out_dir=out)
+    small = backend == "triton"
+    cfg = TrainConfig(max_epochs=max_epochs, batch_size=12 if small else 50, valid_k=2 if small else 4, lr=3e-3,
+                      k=4 if small else 10, **kw)
+    x, v = digits
+    return Trainer(BiHM([64, 8, 4], backend=backend), x[:48] if small else x, v[:8] if small else v, cfg,
+                   out_dir=out)
 
 
 def test_the_trainer_names_the_parameter_that_went_non_finite(digits, tmp_path, monkeypatch):
@@ -243,3 +248,147 @@ def test_the_trainer_names_the_parameter_that_went_non_finite(digits, tmp_path, 
     assert "at epoch 1, step 3: parameter q_layers.0.bias went non-finite first (already at the start of step 3)" \
         in str(e.value)
     assert all(torch.isnan(p).any() for p in t.model.parameters())  # why the first one matters
+
+
+# ----------------------------------------------------------------------------- item 7: Ctrl-C loses nothing
+
+
+def _same_run(a, b):
+    for (n, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(p, q), n
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert a.step == b.step and strip(a.history) == strip(b.history)
+
+
+def _sigint_at(monkeypatch, trainer_or_steps, step: int):
+    """A real Ctrl-C (SIGINT to this process) in the middle of training step ``step``."""
+    import os
+    import signal
+
+    real = BiHM.loss
+    calls = {"n": 0}
+
+    def loss(self, *a, **k):
+        if calls["n"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        calls["n"] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(BiHM, "loss", loss)
+
+
+@pytest.mark.parametrize("backend,step", [("reference", 1), ("reference", 5), ("triton", 5)])
+def test_ctrl_c_saves_the_step_in_progress_and_resume_is_exact(digits, tmp_path, monkeypatch, backend, step):
+    """Ctrl-C in step 1 (the first epoch: the folder held only config.json) or step 5 (epoch 2, batch 2 of
+    4): the step finishes, last.safetensors holds the run there, and the resumed run is the straight one."""
+    from bihm_triton.train import Trainer, TrainingInterrupted
+
+    straight = _trainer(tmp_path / "a", digits, backend=backend)
+    straight.fit(progress=False, verbose=False)
+    t = _trainer(tmp_path / "b", digits, backend=backend)
+    _sigint_at(monkeypatch, t, step)
+    with pytest.raises(TrainingInterrupted) as e:
+        t.fit(progress=False, verbose=False)
+    monkeypatch.undo()
+    done = step + 1
+    assert e.value.saved and t.step == done
+    assert f"epoch {done // 4 + 1}, batch {done % 4} of 4 (step {done})" in str(e.value)
+    resumed = Trainer.resume(tmp_path / "b", t.train_x, t.valid_x, backend=backend)
+    assert resumed.step == done and resumed.position["batches"] == done % 4
+    resumed.fit(progress=False, verbose=False)
+    _same_run(straight, resumed)
+
+
+def test_ctrl_c_outside_a_step_and_a_torn_step(digits, tmp_path, monkeypatch):
+    from bihm_triton.train import Trainer, TrainingInterrupted
+
+    straight = _trainer(tmp_path / "a", digits)
+    straight.fit(progress=False, verbose=False)
+    # during epoch 2's validation: its four steps are kept, the validation is redone on resume
+    t = _trainer(tmp_path / "b", digits)
+    real = Trainer.validate
+
+    def validate(self, *a, **k):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    with pytest.raises(TrainingInterrupted, match=r"epoch 2, batch 4 of 4 \(step 8\)"):
+        t.fit(progress=False, verbose=False)
+    monkeypatch.undo()
+    resumed = Trainer.resume(tmp_path / "b", *digits)
+    resumed.fit(progress=False, verbose=False)
+    _same_run(straight, resumed)
+    # a Ctrl-C that tears a step (the second one, or none deferred): nothing is saved over the last checkpoint
+    t = _trainer(tmp_path / "c", digits)
+    t.fit(1, progress=False, verbose=False)
+    good = (tmp_path / "c" / "last.safetensors").read_bytes()
+
+    def torn(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(t.optimizer, "step", torn)
+    with pytest.raises(TrainingInterrupted, match="left as it was") as e:
+        t.fit(progress=False, verbose=False)
+    assert not e.value.saved and (tmp_path / "c" / "last.safetensors").read_bytes() == good
+
+
+def _cli_train(run, *extra):
+    return main(["train", "--data", "digits", "--sizes", "8,4", "--epochs", "2", "--batch-size", "300",
+                 "--valid-k", "3", "--out", str(run), "--no-progress", *extra])
+
+
+def _params(run):
+    return BiHM.load(run / "last.safetensors").state_dict()
+
+
+def test_cli_ctrl_c_in_the_first_epoch_then_resume(tmp_path, capsys, monkeypatch):
+    assert _cli_train(tmp_path / "a") == 0
+    _sigint_at(monkeypatch, None, 1)  # 4 batches of 300 per epoch: stopped after batch 2 of epoch 1
+    assert _cli_train(tmp_path / "b") == 130
+    monkeypatch.undo()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("Ctrl-C: finishing the current step, then saving a checkpoint")
+    err = lines[-1]
+    assert len(lines) == 2 and "interrupted; saved the run at epoch 1, batch 2 of 4 (step 2)" in err
+    assert f"continue it with: bihm-triton train --out {tmp_path / 'b'} --resume" in err
+    assert main(["train", "--out", str(tmp_path / "b"), "--resume", "--no-progress"]) == 0
+    assert "at epoch 1, batch 3" in capsys.readouterr().out
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_resume_starts_a_run_that_has_no_checkpoint_yet(tmp_path, capsys):
+    """Killed before its first checkpoint, the folder holds only config.json: --resume starts it (it said
+    there was no run, and a plain rerun that the folder held one)."""
+    assert _cli_train(tmp_path / "a") == 0
+    assert _cli_train(tmp_path / "b") == 0
+    for f in ("last.safetensors", "best.safetensors", "log.jsonl"):
+        (tmp_path / "b" / f).unlink()
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "b"), "--resume", "--no-progress"]) == 0
+    assert "from its config.json" in capsys.readouterr().out
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["train", "--out", str(tmp_path / "nothing"), "--resume", "--no-progress"]) == 2
+    assert "no run to continue" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ item 10: no bars in log files
+
+
+def test_no_progress_bars_in_a_log_file(tmp_path, capsys, monkeypatch):
+    """Without --no-progress and with output to a file: no carriage-return bars, one line per epoch and the
+    heartbeat lines (every HEARTBEAT_S seconds; here every step)."""
+    import bihm_triton.cli as cli
+
+    monkeypatch.setattr(cli, "HEARTBEAT_S", 1e-9)
+    assert main(["train", "--data", "digits", "--sizes", "8", "--epochs", "2", "--batch-size", "300",
+                 "--valid-k", "3", "--out", str(tmp_path / "r")]) == 0
+    assert main(["eval", "--checkpoint", str(tmp_path / "r"), "--k", "3", "--z-samples", "20", "--n-inner", "1",
+                 "--figure", str(tmp_path / "f.png"), "--gibbs-steps", "25"]) == 0
+    out, err = capsys.readouterr()
+    assert "\r" not in err and "\r" not in out, err[:300]
+    assert out.count("epoch    1") == 1 and out.count("epoch    2") == 1
+    assert "  epoch 1: 300 of 1197 points, train bound" in out
