@@ -259,13 +259,26 @@ def print_evaluation(r: dict) -> None:
           f"p weights {r['ess_p']:.1f}")
 
 
+def random_rows(x: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, str]:
+    """A seeded random subset of ``n`` rows of x (all of them when there are no more), and a phrase for a
+    figure's title. Data files are often grouped by class (binarized MNIST's test file starts with its
+    zeros), so the first n rows would show one class."""
+    total = x.shape[0]
+    if n >= total:
+        return x, f"all {total}"
+    idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx.to(x.device)], f"{n} random of {total} (seed {seed})"
+
+
 def overview_figure(model, data_x: torch.Tensor, path: str, *, steps: int, seed: int, progress=None,
-                    title: str | None = None, n: int = 20, shape=None, order: str = "C") -> str:
-    """One PNG: test data, samples from p, exact Gibbs samples from p*, and inpaintings of the data's
-    lower half (top half observed; the left half for data without image rows)."""
+                    title: str | None = None, n: int = 20, shape=None, order: str = "C", what: str = "data") -> str:
+    """One PNG: ``n`` data points drawn at random (seeded), samples from p, exact Gibbs samples from p*,
+    and inpaintings of the data's lower half (top half observed; the left half for data without image
+    rows). The title says which data points are shown."""
     from .plotting import figure_panels
 
-    data_x = data_x[:n]
+    data_x, chosen = random_rows(data_x, n, seed)
+    title = f"{title + chr(10) if title else ''}{what}: {chosen} points"
     _say(f"drawing the figure ({steps} Gibbs sweeps) ...")
     p_samples = model.sample_p(n, seed=seed + 10)
     gibbs = model.gibbs_sample(n, steps, 10, seed=seed + 11, progress=progress).x
@@ -274,7 +287,7 @@ def overview_figure(model, data_x: torch.Tensor, path: str, *, steps: int, seed:
     inpainted = model.inpaint(data_x, mask, steps, 10, seed=seed + 12, progress=progress).x
     half = "top" if kind == "bottom" else "left"
     return figure_panels([
-        ("test data", data_x), ("samples from p (ancestral)", p_samples),
+        (what, data_x), ("samples from p (ancestral)", p_samples),
         (f"samples from p* (exact Gibbs, {steps} sweeps, K = 10)", gibbs),
         (f"inpainting: observed {half} half (grey: hidden)", _masked(data_x, mask)),
         (f"inpainting: completed by Gibbs with the {half} half clamped", inpainted),
@@ -437,7 +450,7 @@ def _eval(args) -> int:
             else data.source
         overview_figure(model, x, figure, steps=args.gibbs_steps, seed=args.seed, progress=_progress(args),
                         title=f"BiHM {model.sizes} on {name} ({args.split}): log p*(x) = {r['log_p_star']:.2f} nats",
-                        shape=data.shape, order=data.order)
+                        shape=data.shape, order=data.order, what=f"{args.split} data")
         print(f"wrote {figure}")
     return 0
 
@@ -471,12 +484,13 @@ def _inpaint(args) -> int:
     x = data.split(args.split)
     if x.shape[0] < 1:
         raise ValueError(f"the {args.split} split of --data {data.source} has no data points")
-    x = x[: args.n]
+    x, chosen = random_rows(x, args.n, args.seed)  # not the first n: data files are often sorted by class
     mask = make_mask(x, args.mask, torch.Generator().manual_seed(args.seed), shape=data.shape, order=data.order)
     model = _load_model(args.checkpoint, device, args.backend)
     r = model.inpaint(x.to(device), mask.to(device), args.steps, args.k, seed=args.seed, progress=_progress(args))
     figure_panels([("data", x), ("observed (grey: hidden)", _masked(x, mask)), ("inpainted", r.x.cpu())],
-                  out, cols=min(10, x.shape[0]), shape=data.shape, order=data.order)
+                  out, cols=min(10, x.shape[0]), shape=data.shape, order=data.order,
+                  title=f"inpainting {chosen} {args.split} points of --data {data.source}")
     print(f"wrote {out}")
     return 0
 
@@ -500,7 +514,7 @@ def _demo(args) -> int:
     png = os.path.join(out, "demo.png")
     overview_figure(model, test_x, png, steps=args.gibbs_steps, seed=seed, progress=progress,
                     title=f"BiHM {model.sizes} on 8x8 digits: test log p*(x) = {r['log_p_star']:.2f} nats",
-                    shape=(8, 8))
+                    shape=(8, 8), what="test data")
     print(f"wrote {png}")
     return 0
 
@@ -616,7 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--z-samples", type=_int_at_least(2), default=100_000, help="samples of p for log Z^2 (100000)")
     p.add_argument("--n-inner", type=_int_at_least(1), default=10, help="q-samples per log Z^2 term (10)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    p.add_argument("--figure", default=None, help="also write a PNG: data, samples from p and p*, inpaintings")
+    p.add_argument("--figure", default=None,
+                   help="also write a PNG: 20 data points drawn at random (--seed), samples from p and p*, "
+                        "inpaintings")
     p.add_argument("--gibbs-steps", type=_int_at_least(0), default=100, help="Gibbs sweeps for the figure (100)")
     _common(p)
     p.set_defaults(func=_eval)
@@ -639,7 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
     p.add_argument("--data", default=None, help=DATA_HELP + " (default: the run's own, else digits)")
     p.add_argument("--split", default="test", choices=SPLITS, help="data split (default test)")
-    p.add_argument("--n", type=_int_at_least(1), default=10, help="images to inpaint (10)")
+    p.add_argument("--n", type=_int_at_least(1), default=10,
+                   help="images to inpaint, drawn at random from the split with --seed (10)")
     p.add_argument("--mask", default="bottom", choices=("bottom", "top", "left", "right", "random"),
                    help="which part is hidden (default bottom)")
     p.add_argument("--steps", type=_int_at_least(0), default=100, help="Gibbs sweeps (100)")

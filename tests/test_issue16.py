@@ -392,3 +392,37 @@ def test_no_progress_bars_in_a_log_file(tmp_path, capsys, monkeypatch):
     assert "\r" not in err and "\r" not in out, err[:300]
     assert out.count("epoch    1") == 1 and out.count("epoch    2") == 1
     assert "  epoch 1: 300 of 1197 points, train bound" in out
+
+
+# ------------------------------------------------------------------------ item 6: figures show every class
+
+
+def test_figures_show_a_seeded_random_subset(tmp_path, monkeypatch):
+    """A test file grouped by class (as binarized MNIST's): eval --figure and inpaint took its first rows,
+    every one a "0". They now show a seeded random subset and say so in the title."""
+    import numpy as np
+
+    import bihm_triton.plotting as plotting
+    from test_cli import _write_idx
+
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    _write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (60, 4, 4)))
+    # t10k: 30 images sorted by "class": 15 blank, then 15 full (the first 10 rows are all one class)
+    _write_idx(folder / "t10k-images-idx3-ubyte", np.repeat([0, 255], 15)[:, None, None] * np.ones((30, 4, 4)))
+    assert main(["train", "--data", f"idx:{folder}", "--sizes", "4", "--epochs", "1", "--valid-k", "2",
+                 "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    shown = []
+    monkeypatch.setattr(plotting, "figure_panels", lambda panels, path, **kw: shown.append((panels, kw)) or path)
+    assert main(["eval", "--checkpoint", str(tmp_path / "r"), "--k", "2", "--z-samples", "4", "--n-inner", "1",
+                 "--figure", str(tmp_path / "f.png"), "--gibbs-steps", "1", "--seed", "3", "--no-progress"]) == 0
+    assert main(["inpaint", "--checkpoint", str(tmp_path / "r"), "--n", "10", "--steps", "1", "--seed", "3",
+                 "--out", str(tmp_path / "i.png"), "--no-progress"]) == 0
+    (fig_panels, fig_kw), (in_panels, in_kw) = shown
+    test_x = (torch.arange(30) >= 15).float()[:, None].expand(30, 16)
+    for data, n in ((fig_panels[0][1], 20), (in_panels[0][1], 10)):
+        idx = torch.randperm(30, generator=torch.Generator().manual_seed(3))[:n]
+        assert torch.equal(data.cpu(), test_x[idx])
+        assert 0 < int(data[:, 0].sum()) < n  # both classes
+    assert "20 random of 30 (seed 3)" in fig_kw["title"] and "10 random of 30 (seed 3)" in in_kw["title"]
