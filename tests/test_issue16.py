@@ -426,3 +426,28 @@ def test_figures_show_a_seeded_random_subset(tmp_path, monkeypatch):
         assert torch.equal(data.cpu(), test_x[idx])
         assert 0 < int(data[:, 0].sum()) < n  # both classes
     assert "20 random of 30 (seed 3)" in fig_kw["title"] and "10 random of 30 (seed 3)" in in_kw["title"]
+
+
+# ------------------------------------------------------------------ item 8: a wrong --data-dir is named
+
+
+def test_a_data_dir_without_the_set_says_so_and_never_downloads(tmp_path, capsys, monkeypatch):
+    from bihm_triton import data
+
+    monkeypatch.setattr(data, "_download", lambda *a, **k: pytest.fail("downloaded although a folder was given"))
+    wrong = tmp_path / "data"
+    (wrong / "mnist").mkdir(parents=True)
+    (wrong / "README.md").write_text("x")
+    with pytest.raises(FileNotFoundError) as e:
+        data.load_dataset("binarized_mnist", "valid", data_dir=str(wrong), cache_dir=str(tmp_path / "cache"))
+    msg = str(e.value)
+    assert f"the data folder {wrong} (data_dir / --data-dir) has no valid split" in msg
+    assert "binarized_mnist/binarized_mnist_valid.amat.gz" in msg and "holds: README.md, mnist/" in msg
+    (wrong / "binarized_mnist").mkdir()
+    (wrong / "binarized_mnist" / "other.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"its binarized_mnist/ holds: other\.txt"):
+        data.load_dataset("binarized_mnist", "valid", data_dir=str(wrong), cache_dir=str(tmp_path / "cache"))
+    assert main(["train", "--data", "binarized_mnist", "--data-dir", str(wrong), "--out", str(tmp_path / "r"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no train split" in err and "Give the folder that holds binarized_mnist/" in err
