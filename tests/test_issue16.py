@@ -451,3 +451,27 @@ def test_a_data_dir_without_the_set_says_so_and_never_downloads(tmp_path, capsys
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no train split" in err and "Give the folder that holds binarized_mnist/" in err
+
+
+# ------------------------------------------------------------- item 12: what is written outside the checkout
+
+
+def test_the_readme_says_where_caches_go_and_the_code_agrees(tmp_path, monkeypatch):
+    import os
+
+    from bihm_triton import data
+    from bihm_triton.kernels import codegen
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    text = " ".join(open(os.path.join(root, "README.md")).read().split())
+    for needle in ("`~/.cache/bihm_triton/kernels/`", "`BIHM_TRITON_CACHE_DIR`", "`~/.triton/cache`",
+                   "`TRITON_CACHE_DIR`", "`~/.cache/bihm_triton/<set>/`", "`BIHM_TRITON_DATA`",
+                   "`/tmp/torchinductor_<user>`", "`TORCHINDUCTOR_CACHE_DIR`"):
+        assert needle in text, needle
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("BIHM_TRITON_CACHE_DIR", raising=False)
+    monkeypatch.delenv("BIHM_TRITON_DATA", raising=False)
+    assert codegen._cache_dir() == str(tmp_path / "home" / ".cache" / "bihm_triton" / "kernels")
+    assert data.default_cache_dir() == str(tmp_path / "home" / ".cache" / "bihm_triton")
+    monkeypatch.setenv("BIHM_TRITON_CACHE_DIR", str(tmp_path / "k"))
+    assert codegen._cache_dir() == str(tmp_path / "k")
