@@ -109,7 +109,8 @@ def test_the_loss_of_an_empty_batch_is_refused(backend, objective, device):
 
 
 def test_sizes_with_an_empty_entry_are_refused(tmp_path, capsys):
-    assert main(["train", "--sizes", "200,,50", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert main(["train", "--sizes", "200,,50", "--epochs", "1", "--valid-k", "2", "--out", str(tmp_path / "r"),
+                 "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "entry 2 of 3 is empty" in err and err.count("\n") == 1
     assert not (tmp_path / "r" / "config.json").exists()
