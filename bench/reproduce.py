@@ -77,7 +77,8 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
     train_x, valid_x = train_x.to(device), valid_x.to(device)
     given = {"sizes": list(sizes), "objective": objective, "lr": lr or args.lr, "seed": args.seed,
              "valid_k": args.valid_k}
-    if resume and os.path.exists(os.path.join(out, "last.safetensors")):
+    # a run stopped before its first checkpoint (config.json alone) is started from its config by Trainer.resume
+    if resume and any(os.path.exists(os.path.join(out, f)) for f in ("last.safetensors", "config.json")):
         trainer = Trainer.resume(out, train_x, valid_x, device=device)
         own = {"sizes": list(trainer.model.sizes), **{k: getattr(trainer.config, k) for k in given if k != "sizes"}}
         differ = [f"{k} {own[k]} (given {given[k]})" for k in given if own[k] != given[k]]

@@ -476,3 +476,22 @@ def test_the_readme_says_where_caches_go_and_the_code_agrees(tmp_path, monkeypat
     assert data.default_cache_dir() == str(tmp_path / "home" / ".cache" / "bihm_triton")
     monkeypatch.setenv("BIHM_TRITON_CACHE_DIR", str(tmp_path / "k"))
     assert codegen._cache_dir() == str(tmp_path / "k")
+
+
+def test_reproduce_resume_starts_a_run_that_has_no_checkpoint_yet(tmp_path):
+    """bench/reproduce.py --resume on a run folder holding only config.json said "already holds a run:
+    continue it with --resume"; it now starts the run from its config (the same run as a fresh one)."""
+    from types import SimpleNamespace
+
+    from test_reproduce import _reproduce_module
+
+    train = _reproduce_module().train
+    x = (torch.rand(64, 9, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    args = SimpleNamespace(runs=str(tmp_path), device="cpu", seed=0, lr=1e-3, valid_k=2, minutes=0.0, overwrite=False)
+    straight, _ = train("a", [9, 4, 3], x, x[:16], args)
+    train("b", [9, 4, 3], x, x[:16], args)
+    for f in ("last.safetensors", "best.safetensors", "log.jsonl"):
+        (tmp_path / "b" / f).unlink()
+    again, facts = train("b", [9, 4, 3], x, x[:16], args, resume=True)
+    assert facts["epochs"] == 1
+    _same_run(straight, again)
