@@ -7,8 +7,8 @@ no network), ``idx:<path>`` (MNIST IDX images), or a name from
 ``<f>x-<n>l-<last>``.
 
 Errors are one line on stderr: ``bihm-triton <command>: error: …``; exit status 2 for bad
-arguments, data or files (argparse's convention), 1 when training diverges, 130 on Ctrl-C.
-Destinations (run folders, ``--json``, ``--figure``, ``--out``) are checked before any work.
+arguments, data or files (argparse's convention), 1 when training diverges, 130 on Ctrl-C (training
+first finishes its step and saves it: ``train --resume`` continues exactly). Destinations (run folders, ``--json``, ``--figure``, ``--out``) are checked before any work.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ downloaded and checksum-verified). Layer sizes (--sizes): latent widths '200,100
 authors' '<f>x-<n>l-<last>'.
 
 Errors are one line (argument errors after the usage line); exit status 2 for bad arguments,
-data or files, 1 when training diverges, 130 on Ctrl-C. --threads N sets torch's CPU threads
+data or files, 1 when training diverges, 130 on Ctrl-C (training saves the step it reached:
+--resume continues exactly). --threads N sets torch's CPU threads
 (default 1: these networks are small and more threads fight over a busy machine).
 A run remembers its --data/--data-dir: --resume, eval and inpaint use them unless given.
 """
