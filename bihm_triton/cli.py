@@ -266,9 +266,9 @@ def random_rows(x: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, str]:
     zeros), so the first n rows would show one class."""
     total = x.shape[0]
     if n >= total:
-        return x, f"all {total}"
+        return x, f"all {total} points"
     idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
-    return x[idx.to(x.device)], f"{n} random of {total} (seed {seed})"
+    return x[idx.to(x.device)], f"{n} of {total} points, drawn at random (seed {seed})"
 
 
 def overview_figure(model, data_x: torch.Tensor, path: str, *, steps: int, seed: int, progress=None,
@@ -279,7 +279,7 @@ def overview_figure(model, data_x: torch.Tensor, path: str, *, steps: int, seed:
     from .plotting import figure_panels
 
     data_x, chosen = random_rows(data_x, n, seed)
-    title = f"{title + chr(10) if title else ''}{what}: {chosen} points"
+    title = f"{title + chr(10) if title else ''}{what}: {chosen}"
     _say(f"drawing the figure ({steps} Gibbs sweeps) ...")
     p_samples = model.sample_p(n, seed=seed + 10)
     gibbs = model.gibbs_sample(n, steps, 10, seed=seed + 11, progress=progress).x
@@ -491,7 +491,7 @@ def _inpaint(args) -> int:
     r = model.inpaint(x.to(device), mask.to(device), args.steps, args.k, seed=args.seed, progress=_progress(args))
     figure_panels([("data", x), ("observed (grey: hidden)", _masked(x, mask)), ("inpainted", r.x.cpu())],
                   out, cols=min(10, x.shape[0]), shape=data.shape, order=data.order,
-                  title=f"inpainting {chosen} {args.split} points of --data {data.source}")
+                  title=f"{args.split} data of --data {data.source}: {chosen}")
     print(f"wrote {out}")
     return 0
 

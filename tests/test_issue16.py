@@ -426,7 +426,8 @@ def test_figures_show_a_seeded_random_subset(tmp_path, monkeypatch):
         idx = torch.randperm(30, generator=torch.Generator().manual_seed(3))[:n]
         assert torch.equal(data.cpu(), test_x[idx])
         assert 0 < int(data[:, 0].sum()) < n  # both classes
-    assert "20 random of 30 (seed 3)" in fig_kw["title"] and "10 random of 30 (seed 3)" in in_kw["title"]
+    assert "test data: 20 of 30 points, drawn at random (seed 3)" in fig_kw["title"]
+    assert "test data of --data idx:" in in_kw["title"] and "10 of 30 points, drawn at random (seed 3)" in in_kw["title"]
 
 
 # ------------------------------------------------------------------ item 8: a wrong --data-dir is named
