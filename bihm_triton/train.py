@@ -387,6 +387,7 @@ class Trainer:
                       f"{float(total_bound) / points:.2f}", flush=True)
         bar.close()
         self._running = (len(starts), total_bound, total_ess)
+        self.position = {"batches": 0, "bound": 0.0, "ess": 0.0, "seconds": 0.0}  # the next call: a new epoch
         self.model.refresh_fused_cache()  # graph replays change the parameters without version bumps
         return {"train_bound": float(total_bound) / n, "train_ess": float(total_ess) / n}
 
