@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ops, samplers
-from .progress import bar_disable
 from . import reference as ref
+from .progress import bar_disable
 from .reference._checks import check_positive_int
 from .reference.bihm import WeightNormStochasticLayer, warn_nonfinite_samples
 from .reference.estimators import MeanWithSE, log_mean_exp_with_se
@@ -473,6 +473,8 @@ class BiHM(ref.BiHM):
         passes = self.__dict__.get("_fused_passes_cache")
         if passes is not None:
             passes[0] = None
+        for name in ("_p_nonfinite", "_sampler_nonfinite"):  # the parameter checks of sample_p and the samplers
+            self.__dict__.pop(name, None)
 
     @torch.no_grad()
     def sample_p(self, n: int, *, seed=None, offset: int = 0, return_hidden: bool = False, return_log_p: bool = False,
