@@ -219,6 +219,9 @@ def ref_score(h, x, weight, bias):
 
 
 _COMPILED: dict = {}
+#: ``torch.compile(dynamic=...)`` of the compile providers: static shapes (one graph per input shape,
+#: the fastest code for the fixed shapes a benchmark times); shown in the pytest header.
+COMPILE_DYNAMIC = False
 
 
 def compiled(fn, provider: str):
@@ -226,7 +229,7 @@ def compiled(fn, provider: str):
     key = (fn, provider)
     if key not in _COMPILED:
         mode = "reduce-overhead" if provider == "torch_compile_ro" else None
-        _COMPILED[key] = torch.compile(fn, mode=mode, dynamic=False)
+        _COMPILED[key] = torch.compile(fn, mode=mode, dynamic=COMPILE_DYNAMIC)
     return _COMPILED[key]
 
 
@@ -537,7 +540,7 @@ def run_benchmark(benchmark, *, provider: str, case: str, name: str, shape: str,
     )
     if provider.startswith("torch_compile"):
         info["compile"] = dict(mode="reduce-overhead" if provider == "torch_compile_ro" else "default",
-                               dynamic=False,
+                               dynamic=COMPILE_DYNAMIC,
                                cpp_vectorized=not (not ON_GPU and STATE.benchmark_disabled and STATE.tier == "tiny"))
     if extra:
         info.update(extra)

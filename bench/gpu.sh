@@ -13,27 +13,66 @@
 # and a failing or timed-out step does not stop the next one (the JSONL keeps partial results).
 #
 # Usage, from any folder:  bash bench/gpu.sh
-# Output: $OUT if set (the device runner's folder), else bench/results/gpu-<UTC time>/:
-#   versions.txt, *.log, kernel_tests.xml, chain_sweep.json, bench_<part>.json (pytest-benchmark),
-#   bench.jsonl, ncu.txt, ceilings.json, roofline.txt, table.txt, table.md
+# Output: exactly three files in $OUT if set (the device runner's folder, which brings back only a
+# few files), else in bench/results/gpu-<UTC time>/ (which also keeps the loose files):
+#   table.md        the results table (markdown; a placeholder until the last step writes it)
+#   gpu.log         everything the script printed
+#   results.tar.gz  everything else: versions.txt, <step>.log, kernel_tests.xml, chain_sweep.json,
+#                   bench_<part>.json (pytest-benchmark), bench.jsonl, ncu.txt, ceilings.json,
+#                   roofline.txt, table.txt
+# The archive is rewritten after every step and on exit (a shell trap, also on SIGTERM/SIGINT), so
+# a run stopped by a time limit still leaves the set with what it had measured.
 # Knobs: BIHM_GPU_BUDGET_S, BIHM_GPU_SKIP_TESTS=1, BIHM_BENCH_SIZE (default full),
-#   BIHM_BENCH_PROVIDERS (default all four), BIHM_CHAIN_CONFIG (the sampler's tiling), PYTHON.
+#   BIHM_BENCH_PROVIDERS (default all four), BIHM_CHAIN_CONFIG (the sampler's tiling), PYTHON,
+#   BIHM_GPU_DRY_RUN=1 (print each step's command instead of running it: the output layout, on a CPU;
+#   BIHM_GPU_DRY_STEP_S seconds of sleep per step).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 BUDGET_S=${BIHM_GPU_BUDGET_S:-350}
+DRY=${BIHM_GPU_DRY_RUN:-0}
 T0=$(date +%s)
-DEST=${OUT:-$ROOT/bench/results/gpu-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$DEST"
+if [[ -n "${OUT:-}" ]]; then
+  FINAL=$OUT                                           # the three files
+  DEST=$(mktemp -d "${TMPDIR:-/tmp}/bihm-gpu.XXXXXX")  # everything else, archived into $FINAL
+else
+  FINAL=$ROOT/bench/results/gpu-$(date -u +%Y%m%dT%H%M%SZ)
+  DEST=$FINAL
+fi
+mkdir -p "$FINAL" "$DEST"
+echo "no benchmark results (yet): see gpu.log and results.tar.gz" > "$FINAL/table.md"
+exec > >(tee -a "$FINAL/gpu.log") 2>&1
+TEE_PID=$!
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET BIHM_BENCH_DEVICE BIHM_TEST_DEVICE
 
-log() { echo "[gpu.sh +$(( $(date +%s) - T0 ))s] $*" | tee -a "$DEST/gpu.log"; }
+log() { echo "[gpu.sh +$(( $(date +%s) - T0 ))s] $*"; }
 left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
+# archive: everything in $DEST but the two loose files, into $FINAL/results.tar.gz (atomically)
+archive() {
+  tar -czf "$FINAL/.results.tar.gz.tmp" -C "$DEST" --exclude=./gpu.log --exclude=./table.md \
+    --exclude=./results.tar.gz --exclude=./.results.tar.gz.tmp . 2>/dev/null \
+    && mv -f "$FINAL/.results.tar.gz.tmp" "$FINAL/results.tar.gz"
+}
+finish() {
+  local rc=$?
+  trap - EXIT TERM INT
+  [[ -n "$STEP_PID" ]] && kill -TERM "$STEP_PID" 2>/dev/null && wait "$STEP_PID" 2>/dev/null
+  archive
+  [[ "$DEST" != "$FINAL" ]] && rm -rf "$DEST"
+  log "done (rc=$rc): $FINAL holds table.md, gpu.log, results.tar.gz"
+  exec 1>&- 2>&-
+  wait "$TEE_PID" 2>/dev/null  # gpu.log complete before the script ends
+  exit "$rc"
+}
+trap finish EXIT
+trap 'log "stopped by a signal"; exit 143' TERM INT
 STEPS=()
+STEP_PID=
 # step NAME LIMIT_S RESERVE_S CMD...: run CMD for at most min(LIMIT_S, time left - RESERVE_S)
-# seconds (RESERVE_S is kept for the steps after it), tee its output into $DEST/NAME.log.
+# seconds (RESERVE_S is kept for the steps after it), its output into $DEST/NAME.log and gpu.log.
+# The step runs in the background and is waited for, so a signal reaches the trap at once.
 step() {
   local name=$1 limit=$2 reserve=$3; shift 3
   local avail=$(( $(left) - reserve ))
@@ -44,10 +83,18 @@ step() {
     return 124
   fi
   log "START $name (limit ${lim}s): $*"
-  timeout -k 5 "$lim" "$@" 2>&1 | tee "$DEST/$name.log"
-  local rc=${PIPESTATUS[0]}
+  if [[ "$DRY" == 1 ]]; then
+    set -- sh -c 'sleep "$1"; shift; echo "dry run: $*"' sh "${BIHM_GPU_DRY_STEP_S:-0}" "$@"
+  fi
+  # `timeout` in the background (its PID in STEP_PID: the trap's kill reaches the command through it)
+  timeout -k 5 "$lim" "$@" > >(tee "$DEST/$name.log") 2>&1 &
+  STEP_PID=$!
+  wait "$STEP_PID"
+  local rc=$?
+  STEP_PID=
   log "END $name: rc=$rc$( ((rc == 124 || rc == 137)) && echo ' (timed out)')"
   STEPS+=("$name=$rc")
+  archive
   return "$rc"
 }
 
@@ -145,9 +192,9 @@ log "steps: ${STEPS[*]}"
 if ((${#RESULTS[@]})); then
   CEIL=()
   [[ -s "$DEST/ceilings.json" ]] && CEIL=(--ceilings "$DEST/ceilings.json")
-  timeout 30 "$PY" bench/report.py "${RESULTS[@]}" "${CEIL[@]}" --markdown > "$DEST/table.md" 2>&1
+  timeout 30 "$PY" bench/report.py "${RESULTS[@]}" "${CEIL[@]}" --markdown > "$FINAL/table.md" 2>&1
   echo "================================ bihm_triton benchmarks ($(date -u +%Y-%m-%dT%H:%MZ))"
   timeout 30 "$PY" bench/report.py "${RESULTS[@]}" "${CEIL[@]}" 2>&1 | tee "$DEST/table.txt"
 else
-  echo "no benchmark results were written (see $DEST/*.log)"
+  echo "no benchmark results were written (see the step logs in results.tar.gz)"
 fi

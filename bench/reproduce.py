@@ -82,7 +82,8 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
     given = {"sizes": list(sizes), "objective": objective, "lr": lr or args.lr, "seed": args.seed,
              "valid_k": args.valid_k, "l1reg": getattr(args, "l1reg", 0.0),
              "l2reg": getattr(args, "l2reg", 0.0) if l2reg is None else l2reg, "patience": getattr(args, "patience", 10)}
-    if resume and os.path.exists(os.path.join(out, "last.safetensors")):
+    # a run stopped before its first checkpoint (config.json alone) is started from its config by Trainer.resume
+    if resume and any(os.path.exists(os.path.join(out, f)) for f in ("last.safetensors", "config.json")):
         trainer = Trainer.resume(out, train_x, valid_x, device=device)
         own = {"sizes": list(trainer.model.sizes), **{k: getattr(trainer.config, k) for k in given if k != "sizes"}}
         if trainer.config.patience != given["patience"]:  # a longer patience continues an early-stopped run

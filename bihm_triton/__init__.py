@@ -16,11 +16,11 @@ Importing this package does not import Triton; the kernels load on first use.
 from . import ops, reference
 from .model import BiHM, parse_sizes
 from .ops import sbn_log_prob, sbn_log_prob_wn, sbn_sample, sbn_sample_wn, weight_norm
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, Trainer, TrainingInterrupted
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BiHM", "TrainConfig", "Trainer", "ops", "parse_sizes", "reference",
+    "BiHM", "TrainConfig", "Trainer", "TrainingInterrupted", "ops", "parse_sizes", "reference",
     "sbn_log_prob", "sbn_log_prob_wn", "sbn_sample", "sbn_sample_wn", "weight_norm",
 ]

@@ -7,8 +7,9 @@ no network), ``idx:<path>`` (MNIST IDX images), or a name from
 ``<f>x-<n>l-<last>``.
 
 Errors are one line on stderr: ``bihm-triton <command>: error: …``; exit status 2 for bad
-arguments, data or files (argparse's convention), 1 when training diverges, 130 on Ctrl-C.
-Destinations (run folders, ``--json``, ``--figure``, ``--out``) are checked before any work.
+arguments, data or files (argparse's convention), 1 when training diverges, 130 on Ctrl-C (training
+first finishes its step and saves it: ``train --resume`` continues exactly). Destinations (run folders, ``--json``,
+``--figure``, ``--out``) are checked before any work.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1), ``train`` and ``eval`` run on every process
 (:mod:`bihm_triton.distributed`: NCCL with one GPU per process, gloo on CPUs): rank 0 prints and
@@ -23,6 +24,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -43,7 +45,8 @@ downloaded and checksum-verified). Layer sizes (--sizes): latent widths '200,100
 authors' '<f>x-<n>l-<last>'.
 
 Errors are one line (argument errors after the usage line); exit status 2 for bad arguments,
-data or files, 1 when training diverges, 130 on Ctrl-C. --threads N sets torch's CPU threads
+data or files, 1 when training diverges, 130 on Ctrl-C (training saves the step it reached:
+--resume continues exactly). --threads N sets torch's CPU threads
 (default 1: these networks are small and more threads fight over a busy machine).
 A run remembers its --data/--data-dir: --resume, eval and inpaint use them unless given.
 """
@@ -54,6 +57,8 @@ TRAIN_KEYS = ("sizes", "weight_norm", "objective", "k", "batch_size", "lr", "epo
 TRAIN_DEFAULTS = dict(sizes="200,100,50", weight_norm=False, objective="bihm", k=10, batch_size=100, lr=1e-3,
                       epochs=1000, patience=10, valid_k=100, seed=0)
 DEMO_DEFAULTS = dict(TRAIN_DEFAULTS, sizes="48,32,24,16", epochs=150, lr=3e-3)
+#: Seconds between the progress lines of a long epoch where no progress bar is shown (log files, --no-progress).
+HEARTBEAT_S = 30.0
 
 
 # ----------------------------------------------------------------------------------- data
@@ -272,13 +277,26 @@ def print_evaluation(r: dict) -> None:
           f"p weights {r['ess_p']:.1f}")
 
 
+def random_rows(x: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, str]:
+    """A seeded random subset of ``n`` rows of x (all of them when there are no more), and a phrase for a
+    figure's title. Data files are often grouped by class (binarized MNIST's test file starts with its
+    zeros), so the first n rows would show one class."""
+    total = x.shape[0]
+    if n >= total:
+        return x, f"all {total} points"
+    idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx.to(x.device)], f"{n} of {total} points, drawn at random (seed {seed})"
+
+
 def overview_figure(model, data_x: torch.Tensor, path: str, *, steps: int, seed: int, progress=None,
-                    title: str | None = None, n: int = 20, shape=None, order: str = "C") -> str:
-    """One PNG: test data, samples from p, exact Gibbs samples from p*, and inpaintings of the data's
-    lower half (top half observed; the left half for data without image rows)."""
+                    title: str | None = None, n: int = 20, shape=None, order: str = "C", what: str = "data") -> str:
+    """One PNG: ``n`` data points drawn at random (seeded), samples from p, exact Gibbs samples from p*,
+    and inpaintings of the data's lower half (top half observed; the left half for data without image
+    rows). The title says which data points are shown."""
     from .plotting import figure_panels
 
-    data_x = data_x[:n]
+    data_x, chosen = random_rows(data_x, n, seed)
+    title = f"{title + chr(10) if title else ''}{what}: {chosen}"
     _say(f"drawing the figure ({steps} Gibbs sweeps) ...")
     p_samples = model.sample_p(n, seed=seed + 10)
     gibbs = model.gibbs_sample(n, steps, 10, seed=seed + 11, progress=progress).x
@@ -287,7 +305,7 @@ def overview_figure(model, data_x: torch.Tensor, path: str, *, steps: int, seed:
     inpainted = model.inpaint(data_x, mask, steps, 10, seed=seed + 12, progress=progress).x
     half = "top" if kind == "bottom" else "left"
     return figure_panels([
-        ("test data", data_x), ("samples from p (ancestral)", p_samples),
+        (what, data_x), ("samples from p (ancestral)", p_samples),
         (f"samples from p* (exact Gibbs, {steps} sweeps, K = 10)", gibbs),
         (f"inpainting: observed {half} half (grey: hidden)", _masked(data_x, mask)),
         (f"inpainting: completed by Gibbs with the {half} half clamped", inpainted),
@@ -303,11 +321,15 @@ def _settings(args, defaults: dict) -> tuple[dict, dict]:
     return {**defaults, **given}, given
 
 
-def _recorded_data(run_path: str) -> dict:
-    """The ``--data`` / ``--data-dir`` a run was trained with (``{}`` for runs that did not record them)."""
+def _run_config(run_path: str) -> dict:
     from .train import run_config
 
-    return run_config(run_path).get("data_source") or {}
+    return run_config(run_path)
+
+
+def _recorded_data(run_path: str) -> dict:
+    """The ``--data`` / ``--data-dir`` a run was trained with (``{}`` for runs that did not record them)."""
+    return _run_config(run_path).get("data_source") or {}
 
 
 def _data_of(args, recorded: dict) -> tuple[str, str | None]:
@@ -343,6 +365,18 @@ def _check_resume_conflicts(out_dir: str, given: dict, d0: int) -> None:
                          f"{'; '.join(conflicts)}. Leave them out, or start a new run with another --out")
 
 
+def _note_full_size_list(spec: str, sizes: list, command: str) -> None:
+    """One line when an explicit ``--sizes`` list starts with the data width: the user may have given the
+    full ``[d_0, d_1, ...]`` list (as ``BiHM`` takes it) where the command takes latent widths only."""
+    from .model import _GEOMETRIC
+
+    if _GEOMETRIC.match(spec) or sizes[1] != sizes[0]:
+        return
+    hint = f"; for {[sizes[0], *sizes[2:]]} give --sizes {','.join(map(str, sizes[2:]))}" if len(sizes) > 2 else ""
+    print(f"bihm-triton {command}: note: --sizes lists the latent widths only (d_0 = {sizes[0]} comes from the "
+          f"data), so this trains {sizes}, whose first latent layer is as wide as the data{hint}", flush=True)
+
+
 def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
     from .model import BiHM, parse_sizes
     from .train import RUN_FILES, TrainConfig, Trainer
@@ -361,8 +395,8 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
             raise FileExistsError(f"--out {out} already holds a run ({', '.join(present)}): {how}replace it with "
                                   f"--overwrite, or choose another --out")
         _check_writable_parent(os.path.join(out, "config.json"), "--out")
-    elif not os.path.isfile(os.path.join(out, "last.safetensors")):
-        raise FileNotFoundError(f"--resume: no run to continue in {out} (no last.safetensors)")
+    elif not os.path.isfile(os.path.join(out, "last.safetensors")) and "model" not in _run_config(out):
+        raise FileNotFoundError(f"--resume: no run to continue in {out} (no last.safetensors, no config.json)")
     torch.manual_seed(settings["seed"])
     device = _device(args.device)
     recorded = _recorded_data(out) if resume else {}
@@ -373,15 +407,24 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
     train_x, valid_x = data.split("train").to(device), data.split("valid").to(device)
     if resume:
         _check_resume_conflicts(out, given, train_x.shape[1])
+        fresh = not os.path.isfile(os.path.join(out, "last.safetensors"))
         trainer = Trainer.resume(out, train_x, valid_x, device=device, backend=args.backend,
                                  max_epochs=given.get("epochs"))
         if trainer.epoch >= trainer.config.max_epochs or trainer.bad_epochs >= trainer.config.patience:
             why = "its epoch limit" if trainer.epoch >= trainer.config.max_epochs else "early stopping"
             print(f"the run in {out} already ended at epoch {trainer.epoch} ({why}); give --epochs to go further")
             return 0
-        print(f"resuming {out} (--data {source}) at epoch {trainer.epoch} (up to epoch {trainer.config.max_epochs})")
+        if fresh:
+            print(f"starting the run in {out} (--data {source}) from its config.json: it stopped before its first "
+                  f"checkpoint (up to epoch {trainer.config.max_epochs})")
+        else:
+            batch = trainer.position["batches"]
+            at = f"epoch {trainer.epoch + 1}, batch {batch + 1}" if batch else f"epoch {trainer.epoch}"
+            print(f"resuming {out} (--data {source}) at {at} (up to epoch {trainer.config.max_epochs})")
     else:
         sizes = parse_sizes(settings["sizes"], train_x.shape[1])
+        if "sizes" in given:
+            _note_full_size_list(given["sizes"], sizes, args.command)
         model = BiHM(sizes, weight_norm=settings["weight_norm"], backend=args.backend, device=device)
         cfg = TrainConfig(k=settings["k"], batch_size=settings["batch_size"], lr=settings["lr"],
                           objective=settings["objective"], max_epochs=settings["epochs"],
@@ -393,7 +436,8 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
               f"{valid_x.shape[0]} valid points, K = {cfg.k}, batch {cfg.batch_size}, Adam lr {cfg.lr}, "
               f"device {device}")
     t0 = time.perf_counter()
-    trainer.fit(progress=not args.no_progress, heartbeat_s=30.0 if args.no_progress else None)
+    # a bar on a terminal; in a log file (or with --no-progress) a line per epoch and a heartbeat line
+    trainer.fit(progress=_progress(args), heartbeat_s=HEARTBEAT_S)
     print(f"trained {trainer.epoch} epochs in {time.perf_counter() - t0:.0f}s; best valid bound {trainer.best:.3f}; "
           f"checkpoints in {out}")
     return 0
@@ -433,7 +477,7 @@ def _eval(args) -> int:
             else data.source
         overview_figure(model, x, figure, steps=args.gibbs_steps, seed=args.seed, progress=_progress(args),
                         title=f"BiHM {model.sizes} on {name} ({args.split}): log p*(x) = {r['log_p_star']:.2f} nats",
-                        shape=data.shape, order=data.order)
+                        shape=data.shape, order=data.order, what=f"{args.split} data")
         print(f"wrote {figure}")
     return 0
 
@@ -467,12 +511,13 @@ def _inpaint(args) -> int:
     x = data.split(args.split)
     if x.shape[0] < 1:
         raise ValueError(f"the {args.split} split of --data {data.source} has no data points")
-    x = x[: args.n]
+    x, chosen = random_rows(x, args.n, args.seed)  # not the first n: data files are often sorted by class
     mask = make_mask(x, args.mask, torch.Generator().manual_seed(args.seed), shape=data.shape, order=data.order)
     model = _load_model(args.checkpoint, device, args.backend)
     r = model.inpaint(x.to(device), mask.to(device), args.steps, args.k, seed=args.seed, progress=_progress(args))
     figure_panels([("data", x), ("observed (grey: hidden)", _masked(x, mask)), ("inpainted", r.x.cpu())],
-                  out, cols=min(10, x.shape[0]), shape=data.shape, order=data.order)
+                  out, cols=min(10, x.shape[0]), shape=data.shape, order=data.order,
+                  title=f"{args.split} data of --data {data.source}: {chosen}")
     print(f"wrote {out}")
     return 0
 
@@ -496,7 +541,7 @@ def _demo(args) -> int:
     png = os.path.join(out, "demo.png")
     overview_figure(model, test_x, png, steps=args.gibbs_steps, seed=seed, progress=progress,
                     title=f"BiHM {model.sizes} on 8x8 digits: test log p*(x) = {r['log_p_star']:.2f} nats",
-                    shape=(8, 8))
+                    shape=(8, 8), what="test data")
     print(f"wrote {png}")
     return 0
 
@@ -554,7 +599,8 @@ def _common(p: argparse.ArgumentParser, *, seed_default=0) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per stage instead)")
 
 
-def _train_options(p: argparse.ArgumentParser, defaults: dict, out: str) -> None:
+def _train_options(p: argparse.ArgumentParser, defaults: dict, out: str, *, resume: bool) -> None:
+    """The training options of ``train`` and ``demo``; ``resume``: the command has ``--resume``."""
     d = defaults
     p.add_argument("--sizes", default=None,
                    help=f"LATENT widths, bottom to top; the data width d_0 comes from the data: '200,100,50' or "
@@ -568,7 +614,8 @@ def _train_options(p: argparse.ArgumentParser, defaults: dict, out: str) -> None
     p.add_argument("--lr", type=_positive_float, default=None,
                    help=f"Adam learning rate (default {d['lr']}; the authors' is 1e-3)")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
-                   help=f"maximum epochs (default {d['epochs']}; with --resume: a new limit for the run)")
+                   help=f"maximum epochs (default {d['epochs']}" + ("; with --resume: a new limit for the run)"
+                                                                    if resume else ")"))
     p.add_argument("--patience", type=_int_at_least(1), default=None,
                    help=f"early stopping patience in epochs (default {d['patience']})")
     p.add_argument("--valid-k", type=_int_at_least(1), default=None,
@@ -586,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="train on the bundled 8x8 digits, evaluate, write demo.png")
-    _train_options(p, DEMO_DEFAULTS, "bihm-demo")
+    _train_options(p, DEMO_DEFAULTS, "bihm-demo", resume=False)
     p.add_argument("--eval-k", type=_int_at_least(1), default=1000, help="importance samples per test point (1000)")
     p.add_argument("--z-samples", type=_int_at_least(2), default=100_000, help="samples for log Z^2 (100000)")
     p.add_argument("--n-inner", type=_int_at_least(1), default=10, help="inner q-samples per Z^2 term (10)")
@@ -596,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a BiHM (authors' defaults: K = 10, batch 100, Adam lr 1e-3)")
     p.add_argument("--data", default=None, help=DATA_HELP + " (with --resume: the run's own)")
-    _train_options(p, TRAIN_DEFAULTS, "bihm-run")
+    _train_options(p, TRAIN_DEFAULTS, "bihm-run", resume=True)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out with its own settings (give --epochs to raise its limit)")
     _common(p, seed_default=None)
@@ -610,7 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--z-samples", type=_int_at_least(2), default=100_000, help="samples of p for log Z^2 (100000)")
     p.add_argument("--n-inner", type=_int_at_least(1), default=10, help="q-samples per log Z^2 term (10)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    p.add_argument("--figure", default=None, help="also write a PNG: data, samples from p and p*, inpaintings")
+    p.add_argument("--figure", default=None,
+                   help="also write a PNG: 20 data points drawn at random (--seed), samples from p and p*, "
+                        "inpaintings")
     p.add_argument("--gibbs-steps", type=_int_at_least(0), default=100, help="Gibbs sweeps for the figure (100)")
     _common(p)
     p.set_defaults(func=_eval)
@@ -633,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
     p.add_argument("--data", default=None, help=DATA_HELP + " (default: the run's own, else digits)")
     p.add_argument("--split", default="test", choices=SPLITS, help="data split (default test)")
-    p.add_argument("--n", type=_int_at_least(1), default=10, help="images to inpaint (10)")
+    p.add_argument("--n", type=_int_at_least(1), default=10,
+                   help="images to inpaint, drawn at random from the split with --seed (10)")
     p.add_argument("--mask", default="bottom", choices=("bottom", "top", "left", "right", "random"),
                    help="which part is hidden (default bottom)")
     p.add_argument("--steps", type=_int_at_least(0), default=100, help="Gibbs sweeps (100)")
@@ -669,6 +719,20 @@ def _run(args) -> int:
             return args.func(args)
 
 
+def _interrupt_note(e: KeyboardInterrupt, args) -> str:
+    """What a Ctrl-C left behind and how to go on (one line)."""
+    from .train import TrainingInterrupted
+
+    if not isinstance(e, TrainingInterrupted):
+        return ""
+    note = f"; {e}"
+    if e.saved:
+        go_on = f"bihm-triton train --out {shlex.quote(e.out_dir)} --resume"
+        note += (f"; continue it with: {go_on}" if args.command == "train"
+                 else f"; continue its training with: {go_on} (or rerun the demo with --overwrite)")
+    return note
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     rank = _launched_rank()
@@ -681,10 +745,10 @@ def main(argv=None) -> int:
     debug = bool(os.environ.get("BIHM_TRITON_DEBUG"))
     try:
         return _run(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print(f"bihm-triton {args.command}: interrupted", file=sys.stderr)
+        print(f"bihm-triton {args.command}: interrupted{_interrupt_note(e, args)}", file=sys.stderr)
         return 130
     except FloatingPointError as e:  # training diverged
         if debug:

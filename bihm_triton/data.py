@@ -643,8 +643,10 @@ def load_dataset(name: str, split: str = "train", *, data_dir: Optional[str] = N
                  download: bool = True) -> torch.Tensor:
     """One split of a registered benchmark set (see :func:`list_datasets` and the module docstring).
 
-    **Local copies first.** With ``data_dir`` (default ``$BIHM_DATA_DIR``) the split is read from
-    the folder when its file is there, in the layout of the project's shared data:
+    **Local copies first.** With ``data_dir`` the split is read from that folder, which must hold it
+    (a folder given explicitly is never passed over for a download); ``$BIHM_DATA_DIR`` (the default)
+    is used when it holds the split, else the cache or a download. The layout is the project's
+    shared data:
     ``binarized_mnist/binarized_mnist_<split>.amat[.gz]`` (the gunzipped content checked against the
     published SHA-256), ``mnist/{train,t10k}-images-idx3-ubyte[.gz]`` (the published SHA-256 of the
     ``.gz``, or the MD5 of the canonical uncompressed file), ``uci/<name>/<name>.npz`` (the MADE
@@ -663,7 +665,8 @@ def load_dataset(name: str, split: str = "train", *, data_dir: Optional[str] = N
         name: a name from :func:`list_datasets`.
         split: ``"train"``, ``"valid"`` or ``"test"`` (``mnist`` also ``"train_all"``: all 60000
             training images; its ``"train"``/``"valid"`` are the usual 50000/10000 split of them).
-        data_dir: a folder of local copies (default :func:`default_data_dir`).
+        data_dir: a folder of local copies that holds the set (default :func:`default_data_dir`, which
+            may lack it).
         cache_dir: defaults to :func:`default_cache_dir` (``$BIHM_TRITON_DATA`` or ``~/.cache/bihm_triton``).
         download: if false, a missing file raises instead of being downloaded.
 
@@ -671,6 +674,8 @@ def load_dataset(name: str, split: str = "train", *, data_dir: Optional[str] = N
         ``float32`` tensor of shape ``(n, dim)`` with values in {0, 1}.
 
     Raises:
+        FileNotFoundError: ``data_dir`` was given and does not hold the split (the message says what the
+            folder holds).
         ValueError: unknown ``name`` or ``split`` (the message lists the valid ones); a file whose
             content does not parse or validate (the message names the file and the offending shape
             or value).
@@ -683,6 +688,8 @@ def load_dataset(name: str, split: str = "train", *, data_dir: Optional[str] = N
     _check_split(split, info.splits, f"split of {name}")
     source = info.splits[split]
     path, read = _local_path(info, split, data_dir or default_data_dir()), None
+    if path is None and data_dir:  # a folder was given: it is the source, never a silent download
+        raise FileNotFoundError(_not_in_folder(info, split, data_dir))
     if path is not None:
         path, read = path
     else:
@@ -693,6 +700,35 @@ def load_dataset(name: str, split: str = "train", *, data_dir: Optional[str] = N
         x = x[source.take]
     _validate_binary(x, path, dim=info.dim, rows=source.size)
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _folder_listing(folder: str, limit: int = 12) -> str:
+    """``"a/, b.txt, c/"``: what a folder holds (folders marked with /), the first ``limit`` entries."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        return f"(unreadable: {e.strerror})"
+    if not names:
+        return "nothing (it is empty)"
+    shown = [n + ("/" if os.path.isdir(os.path.join(folder, n)) else "") for n in names[:limit]]
+    return ", ".join(shown) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+
+
+def _not_in_folder(info: DatasetInfo, split: str, data_dir: str) -> str:
+    """Why ``data_dir`` (given explicitly) does not provide the split, with what the folder holds."""
+    folder = os.path.expanduser(data_dir)
+    if not os.path.isdir(folder):
+        return f"{info.name}: the data folder {data_dir} (data_dir / --data-dir) does not exist"
+    copies = info.local.get(split, ())
+    if not copies:
+        return (f"{info.name}: the data folder {data_dir} (data_dir / --data-dir) cannot hold it (the shared data "
+                f"layout has no place for this set); leave the folder out to download it")
+    sub = copies[0].relpath.split("/")[0]
+    inside = (f"; its {sub}/ holds: {_folder_listing(os.path.join(folder, sub))}"
+              if os.path.isdir(os.path.join(folder, sub)) else "")
+    return (f"{info.name}: the data folder {data_dir} (data_dir / --data-dir) has no {split} split of it "
+            f"(looked for {' or '.join(c.relpath for c in copies)}); the folder holds: {_folder_listing(folder)}"
+            f"{inside}. Give the folder that holds {sub}/, or leave the folder out to download the set")
 
 
 def _local_path(info: DatasetInfo, split: str, data_dir: Optional[str]):

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from . import engines, ops, samplers
 from . import reference as ref
+from .progress import bar_disable
 from .reference._checks import check_positive_int
-from .reference.bihm import WeightNormStochasticLayer, layer_input
+from .reference.bihm import WeightNormStochasticLayer, layer_input, warn_nonfinite_samples
 from .reference.estimators import MeanWithSE, log_mean_exp_with_se
 
 __all__ = ["BiHM", "parse_sizes"]
@@ -38,7 +39,8 @@ def parse_sizes(spec: str, d0: int) -> list[int]:
     ``parse_sizes("0.5x-4l-10", 784) == [784, 392, 115, 33, 10]``.
 
     Raises:
-        ValueError: an unparseable spec, or a width < 1 (e.g. ``"784,0,10"``).
+        ValueError: an unparseable spec, an empty entry (``"200,,50"``, ``"200,50,"``), or a width < 1
+            (e.g. ``"784,0,10"``).
     """
     if not isinstance(spec, str):
         raise TypeError(f"sizes spec must be a string like '200,100,50', got {type(spec).__name__}")
@@ -59,12 +61,17 @@ def parse_sizes(spec: str, d0: int) -> list[int]:
             base = np.exp(np.log(first / float(last)) / (n - 1))
             latent = [int(float(last) * base ** i) for i in reversed(range(n))]
     else:
+        entries = spec.replace(" ", "").split(",")
+        if entries == [""]:
+            raise ValueError(f"sizes spec {spec!r} lists no latent layer")
+        for i, t in enumerate(entries):
+            if t == "":  # '200,,50' or a trailing comma: never drop an entry silently
+                raise ValueError(f"sizes spec {spec!r}: entry {i + 1} of {len(entries)} is empty; give every latent "
+                                 f"width, e.g. '200,100,50'")
         try:
-            latent = [int(t) for t in spec.replace(" ", "").split(",") if t != ""]
+            latent = [int(t) for t in entries]
         except ValueError:
             raise ValueError(f"sizes spec {spec!r} is neither 'd1,d2,...' nor '<f>x-<n>l-<last>'") from None
-        if not latent:
-            raise ValueError(f"sizes spec {spec!r} lists no latent layer")
     for i, d in enumerate(latent):
         if d < 1:
             raise ValueError(f"sizes spec {spec!r}: latent width {i + 1} is {d}; widths must be >= 1")
@@ -75,12 +82,14 @@ class _SegmentLSE:
     """Running per-data-point logsumexp over row chunks (rows of one data point may span chunks).
 
     Exact for −inf values: a data point whose values are all −inf (every weight zero) has the
-    logsumexp −inf, never NaN.
+    logsumexp −inf, never NaN. A NaN value makes its data point's logsumexp NaN (as ``torch.logsumexp``):
+    NaN parameters never read as "probability zero".
     """
 
     def __init__(self, B: int, device):
         self.max = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
         self.sum = torch.zeros(B, dtype=torch.float64, device=device)
+        self.nan = torch.zeros(B, dtype=torch.bool, device=device)
 
     def update(self, b_lo: int, n: int, seg: torch.Tensor, v: torch.Tensor) -> None:
         """Add values v (rows,) whose data points are ``b_lo + seg`` (seg: 0 … n−1, contiguous; n given by
@@ -94,9 +103,11 @@ class _SegmentLSE:
         ref_ = torch.where(torch.isfinite(new), new, 0.0)
         self.sum[b_lo:b_lo + n] = s * torch.exp(m - ref_) * torch.isfinite(m) + cs * torch.exp(shift - ref_) * torch.isfinite(cm)
         self.max[b_lo:b_lo + n] = new
+        self.nan[b_lo:b_lo + n] |= torch.isnan(cm)  # scatter_reduce's amax propagates NaN
 
     def value(self) -> torch.Tensor:
-        return torch.where(self.sum > 0, self.max + torch.log(self.sum), -math.inf)
+        lse = torch.where(self.sum > 0, self.max + torch.log(self.sum), -math.inf)
+        return torch.where(self.nan, math.nan, lse)
 
 
 class BiHM(ref.BiHM):
@@ -110,22 +121,28 @@ class BiHM(ref.BiHM):
             such a model runs layer by layer on the ops (one line says so on a GPU).
         backend: ``"auto"`` (Triton on CUDA; the CPU kernels for float32 on the CPU; the reference for
             float64), ``"triton"``, ``"cpu"`` or ``"reference"``. What runs is :attr:`engine`.
-        device, dtype: of the parameters (float32 default). float64 runs the reference math in float64 on
-            the reference backend; the Triton kernels always compute in fp32 (results are cast).
+        device, dtype: of the parameters (float32 default). The Triton and CPU kernels compute in float32,
+            so a float64 model runs the reference math in float64 under ``backend="auto"`` (on CUDA too),
+            and ``backend="triton"`` / ``"cpu"`` refuse float64.
         chunk_rows: rows per chunk in the streaming estimators (memory ∝ chunk_rows × widest layer).
 
     Parameter layout, initialization and every formula: :class:`bihm_triton.reference.BiHM`.
 
     Raises:
-        ValueError / TypeError: bad sizes (``[]``, ``[784, 0, 10]``), backend or chunk_rows.
+        ValueError / TypeError: bad sizes (``[]``, ``[784, 0, 10]``), backend or chunk_rows;
+            TypeError: ``dtype=torch.float64`` with ``backend="triton"``.
     """
 
     def __init__(self, sizes, *, weight_norm: bool = False, deterministic_layers: int = 0, backend: str = "auto",
                  device=None, dtype=torch.float32, chunk_rows: int = 1 << 16):
-        super().__init__(sizes, weight_norm=weight_norm, deterministic_layers=deterministic_layers, device=device,
-                         dtype=dtype)
         if backend not in ops.BACKENDS:
             raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+        if backend in ("triton", "cpu") and dtype == torch.float64:
+            raise TypeError(f"backend={backend!r} computes in float32, but dtype is torch.float64; use "
+                            "dtype=torch.float32, or backend='reference' (or 'auto', which runs a float64 model on "
+                            "the reference, on CUDA too) for float64")
+        super().__init__(sizes, weight_norm=weight_norm, deterministic_layers=deterministic_layers, device=device,
+                         dtype=dtype)
         check_positive_int(chunk_rows, "chunk_rows", 4)
         self.backend = backend
         self.chunk_rows = chunk_rows - chunk_rows % 4
@@ -152,9 +169,8 @@ class BiHM(ref.BiHM):
     # --------------------------------------------------------------- chunking
     def _chunks(self, rows: int, chunk: int, progress: bool | None, desc: str):
         starts = range(0, rows, chunk)
-        # default: a bar for long loops, on a terminal only (tqdm's disable=None), not in log files
-        disable = (None if len(starts) > 8 else True) if progress is None else not progress
-        return tqdm(starts, desc=desc, disable=disable, leave=False)
+        # default: a bar for long loops; on a terminal only (tqdm's disable=None), never in log files
+        return tqdm(starts, desc=desc, disable=bar_disable(progress, len(starts) > 8), leave=False)
 
     @torch.no_grad()
     def _importance_lse(self, x: torch.Tensor, k: int, seed, offset: int, progress, row_start: int = 0) -> dict:
@@ -261,6 +277,8 @@ class BiHM(ref.BiHM):
         parameters (needed after changes the version counters do not see: ``.data`` edits, CUDA-graph
         replays of an optimizer step)."""
         self.engine.refresh()
+        for name in ("_p_nonfinite", "_sampler_nonfinite"):  # the parameter checks of sample_p and the samplers
+            self.__dict__.pop(name, None)
 
     def _aligned_chunk_log_weights(self, x, k, rows, seed, offset, *, row_start, x_row0):
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
@@ -298,6 +316,10 @@ class BiHM(ref.BiHM):
         Returns:
             x (n, d_0); or ``(x, log_p (n,) float32)``; or a :class:`~bihm_triton.reference.PSample`
             (x, hidden [h_1 … h_L] each (n, d_l), log_p (n,) float32).
+
+        Warns:
+            RuntimeWarning: p's parameters hold NaN (or infinite weights): units with NaN logits are
+                sampled as 0 and log p is NaN (checked once per change of the parameters).
         """
         check_positive_int(n, "n")
         seed = self._seed(seed, offset, row_start)
@@ -306,6 +328,12 @@ class BiHM(ref.BiHM):
         out_dtype = out_dtype or self.dtype
         want_lp = return_hidden or return_log_p
         x, hidden, log_p = self.engine.sample_p(n, seed, offset, row_start, return_hidden, want_lp, out_dtype)
+        # p's parameters are checked for NaN once per change (a device read), then the result is reused
+        key = engines._params_key([self.p_top, *self.p_layers._modules.values()])
+        checked = self.__dict__.get("_p_nonfinite")
+        if checked is None or checked[0] != key:
+            checked = self.__dict__["_p_nonfinite"] = (key, self._nonfinite_p())
+        warn_nonfinite_samples(checked[1], "sample_p")
         if return_hidden:
             return ref.PSample(x, hidden, log_p)
         if return_log_p:

@@ -3,7 +3,8 @@
 Backends: ``backend="auto"`` runs the Triton kernels (:mod:`bihm_triton.kernels`) on CUDA tensors,
 the CPU kernels (:mod:`bihm_triton.kernels.cpu`: the matmul by BLAS through torch, then one fused C
 pass for Philox, sigmoid, the draw and the log-likelihood) on float32 CPU tensors, and the
-reference (:mod:`bihm_triton.reference`) on float64 ones or where the CPU kernels cannot be built;
+reference (:mod:`bihm_triton.reference`) on float64 inputs (both kernels compute in float32;
+``"triton"`` and ``"cpu"`` refuse float64 with a TypeError) or where the CPU kernels cannot be built;
 ``"triton"``, ``"cpu"`` or ``"reference"`` forces one (the Triton backend accepts CPU tensors when
 ``TRITON_INTERPRET=1``, which is how the tests run it without a GPU). The Triton and CPU ops are
 registered with ``torch.library`` (namespace ``bihm_triton``), with fake implementations and
@@ -97,6 +98,27 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
             raise RuntimeError(f"backend='cpu' is unavailable ({_cpu().unavailable_reason()}); use "
                                f"backend='reference'")
     return backend
+
+
+def _backend_for(backend: str, device: torch.device, **tensors) -> str:
+    """The backend that runs an op on ``tensors`` (the inputs that set its compute dtype): as
+    :func:`resolve_backend`, except for float64. The Triton and CPU kernels compute in float32, so float64
+    inputs run on the reference under ``"auto"`` (float64 math) and are refused under ``"triton"`` and
+    ``"cpu"`` (a float32 result returned as float64 would pass for float64 precision).
+
+    Raises:
+        TypeError: ``backend="triton"`` or ``"cpu"`` with a float64 input (the message names it and the
+            alternatives).
+    """
+    wide = [name for name, t in tensors.items() if t is not None and t.dtype == torch.float64]
+    resolved = resolve_backend(backend, device, torch.float64 if wide else torch.float32)
+    if resolved in ("triton", "cpu") and wide:
+        if backend == "auto":
+            return "reference"
+        raise TypeError(f"backend={resolved!r} computes in float32, but {wide[0]} is float64; pass float32 "
+                        f"tensors, or use backend='reference' (or 'auto', which runs float64 inputs on the "
+                        f"reference) for float64 results")
+    return resolved
 
 
 def _validating(validate: bool) -> bool:
@@ -435,15 +457,7 @@ def _cpu_logits(h, weight, bias, weight_g):
     return torch.nn.functional.linear(h.to(torch.float32), w.to(torch.float32), bias.to(torch.float32))
 
 
-def _check_cpu_dtype(*tensors) -> None:
-    for t in tensors:
-        if t is not None and t.dtype == torch.float64:
-            raise TypeError("backend='cpu' computes in float32 and got a float64 tensor; use backend='reference' "
-                            "(or backend='auto', which sends float64 there) to keep float64")
-
-
 def _cpu_sample(h, weight, bias, weight_g, seed, offset, out_dtype):
-    _check_cpu_dtype(h, weight, bias, weight_g)
     a = _cpu_logits(h, weight, bias, weight_g)
     want_d = a.requires_grad
     if torch.compiler.is_compiling():
@@ -453,7 +467,6 @@ def _cpu_sample(h, weight, bias, weight_g, seed, offset, out_dtype):
 
 
 def _cpu_log_prob(h, x, weight, bias, weight_g):
-    _check_cpu_dtype(h, weight, bias, weight_g)
     a = _cpu_logits(h, weight, bias, weight_g)
     want_d = a.requires_grad
     if torch.compiler.is_compiling():
@@ -489,7 +502,9 @@ def sbn_sample(
             seed from torch's default generator (``torch.manual_seed`` reproduces the run).
         offset: first Philox counter; the draw consumes ``ceil(R/4)·M`` counters.
         out_dtype: dtype of the sample, e.g. ``torch.float32`` (default) or ``torch.uint8`` (fastest).
-        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"reference"`` (module docstring).
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"reference"`` (module docstring). The Triton and
+            CPU kernels compute in float32: under ``"auto"`` float64 inputs (h, weight, bias) run on the
+            reference, in float64; ``"triton"`` and ``"cpu"`` refuse them.
 
     Returns:
         ``(x, log_prob)``: x (R, M) ``out_dtype`` in {0, 1}, no gradient; log_prob (R,) float32
@@ -498,12 +513,12 @@ def sbn_sample(
     Raises:
         ValueError: mismatched shapes (the message names the argument and the expected shape),
             tensors on different devices, a seed outside ``[0, 2**63)``, a negative offset.
-        TypeError: unsupported dtypes.
+        TypeError: unsupported dtypes; a float64 input with ``backend="triton"``.
         RuntimeError: ``backend="triton"`` on CPU tensors without ``TRITON_INTERPRET=1``.
     """
     check_layer_args(h, weight, bias)
     check_offset(offset)
-    backend = resolve_backend(backend, h.device, compute_dtype(h, weight, bias))
+    backend = _backend_for(backend, h.device, h=h, weight=weight, bias=bias)
     if backend == "reference":
         return ref.sbn_sample(h, weight, bias, seed=_reference_seed(seed), offset=offset, out_dtype=out_dtype)
     if backend == "cpu":
@@ -537,7 +552,7 @@ def sbn_log_prob(
     check_layer_args(h, weight, bias, x)
     if _validating(validate):
         check_binary(x, "x")
-    backend = resolve_backend(backend, h.device, compute_dtype(h, weight, bias))
+    backend = _backend_for(backend, h.device, h=h, weight=weight, bias=bias)
     if backend == "reference":
         return ref.bernoulli_log_prob(ref.sbn_logits(h, weight, bias), x)
     if backend == "cpu":
@@ -568,7 +583,7 @@ def sbn_sample_wn(
     check_layer_args(h, weight_v, bias, weight_name="weight_v")
     g = check_weight_norm_args(weight_v, weight_g, 0)
     check_offset(offset)
-    backend = resolve_backend(backend, h.device, compute_dtype(h, weight_v, weight_g, bias))
+    backend = _backend_for(backend, h.device, h=h, weight_v=weight_v, weight_g=g, bias=bias)
     if backend == "reference":
         return ref.sbn_sample_wn(h, weight_v, g, bias, seed=_reference_seed(seed), offset=offset, out_dtype=out_dtype)
     if backend == "cpu":
@@ -591,7 +606,7 @@ def sbn_log_prob_wn(
     g = check_weight_norm_args(weight_v, weight_g, 0)
     if _validating(validate):
         check_binary(x, "x")
-    backend = resolve_backend(backend, h.device, compute_dtype(h, weight_v, weight_g, bias))
+    backend = _backend_for(backend, h.device, h=h, weight_v=weight_v, weight_g=g, bias=bias)
     if backend == "reference":
         return ref.bernoulli_log_prob(ref.sbn_logits(h, weight_v, bias, scale=ref.weight_norm_scale(weight_v, g)), x)
     if backend == "cpu":
@@ -616,17 +631,18 @@ def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int | None 
         backend: as in :func:`sbn_sample`.
 
     Returns:
-        (M, N) weight in the promoted dtype of the inputs (fp32 arithmetic on the Triton backend),
-        differentiable in both inputs.
+        (M, N) weight in the promoted dtype of the inputs (fp32 arithmetic on the Triton backend, which
+        therefore takes no float64 input: ``"auto"`` runs those on the reference), differentiable in
+        both inputs.
 
     Raises:
         ValueError: a bad dim or a weight_g shape that does not fit weight_v (named in the message).
-        TypeError: non-floating inputs.
+        TypeError: non-floating inputs; a float64 input with ``backend="triton"``.
     """
     check_tensor(weight_v, "weight_v", 2, symbols="(M, N)")
     g = check_weight_norm_args(weight_v, weight_g, dim)
-    backend = resolve_backend(backend, weight_v.device, compute_dtype(weight_v, weight_g))
-    if backend in ("reference", "cpu") or dim in (-1, None):
+    backend = _backend_for(backend, weight_v.device, weight_v=weight_v, weight_g=g)
+    if backend == "reference" or dim in (-1, None):
         return ref.weight_norm(weight_v, weight_g, dim)
     if dim % 2 == 0:
         return _weight_norm_op(weight_v, g)

@@ -40,8 +40,9 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from .progress import bar_disable
 from .reference import RandomStream
-from .reference._checks import check_binary, check_positive_int, check_tensor
+from .reference._checks import check_binary, check_positive_int, check_tensor, nonfinite_parameters
 from .reference.estimators import effective_sample_size, log_mean_exp
 from .reference.philox import check_draw_fits, check_offset, check_seed, draw_seed
 
@@ -174,7 +175,28 @@ def _update_x(model, states, log_s, K: int, n_inner: int, paper: bool, stream: R
     return _gather(cand, idx, K), cand_log_s.view(R, K).gather(1, idx[:, None]).squeeze(1)
 
 
-def _check_common(model, steps, k, n_inner, seed, offset, min_k):
+def check_finite_parameters(model, what: str) -> None:
+    """Refuse a model whose parameters make the importance weights NaN (NaN parameters, infinite weights):
+    every resampling decision would be arbitrary and the states carry no NaN to show it. Read from the
+    device once per change of the parameters (their autograd versions).
+
+    Raises:
+        ValueError: names the parameters.
+    """
+    key = tuple((id(p), p.data_ptr(), p._version) for p in model.parameters())
+    cached = model.__dict__.get("_sampler_nonfinite")
+    if cached is None or cached[0] != key:
+        cached = (key, nonfinite_parameters(model.named_parameters()))
+        if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            model.__dict__["_sampler_nonfinite"] = cached
+    if cached[1]:
+        raise ValueError(f"{what}: the model's parameters hold non-finite values ({', '.join(cached[1])}), so "
+                         f"every importance weight would be NaN; load a checkpoint from before the parameters "
+                         f"went non-finite")
+
+
+def _check_common(model, steps, k, n_inner, seed, offset, min_k, what):
+    check_finite_parameters(model, what)
     check_positive_int(steps, "steps", 0)
     check_positive_int(k, "k", min_k)
     check_positive_int(n_inner, "n_inner")
@@ -195,9 +217,8 @@ def _gibbs_loop(model, states, steps, K, n_inner, paper, stream, mask, x_obs, pr
     log_s = None if paper else log_sqrt_p_tilde_star(model, states[0], n_inner, stream)
     chain = [states[0].clone()] if return_chain else None
     L = model.n_layers
-    # default: a bar for 20 sweeps or more, on a terminal only (tqdm's disable=None)
-    disable = (None if steps >= 20 else True) if progress is None else not progress
-    for _ in tqdm(range(steps), desc="gibbs", disable=disable, leave=False):
+    # default: a bar for 20 sweeps or more; on a terminal only (tqdm's disable=None), never in log files
+    for _ in tqdm(range(steps), desc="gibbs", disable=bar_disable(progress, steps >= 20), leave=False):
         for parity in (1, 0):
             for l in range(parity, L + 1, 2):
                 if l == 0:
@@ -232,10 +253,11 @@ def gibbs_sample(model, n: int, steps: int, k: int = 10, *, n_inner: int = 1, pa
         :class:`GibbsResult`.
 
     Raises:
-        ValueError / TypeError: bad n, steps, k (< 2 in exact mode), n_inner, seed, or init shapes.
+        ValueError / TypeError: bad n, steps, k (< 2 in exact mode), n_inner, seed, or init shapes;
+            ValueError: the model's parameters hold NaN (or infinite weights), named in the message.
     """
     check_positive_int(n, "n")
-    stream = _check_common(model, steps, k, n_inner, seed, offset, 1 if paper_compatible else 2)
+    stream = _check_common(model, steps, k, n_inner, seed, offset, 1 if paper_compatible else 2, "gibbs_sample")
     if init is None:
         states, _ = model.p_pass(n, stream.seed, stream.take(model.n_layers + 1))
     else:
@@ -262,7 +284,8 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, steps: int, k: int = 10,
         :class:`GibbsResult` whose x equals the input on observed pixels.
 
     Raises:
-        ValueError: mask shape differs from x, x not binary, bad k/steps.
+        ValueError: mask shape differs from x, x not binary, bad k/steps; NaN parameters (as
+            :func:`gibbs_sample`).
     """
     x = model._check_x(x)
     check_tensor(mask, "mask", 2, symbols="(B, d_0)")
@@ -270,7 +293,7 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, steps: int, k: int = 10,
         raise ValueError(f"mask must have the shape of x {tuple(x.shape)}, got {tuple(mask.shape)}")
     check_binary(mask, "mask")
     mask = mask.to(device=model.device, dtype=torch.bool)
-    stream = _check_common(model, steps, k, n_inner, seed, offset, 1 if paper_compatible else 2)
+    stream = _check_common(model, steps, k, n_inner, seed, offset, 1 if paper_compatible else 2, "inpaint")
     B = x.shape[0]
     # start: h ~ q(h | x) with the unobserved pixels zeroed, then x's free pixels from p(x | h_1)
     x0 = torch.where(mask, x, torch.zeros_like(x))
@@ -297,11 +320,12 @@ def sir_sample(model, n: int, oversample: int = 100, n_inner: int = 1, *, seed=N
         :class:`SIRResult` (x (n, d_0), hidden [h_1 … h_L] (n, d_l), ESS of the M weights).
 
     Raises:
-        ValueError / TypeError: n, oversample or n_inner < 1, a bad seed or offset.
+        ValueError / TypeError: n, oversample or n_inner < 1, a bad seed or offset; NaN parameters (as
+            :func:`gibbs_sample`).
     """
     check_positive_int(n, "n")
     check_positive_int(oversample, "oversample")
-    stream = _check_common(model, 0, 1, n_inner, seed, offset, 1)
+    stream = _check_common(model, 0, 1, n_inner, seed, offset, 1, "sir_sample")
     M = n * oversample
     states, log_p = model.p_pass(M, stream.seed, stream.take(model.n_layers + 1))
     log_w = log_sqrt_p_tilde_star(model, states[0], n_inner, stream) + 0.5 * (model.log_q_cond(states) - log_p)

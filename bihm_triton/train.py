@@ -23,6 +23,16 @@ and the CUDA-graph fallback are decided from values reduced across the ranks, th
 rank. A run resumes with the same or another number of ranks; a W-rank run equals the 1-rank run
 up to summation order (see the module :mod:`bihm_triton.distributed` for what is exact).
 
+**Ctrl-C.** During :meth:`Trainer.fit` a first Ctrl-C (SIGINT) lets the step in progress finish, then
+``last.safetensors`` is written at that step, with the position in the epoch (batches done and the
+epoch's running sums), and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised: the
+resumed run is the uninterrupted one, step for step. A Ctrl-C outside a step (validation, data
+indexing) stops at once, the same way; a second Ctrl-C stops at once without saving (the last
+checkpoint is left as it was). A run folder stopped before its first checkpoint (``config.json``
+alone) is started from its config by :meth:`Trainer.resume`. With more than one rank a Ctrl-C (or
+torchrun's SIGTERM) stops every rank at once without saving: the run resumes from its last
+end-of-epoch checkpoint (the ranks could not agree on a step to save without a collective).
+
 A new trainer never overwrites a run: a folder that already holds one is refused unless
 ``overwrite=True``. :meth:`Trainer.resume` takes every setting from the run, checks that the data
 are the run's (a fingerprint of each split is stored with the run), and rewrites the log from the
@@ -31,10 +41,14 @@ checkpoint, so an interruption between a log line and its checkpoint leaves no d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 
 import torch
@@ -43,9 +57,10 @@ from tqdm.auto import tqdm
 from .checkpoint import read_safetensors, save_safetensors_atomic, write_json_atomic
 from .distributed import Comm, log_likelihood as _sharded_log_likelihood
 from .model import BiHM
+from .progress import bar_disable
 from .reference.philox import MAX_SEED, check_seed
 
-__all__ = ["TrainConfig", "Trainer"]
+__all__ = ["TrainConfig", "Trainer", "TrainingInterrupted"]
 
 _GOLDEN = 0x9E3779B97F4A7C15
 
@@ -102,6 +117,89 @@ def _check_rows(x: torch.Tensor, name: str) -> None:
 
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + (step + 1) * _GOLDEN) % MAX_SEED
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :meth:`Trainer.fit`: ``saved`` tells whether ``last.safetensors`` in ``out_dir`` now
+    holds the run at the step where it stopped (``str()`` says where)."""
+
+    def __init__(self, message: str, *, saved: bool, out_dir: str | None):
+        super().__init__(message)
+        self.saved, self.out_dir = saved, out_dir
+
+
+class _InterruptGuard:
+    """SIGINT during :meth:`Trainer.fit`: inside a critical section (a training step, the end-of-epoch
+    writes) the first Ctrl-C is deferred to its end; elsewhere, or a second time, it raises at once. A
+    ``KeyboardInterrupt`` that leaves a critical section marks the state ``torn`` (not saved)."""
+
+    def __init__(self, install: bool = True):
+        self.depth, self.pending, self.torn = 0, False, False
+        self._install, self._previous = install, None
+
+    def __enter__(self):
+        if (self._install and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        return False
+
+    def _handler(self, signum, frame):
+        if self.depth and not self.pending:
+            self.pending = True
+            print("\nCtrl-C: finishing the current step, then saving a checkpoint (Ctrl-C again stops at once, "
+                  "without saving)", file=sys.stderr, flush=True)
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def critical(self):
+        self.depth += 1
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.torn = True
+            raise
+        finally:
+            self.depth -= 1
+        if self.pending and not self.depth:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+class _FiniteTracker:
+    """Which parameter went non-finite first, tracked on the device (no host synchronization): before
+    every step, ``since[i]`` records the first step at whose start parameter i held NaN (or ±inf in a
+    weight: ``0 · inf`` is NaN in ``h · Wᵀ``; infinite biases are legitimate, SPEC §2)."""
+
+    def __init__(self, model):
+        named = [(n, p) for n, p in model.named_parameters() if p.numel()]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        dev = self.params[0].device
+        self.weights = torch.tensor([not n.endswith(("bias", "logits")) for n in self.names], device=dev)
+        self.since = torch.full((len(named),), -1, dtype=torch.int64, device=dev)
+
+    @torch.no_grad()
+    def before_step(self, step: int) -> None:
+        norms = torch.stack(torch._foreach_norm(self.params, math.inf) if hasattr(torch, "_foreach_norm")
+                            else [p.abs().max() for p in self.params])
+        bad = torch.isnan(norms) | (torch.isinf(norms) & self.weights)
+        self.since = torch.where((self.since < 0) & bad, step, self.since)
+
+    def culprits(self, step: int) -> tuple[int, list[str]]:
+        """(the first step at whose start some parameter was non-finite, their names), up to ``step``."""
+        since = self.since.tolist()
+        hits = [(s, n) for n, s in zip(self.names, since) if 0 <= s <= step]
+        if not hits:
+            return -1, []
+        first = min(s for s, _ in hits)
+        return first, [n for s, n in hits if s == first]
 
 
 class Trainer:
@@ -179,6 +277,12 @@ class Trainer:
         self.best = -math.inf
         self.bad_epochs = 0
         self.history: list[dict] = []
+        #: the epoch in progress: batches done, the running sums of its bounds and ESS, seconds spent
+        self.position = {"batches": 0, "bound": 0.0, "ess": 0.0, "seconds": 0.0}
+        self._guard = _InterruptGuard(install=False)
+        self._first_bad = None  # the epoch's first step with a non-finite loss (device), see train_epoch
+        self._tracker = None
+        self._running, self._t0 = None, 0.0  # (batches done, sums) of the epoch in progress; its start time
         if self.out_dir is not None:
             self._write_config()
 
@@ -324,54 +428,78 @@ class Trainer:
             self.cuda_graph = False
             self._graph = None
 
-    def train_epoch(self, progress: bool = True, heartbeat_s: float | None = None) -> dict:
-        """One pass over the training data; returns the epoch's mean bound and ESS (floats). With more
-        than one rank: this rank's shards of every batch, and the means over all ranks' points.
+    def train_epoch(self, progress: bool | None = None, heartbeat_s: float | None = None) -> dict:
+        """The rest of the epoch in progress (all of it, unless an interrupted one is resumed); returns
+        the epoch's mean bound and ESS (floats). With more than one rank: this rank's shards of every
+        batch, and the means over all ranks' points.
 
-        Without a progress bar, ``heartbeat_s`` prints a line every so many seconds (long epochs).
+        Args:
+            progress: a progress bar on a terminal (default), never in a log file; False: none.
+            heartbeat_s: where no bar is shown, print a line every so many seconds (long epochs).
 
         Raises:
-            FloatingPointError: the loss became non-finite (checked every ``check_every`` steps and
-                at the end; the last checkpoint is left untouched).
+            FloatingPointError: the loss became non-finite (checked every ``check_every`` steps and at
+                the end; the last checkpoint is left untouched); the message names the parameters that
+                were non-finite first, and when.
         """
         cfg = self.config
         perm = self._permutation(self.epoch).to(self.train_x.device)
         n = self.train_x.shape[0]
         dev = self.train_x.device
-        total_bound = torch.zeros((), device=dev, dtype=torch.float64)
-        total_ess = torch.zeros((), device=dev, dtype=torch.float64)
-        first_bad = torch.full((), -1, device=dev, dtype=torch.int64)
         comm = self.comm
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {self.epoch + 1}", disable=not progress or not comm.is_main,
-                   leave=False)
+        starts = range(0, n, cfg.batch_size)
+        done = self.position["batches"]
+        # the running sums of a resumed epoch count once in the sums over the ranks: on rank 0
+        carried = comm.is_main
+        total_bound = torch.tensor(self.position["bound"] if carried else 0.0, device=dev, dtype=torch.float64)
+        total_ess = torch.tensor(self.position["ess"] if carried else 0.0, device=dev, dtype=torch.float64)
+        self._first_bad = first_bad = torch.full((), -1, device=dev, dtype=torch.int64)
+        self._tracker = tracker = _FiniteTracker(self.model)
+        bar = tqdm(starts[done:], total=len(starts), initial=done, desc=f"epoch {self.epoch + 1}",
+                   disable=True if not comm.is_main else bar_disable(progress), leave=False)
         beat, seen = time.perf_counter(), 0
-        for i, start in enumerate(bar):
+        for i, start in enumerate(bar, start=done):
             rows = perm[start:start + cfg.batch_size]
             a, b = comm.shard(rows.shape[0])  # this rank's rows of the global batch
-            step = self.step
-            out = self.train_step(self.train_x[rows[a:b]], row_start=a)
-            seen += b - a
-            total_bound += out["bound"].sum()
-            total_ess += out["ess"].sum()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out["loss"]), step, first_bad)
+            xb = self.train_x[rows[a:b]]
+            with self._guard.critical():  # a Ctrl-C waits for the end of the step: the state stays whole
+                step = self.step
+                tracker.before_step(step)
+                out = self.train_step(xb, row_start=a)
+                seen += b - a
+                total_bound = total_bound + out["bound"].sum()
+                total_ess = total_ess + out["ess"].sum()
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out["loss"]), step, first_bad)
+                self._first_bad, self._running = first_bad, (i + 1, total_bound, total_ess)
             if (i + 1) % self.check_every == 0 or start + cfg.batch_size >= n:
                 self._raise_if_bad(first_bad)
                 bar.set_postfix(bound=f"{float(comm.sum(total_bound)) / min(n, start + cfg.batch_size):.2f}")
-            if heartbeat_s and not progress and time.perf_counter() - beat > heartbeat_s:
+            if heartbeat_s and bar.disable and comm.is_main and time.perf_counter() - beat > heartbeat_s:
                 beat = time.perf_counter()  # (rank 0 alone: a rank's own clock decides, so no collective here)
-                done = min(n, start + cfg.batch_size)
-                if comm.is_main:
-                    print(f"  epoch {self.epoch + 1}: {done} of {n} points, train bound "
-                          f"{float(total_bound) / max(1, seen):.2f}{' (rank 0 rows)' if comm.distributed else ''}",
-                          flush=True)
+                points = min(n, start + cfg.batch_size)
+                mean = float(total_bound) / (max(1, seen) if comm.distributed else points)
+                print(f"  epoch {self.epoch + 1}: {points} of {n} points, train bound "
+                      f"{mean:.2f}{' (rank 0 rows)' if comm.distributed else ''}", flush=True)
+        bar.close()
+        self._running = (len(starts), total_bound, total_ess)
+        self.position = {"batches": 0, "bound": 0.0, "ess": 0.0, "seconds": 0.0}  # the next call: a new epoch
         self.model.refresh_fused_cache()  # graph replays change the parameters without version bumps
         return {"train_bound": float(comm.sum(total_bound)) / n, "train_ess": float(comm.sum(total_ess)) / n}
 
-    def _raise_if_bad(self, first_bad: torch.Tensor) -> None:
-        step = self.comm.first_step(first_bad)  # every rank decides alike
-        if step >= 0:
-            raise FloatingPointError(f"the loss became non-finite at epoch {self.epoch + 1}, step {step}; "
-                                     f"the last checkpoint was left untouched")
+    def _raise_if_bad(self, first_bad: torch.Tensor | None) -> None:
+        step = -1 if first_bad is None else self.comm.first_step(first_bad)  # every rank decides alike
+        if step < 0:
+            return
+        first, names = self._tracker.culprits(step) if self._tracker is not None else (-1, [])
+        if names:
+            listed = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            why = (f"{'parameter' if len(names) == 1 else 'parameters'} {listed} went non-finite first "
+                   f"(already at the start of step {first})")
+        else:
+            why = ("every parameter was finite when that step began (the loss overflowed; a lower learning "
+                   "rate may help)")
+        raise FloatingPointError(f"the loss became non-finite at epoch {self.epoch + 1}, step {step}: {why}; "
+                                 f"the last checkpoint was left untouched")
 
     @torch.no_grad()
     def validate(self, progress: bool = False) -> float:
@@ -384,22 +512,48 @@ class Trainer:
                                      progress=progress, process_group=self.comm)
         return float(ll.log_p_tilde_star.mean())
 
-    def fit(self, epochs: int | None = None, *, progress: bool = True, verbose: bool = True,
+    def fit(self, epochs: int | None = None, *, progress: bool | None = None, verbose: bool = True,
             heartbeat_s: float | None = None) -> list[dict]:
         """Train until early stopping, ``max_epochs``, or ``epochs`` more epochs; returns the log records.
 
         Each epoch appends a record (epoch, step, train_bound, train_ess, valid_bound, seconds) to
         ``history`` and ``log.jsonl`` and writes the checkpoints.
+
+        Args:
+            progress: a progress bar per epoch on a terminal (default), never in a log file; False: none.
+            verbose: a line per epoch (and, where no bar is shown, a line every ``heartbeat_s`` seconds).
+
+        Raises:
+            TrainingInterrupted: Ctrl-C (see the module docstring): ``last.safetensors`` holds the run at
+                the step where it stopped (unless ``out_dir`` is None, or a second Ctrl-C stopped it in
+                the middle of a step); :meth:`resume` continues it exactly.
+            FloatingPointError: the loss became non-finite (see :meth:`train_epoch`).
         """
         cfg = self.config
         stop_at = cfg.max_epochs if epochs is None else min(cfg.max_epochs, self.epoch + epochs)
-        while self.epoch < stop_at and self.bad_epochs < cfg.patience:
-            t0 = time.perf_counter()
-            record = {"epoch": self.epoch + 1, **self.train_epoch(progress, heartbeat_s if verbose else None)}
+        with _InterruptGuard(install=not self.comm.distributed) as guard:  # ranks cannot defer a Ctrl-C alike
+            self._guard = guard
+            try:
+                while self.epoch < stop_at and self.bad_epochs < cfg.patience:
+                    self._fit_epoch(progress, verbose, heartbeat_s)
+            except KeyboardInterrupt:
+                self._interrupted(guard)
+            finally:
+                self._guard = _InterruptGuard(install=False)
+        return self.history
+
+    def _fit_epoch(self, progress, verbose: bool, heartbeat_s) -> None:
+        t0 = time.perf_counter() - self.position["seconds"]
+        self._running = None
+        self._t0 = t0
+        stats = self.train_epoch(progress, heartbeat_s if verbose else None)
+        valid = self.validate()
+        with self._guard.critical():  # the epoch's record, log and checkpoints: all or nothing
+            record = {"epoch": self.epoch + 1, **stats, "valid_bound": valid, "step": self.step,
+                      "seconds": round(time.perf_counter() - t0, 3)}
             self.epoch += 1
-            record["valid_bound"] = self.validate()
-            record["step"] = self.step
-            record["seconds"] = round(time.perf_counter() - t0, 3)
+            self.position = {"batches": 0, "bound": 0.0, "ess": 0.0, "seconds": 0.0}
+            self._running = None
             improved = record["valid_bound"] > self.best
             if improved:
                 self.best, self.bad_epochs = record["valid_bound"], 0
@@ -408,11 +562,42 @@ class Trainer:
             self.history.append(record)
             if verbose and self.comm.is_main:
                 print(f"epoch {record['epoch']:4d}  train bound {record['train_bound']:9.3f}  "
-                      f"valid bound {record['valid_bound']:9.3f}  ESS {record['train_ess']:5.2f}/{cfg.k}  "
+                      f"valid bound {record['valid_bound']:9.3f}  ESS {record['train_ess']:5.2f}/{self.config.k}  "
                       f"{record['seconds']:.1f}s{'  *' if improved else ''}", flush=True)
             if self.out_dir is not None:
                 self.comm.on_main(self._write_epoch, record, improved)
-        return self.history
+
+    def _interrupted(self, guard: _InterruptGuard) -> None:
+        """After a Ctrl-C in :meth:`fit`: keep the position reached, save it, raise TrainingInterrupted (one
+        process; with more ranks nothing is saved: see the module docstring)."""
+        if self.comm.distributed:
+            raise TrainingInterrupted("stopped; with more than one rank the run resumes from its last end-of-epoch "
+                                      "checkpoint", saved=False, out_dir=self.out_dir) from None
+        if guard.torn:
+            raise TrainingInterrupted("stopped in the middle of a step or a save; the last checkpoint was left as "
+                                      "it was", saved=False, out_dir=self.out_dir) from None
+        running = getattr(self, "_running", None)
+        if running is not None:  # inside an epoch: the batches done and their sums
+            batches, bound, ess = running
+            self.position = {"batches": int(batches), "bound": float(bound), "ess": float(ess),
+                             "seconds": round(time.perf_counter() - self._t0, 3)}
+            self._running = None
+        try:
+            self._raise_if_bad(self._first_bad)
+        except FloatingPointError as e:
+            raise TrainingInterrupted(f"not saved: {e}", saved=False, out_dir=self.out_dir) from None
+        n_batches = -(-self.train_x.shape[0] // self.config.batch_size)
+        if self.position["batches"]:
+            where = f"epoch {self.epoch + 1}, batch {self.position['batches']} of {n_batches} (step {self.step})"
+        else:
+            where = f"the end of epoch {self.epoch} (step {self.step})" if self.epoch else "its start (step 0)"
+        if self.out_dir is None:
+            raise TrainingInterrupted(f"stopped at {where}; nothing saved (no out_dir); fit() continues from there",
+                                      saved=False, out_dir=None) from None
+        self.model.refresh_fused_cache()
+        self.save_checkpoint(os.path.join(self.out_dir, "last.safetensors"))
+        raise TrainingInterrupted(f"saved the run at {where} in {self.out_dir}", saved=True,
+                                  out_dir=self.out_dir) from None
 
     def _write_epoch(self, record: dict, improved: bool) -> None:
         """The log line and the checkpoints of an epoch (rank 0 alone writes them)."""
@@ -425,7 +610,8 @@ class Trainer:
     # -------------------------------------------------------------- checkpoints
     def _state(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs,
-                "history": self.history, "train": dataclasses.asdict(self.config), "data": self.fingerprints}
+                "history": self.history, "train": dataclasses.asdict(self.config), "data": self.fingerprints,
+                "position": self.position}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Weights, Adam state and counters in one safetensors file, written atomically.
@@ -454,15 +640,27 @@ class Trainer:
         Every setting is the run's own; ``max_epochs`` raises (or lowers) its epoch limit. The data
         must be the run's: their fingerprints (:func:`data_fingerprint`) are checked. The log is
         rewritten from the checkpoint's history (epochs logged after the last checkpoint are dropped:
-        they will be trained again).
+        they will be trained again). A checkpoint written on Ctrl-C holds the position in the epoch:
+        the run goes on from that step.
+
+        A run that stopped before its first checkpoint (``config.json`` alone) starts from its config:
+        a new model of its architecture, initialized under ``torch.manual_seed(<the run's seed>)`` as the
+        command line initializes its runs (so a ``bihm-triton train`` run is the one it would have been).
 
         Raises:
-            FileNotFoundError: no checkpoint in out_dir.
+            FileNotFoundError: neither a checkpoint nor a run's config.json in out_dir.
             ValueError: the checkpoint does not fit (architecture mismatch, corrupt file), or the
                 data are not the run's (the message names the split).
         """
         out_dir = os.fspath(out_dir)
         path = os.path.join(out_dir, "last.safetensors")
+        if not os.path.isfile(path):
+            config = run_config(out_dir)
+            if "model" in config and "train" in config:
+                return cls._start_from_config(out_dir, config, train_x, valid_x, device=device, backend=backend,
+                                              max_epochs=max_epochs, cuda_graph=cuda_graph)
+            raise FileNotFoundError(f"no run to continue in {out_dir}: no checkpoint (last.safetensors) and no "
+                                    f"config.json")
         tensors, metadata = read_safetensors(path)
         if "trainer" not in metadata:
             raise ValueError(f"{path} is not a trainer checkpoint (no trainer state in its metadata)")
@@ -491,11 +689,33 @@ class Trainer:
         trainer.epoch, trainer.step = state["epoch"], state["step"]
         trainer.best, trainer.bad_epochs = state["best"], state["bad_epochs"]
         trainer.history = state["history"]
+        trainer.position = dict(trainer.position, **state.get("position", {}))  # an epoch stopped by Ctrl-C
         # the log as of the checkpoint: no duplicate epochs after an interruption between the two writes
         trainer.comm.on_main(_write_text_atomic, os.path.join(out_dir, "log.jsonl"),
                              "".join(json.dumps(r) + "\n" for r in trainer.history))
         if max_epochs is not None:
             trainer._write_config()
+        return trainer
+
+
+    @classmethod
+    def _start_from_config(cls, out_dir: str, config: dict, train_x, valid_x, *, device, backend, max_epochs,
+                           cuda_graph) -> "Trainer":
+        """A trainer for a run folder that holds only its config.json (see :meth:`resume`)."""
+        settings = dict(config["train"], **({} if max_epochs is None else {"max_epochs": max_epochs}))
+        cfg = TrainConfig(**settings)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            model = BiHM.from_config(config["model"], device=device, backend=backend)
+        trainer = cls(model, train_x, valid_x, cfg, out_dir=out_dir, cuda_graph=cuda_graph,
+                      data_source=config.get("data_source"), _resuming=True)
+        for split, fp in (config.get("data") or {}).items():
+            if fp is not None and trainer.fingerprints.get(split) != fp:
+                raise ValueError(f"the {split} data differ from the run's in {out_dir} (fingerprint "
+                                 f"{trainer.fingerprints.get(split)} vs {fp}): resume with the data the run was "
+                                 f"set up with, or start a new run")
+        _write_text_atomic(os.path.join(out_dir, "log.jsonl"), "")
         return trainer
 
 

@@ -120,3 +120,26 @@ def check_weight_norm_args(weight_v, weight_g, dim: int | None = 0) -> torch.Ten
         raise TypeError(f"weight_g has dtype {weight_g.dtype}; expected a floating dtype")
     check_same_device(weight_v=weight_v, weight_g=weight_g)
     return weight_g.reshape(n)
+
+
+def nonfinite_parameters(named_parameters) -> list[str]:
+    """The parameters that make log-probabilities NaN, as ``"name (NaN)"`` / ``"name (inf)"``: any with a
+    NaN, and weights with ±inf (``0 · inf`` in ``h · Wᵀ`` is NaN). Infinite biases and prior logits are
+    legitimate (a certain or impossible unit: SPEC §2's zero weights) and are not listed.
+
+    Args:
+        named_parameters: ``(name, tensor)`` pairs, e.g. ``module.named_parameters()``.
+
+    Reads the flags back once (one device synchronization); skipped (``[]``) while a CUDA graph is captured.
+    """
+    items = [(n, p.detach()) for n, p in named_parameters if p.numel()]
+    if not items or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        return []
+    flags = torch.stack([torch.stack([torch.isnan(p).any(), torch.isinf(p).any()]) for _, p in items]).tolist()
+    out = []
+    for (name, _), (nan, inf) in zip(items, flags):
+        if nan:
+            out.append(f"{name} (NaN)")
+        elif inf and not name.endswith(("bias", "logits")):
+            out.append(f"{name} (inf)")
+    return out

@@ -42,13 +42,14 @@ Source: Bornschein, Shabanian, Fischer, Bengio, "Bidirectional Helmholtz Machine
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from . import estimators as est
-from ._checks import check_binary, check_positive_int, check_tensor
+from ._checks import check_binary, check_positive_int, check_tensor, nonfinite_parameters
 from .layers import sbn_log_prob, sbn_log_prob_wn, sbn_sample, sbn_sample_wn
 from .philox import DRAW_STRIDE, aligned_start, check_draw_fits, check_offset, check_seed, draw_offset, draw_seed
 
@@ -89,6 +90,13 @@ def check_sizes(sizes) -> list[int]:
 def pad_rows(t: torch.Tensor, s: int) -> torch.Tensor:
     """t with ``s`` zero rows in front (the rows that align a computation to a Philox row group)."""
     return torch.cat([t.new_zeros((s, *t.shape[1:])), t]) if s else t
+
+
+def warn_nonfinite_samples(bad: list, what: str) -> None:
+    """A RuntimeWarning when p's parameters ``bad`` (names) are non-finite: the samples are not p's."""
+    if bad:
+        warnings.warn(f"{what}: the model's parameters hold non-finite values ({', '.join(bad)}): units whose "
+                      f"logits are NaN are sampled as 0 and log p(x, h) is NaN", RuntimeWarning, stacklevel=4)
 
 
 def authors_init_(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -468,13 +476,22 @@ class BiHM(nn.Module):
         Returns:
             x (n, d_0) in the model's dtype, or a :class:`PSample` (x, hidden, log_p) when
             ``return_hidden``.
+
+        Warns:
+            RuntimeWarning: p's parameters hold NaN (or infinite weights): units with NaN logits are
+                sampled as 0 and log p is NaN.
         """
         check_positive_int(n, "n")
         seed = self._seed(seed, offset, row_start)
+        warn_nonfinite_samples(self._nonfinite_p(), "sample_p")
         states, log_p = self.p_pass(n, seed, offset, row_start=row_start)
         if return_hidden:
             return PSample(states[0], states[1:], log_p)
         return states[0]
+
+    def _nonfinite_p(self) -> list[str]:
+        """The parameters of p that make log p(x, h) NaN (:func:`~._checks.nonfinite_parameters`)."""
+        return nonfinite_parameters((n, p) for n, p in self.named_parameters() if n.startswith("p_"))
 
     @torch.no_grad()
     def sample_q(self, x: torch.Tensor, k: int = 1, *, seed=None, offset: int = 0, row_start: int = 0) -> QSample:
@@ -627,7 +644,20 @@ class BiHM(nn.Module):
             a dict of (B,) tensors, left on the device (nothing is read back): ``bound`` (the
             log p̃*(x) estimate, nats), ``log_p`` (the IS estimate of log p(x), nats), ``ess`` (the
             effective sample size of the weights the objective uses).
+
+        Raises:
+            ValueError: x has no rows (B = 0; as ``sample_p(0)`` refuses n = 0: an empty batch has no
+                loss to train on), is not binary or has the wrong width; a bad objective or k.
         """
+        if isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[0] == 0:
+            raise ValueError(f"x must have at least one row (B >= 1), got shape {tuple(x.shape)}: an empty batch "
+                             f"has no loss to train on")
+        return self._loss(x, k, objective, seed=seed, offset=offset, row_start=row_start, validate=validate)
+
+    def _loss(self, x: torch.Tensor, k: int = 10, objective: str = "bihm", *, seed=None, offset: int = 0,
+              row_start: int = 0, validate: bool = True):
+        """:meth:`loss` without the check for rows: an empty batch (an empty shard of a distributed step)
+        has the loss 0 (a sum over no data points) and empty stats."""
         if objective not in ("bihm", "rws"):
             raise ValueError(f"objective must be 'bihm' or 'rws', got {objective!r}")
         x = self._check_x(x, validate=validate)

@@ -52,8 +52,8 @@ def normalized_weights(log_w: torch.Tensor) -> torch.Tensor:
 
 def weighted_sum(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``Σ w·t`` where a zero weight contributes nothing, in value or gradient, even against ``t = ±inf``
-    (``0 · −inf`` would be NaN)."""
-    return torch.where(w > 0, w * t, 0.0).sum()
+    (``0 · −inf`` would be NaN). A NaN weight (NaN parameters) makes the sum NaN: it is not a zero weight."""
+    return torch.where(w == 0, 0.0, w * t).sum()
 
 
 def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,11 @@ GPU_TIER = (
     "test_passes.py::test_counters_past_2_to_the_31",
     "test_train.py::test_cuda_graph_step_equals_eager",
     "test_compile.py::test_compiled_sampler_matches_eager",
+    # issue 16: float64 where "auto" means Triton; NaN propagation through the compiled fused kernels
+    # (a GPU's max.f32 drops NaN where numpy's maximum keeps it: the interpreter cannot tell)
+    "test_issue16.py::test_float64_under_auto_is_computed_in_float64[sbn_log_prob]",
+    "test_issue16.py::test_a_nan_parameter_gives_nan_estimates_not_minus_inf[p_layers.1.weight-triton]",
+    "test_issue16.py::test_samplers_refuse_nan_parameters_and_sample_p_warns[triton]",
 )
 
 

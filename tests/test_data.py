@@ -405,7 +405,11 @@ def test_a_tampered_local_copy_fails_its_checksum(tmp_path):
     assert data.load_dataset("binarized_mnist", "valid", data_dir=str(tmp_path), download=False).shape == (10000, 784)
 
 
-def test_data_dir_falls_back_to_the_cache(monkeypatch, tmp_path):
-    """A data folder without the set's files is not an error: the cache (or a download) is used."""
+def test_bihm_data_dir_falls_back_to_the_cache(monkeypatch, tmp_path):
+    """$BIHM_DATA_DIR without the set's files is not an error: the cache (or a download) is used. A folder
+    given explicitly must hold the set (issue 16: tests/test_issue16.py)."""
     cache = _toy(monkeypatch, tmp_path, TOY_CONTENT, sha256=None)
-    assert data.load_dataset("toy", data_dir=str(tmp_path / "empty"), cache_dir=str(cache)).tolist() == TOY_ROWS
+    monkeypatch.setenv("BIHM_DATA_DIR", str(tmp_path / "empty"))
+    assert data.load_dataset("toy", cache_dir=str(cache)).tolist() == TOY_ROWS
+    with pytest.raises(FileNotFoundError, match="cannot hold it"):
+        data.load_dataset("toy", data_dir=str(tmp_path / "remote"), cache_dir=str(cache))

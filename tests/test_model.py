@@ -101,7 +101,10 @@ def test_parse_sizes(spec, want):
 
 
 @pytest.mark.parametrize("spec,match", [("784,0,10", "latent width 2 is 0"), ("", "lists no latent"),
-                                        ("a,b", "neither")])
+                                        ("a,b", "neither"),
+                                        # issue 16, item 4: an empty entry is an error, never dropped
+                                        ("200,,50", "entry 2 of 3 is empty"), ("200,50,", "entry 3 of 3 is empty"),
+                                        (",200", "entry 1 of 2 is empty"), (" , ", "entry 1 of 2 is empty")])
 def test_parse_sizes_bad(spec, match):
     with pytest.raises(ValueError, match=match):
         parse_sizes(spec, 784)
