@@ -53,9 +53,10 @@ A run remembers its --data/--data-dir: --resume, eval and inpaint use them unles
 
 # Training settings: None on the command line means "not given" (the defaults below apply to a new
 # run; a resumed run keeps its own and refuses conflicting ones).
-TRAIN_KEYS = ("sizes", "weight_norm", "objective", "k", "batch_size", "lr", "epochs", "patience", "valid_k", "seed")
-TRAIN_DEFAULTS = dict(sizes="200,100,50", weight_norm=False, objective="bihm", k=10, batch_size=100, lr=1e-3,
-                      epochs=1000, patience=10, valid_k=100, seed=0)
+TRAIN_KEYS = ("sizes", "weight_norm", "deterministic_layers", "objective", "k", "batch_size", "lr", "epochs",
+              "patience", "valid_k", "seed", "l1reg", "l2reg")
+TRAIN_DEFAULTS = dict(sizes="200,100,50", weight_norm=False, deterministic_layers=0, objective="bihm", k=10,
+                      batch_size=100, lr=1e-3, epochs=1000, patience=10, valid_k=100, seed=0, l1reg=0.0, l2reg=0.0)
 DEMO_DEFAULTS = dict(TRAIN_DEFAULTS, sizes="48,32,24,16", epochs=150, lr=3e-3)
 #: Seconds between the progress lines of a long epoch where no progress bar is shown (log files, --no-progress).
 HEARTBEAT_S = 30.0
@@ -350,8 +351,10 @@ def _check_resume_conflicts(out_dir: str, given: dict, d0: int) -> None:
     with open(path) as f:
         run = json.load(f)
     own = dict(run.get("train", {}), sizes=run.get("model", {}).get("sizes"),
-               weight_norm=run.get("model", {}).get("weight_norm"))
-    names = {"batch_size": "--batch-size", "valid_k": "--valid-k", "weight_norm": "--weight-norm"}
+               weight_norm=run.get("model", {}).get("weight_norm"),
+               deterministic_layers=run.get("model", {}).get("deterministic_layers", 0))
+    names = {"batch_size": "--batch-size", "valid_k": "--valid-k", "weight_norm": "--weight-norm",
+             "deterministic_layers": "--deterministic-layers"}
     conflicts = []
     for key, value in given.items():
         if key == "epochs":
@@ -425,10 +428,12 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
         sizes = parse_sizes(settings["sizes"], train_x.shape[1])
         if "sizes" in given:
             _note_full_size_list(given["sizes"], sizes, args.command)
-        model = BiHM(sizes, weight_norm=settings["weight_norm"], backend=args.backend, device=device)
+        model = BiHM(sizes, weight_norm=settings["weight_norm"], deterministic_layers=settings["deterministic_layers"],
+                     backend=args.backend, device=device)
         cfg = TrainConfig(k=settings["k"], batch_size=settings["batch_size"], lr=settings["lr"],
                           objective=settings["objective"], max_epochs=settings["epochs"],
-                          patience=settings["patience"], valid_k=settings["valid_k"], seed=settings["seed"])
+                          patience=settings["patience"], valid_k=settings["valid_k"], seed=settings["seed"],
+                          l1reg=settings["l1reg"], l2reg=settings["l2reg"])
         trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=getattr(args, "overwrite", False),
                           data_source={"data": source,
                                        "data_dir": os.path.abspath(data_dir) if data_dir else None})
@@ -584,6 +589,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
 def _common(p: argparse.ArgumentParser, *, seed_default=0) -> None:
     p.add_argument("--data-dir", default=None,
                    help="folder of local copies of the registered sets (default $BIHM_DATA_DIR), e.g. the "
@@ -606,6 +621,12 @@ def _train_options(p: argparse.ArgumentParser, defaults: dict, out: str, *, resu
                    help=f"LATENT widths, bottom to top; the data width d_0 comes from the data: '200,100,50' or "
                         f"the authors' '<f>x-<n>l-<last>' (default {d['sizes']})")
     p.add_argument("--weight-norm", action="store_true", default=None, help="weight-normalized layers")
+    p.add_argument("--deterministic-layers", type=_int_at_least(0), default=None,
+                   help="the authors' option: tanh hidden layers inside every conditional (default 0)")
+    p.add_argument("--l1reg", type=_nonnegative_float, default=None,
+                   help="the authors' L1 penalty l1 * sum |W| per step (default 0)")
+    p.add_argument("--l2reg", type=_nonnegative_float, default=None,
+                   help="the authors' L2 penalty l2 * sum W^2 per step (default 0)")
     p.add_argument("--objective", default=None, choices=("bihm", "rws"),
                    help="bihm: the BiHM bound of the paper; rws: reweighted wake-sleep (default bihm)")
     p.add_argument("--k", type=_int_at_least(1), default=None,

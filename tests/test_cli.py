@@ -295,3 +295,25 @@ def test_a_run_remembers_its_data(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(run), "--method", "p", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_train_takes_the_authors_model_options(tmp_path, capsys):
+    """--deterministic-layers, --l1reg and --l2reg reach the model and the trainer, are kept by the run and
+    refused when --resume would change them; negative penalties are usage errors."""
+    import json
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--sizes", "8,4", "--epochs", "1", "--batch-size", "300",
+                 "--valid-k", "2", "--deterministic-layers", "1", "--l2reg", "0.01", "--out", str(run),
+                 "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["deterministic_layers"] == 1 and config["train"]["l2reg"] == 0.01
+    from bihm_triton.model import BiHM
+
+    assert BiHM.load(run).deterministic_layers == 1
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--l2reg", "0.5", "--epochs", "2"]) == 2
+    assert "--l2reg 0.5 (the run has 0.01)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", "digits", "--l1reg", "-1", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
