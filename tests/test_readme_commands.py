@@ -36,9 +36,10 @@ def documented_commands(name: str) -> list[str]:
         text = f.read()
     out = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        block = re.sub(r"\\\n\s*", " ", block)  # a line ending in a backslash goes on
         for line in block.splitlines():
             line = re.sub(r"(^|\s+)#.*$", "", line).strip()
-            for cmd in (c.strip() for c in line.split("&&")):
+            for cmd in (" ".join(c.split()) for c in line.split("&&")):
                 if cmd and cmd not in out:
                     out.append(cmd)
     return out
@@ -63,7 +64,25 @@ HOW = {
     "bihm-triton inpaint --checkpoint run --data idx:/path/to/mnist --mask bottom --out inpaint.png": "cli",
     "pytest bench/ --benchmark-disable -q": "bench",
     "pytest bench/ --benchmark-only --benchmark-json=bench/results/run.json": "bench",
-    "pytest bench/ --benchmark-only --benchmark-json=bench/results/cpu.json": "bench",
+    "BIHM_BENCH_THREADS=1 BIHM_BENCH_JSONL=bench/results/cpu-1t.jsonl pytest bench/ --benchmark-only -q": "bench",
+    "BIHM_BENCH_THREADS=2 BIHM_BENCH_JSONL=bench/results/cpu-2t.jsonl pytest bench/ --benchmark-only -q": "bench",
+    "python bench/report.py bench/results/cpu-1t.jsonl --markdown": "bench",
+    "python bench/cpu_candidates.py": "bench",
+    # more than one process: the GPU and multi-node commands need their hardware; the CPU example runs
+    "torchrun --standalone --nproc-per-node 8 -m bihm_triton train --data binarized_mnist --data-dir /data "
+    "--sizes 0.5x-12l-10 --out run": "hardware",
+    "torchrun --standalone --nproc-per-node 8 -m bihm_triton eval --checkpoint run --k 10000 --z-samples 1000000":
+        "hardware",
+    "torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --master-addr node0 --master-port 29500 -m bihm_triton "
+    "train --data binarized_mnist --data-dir /data --out /shared/run": "hardware",
+    "torchrun --nnodes 2 --node-rank 1 --nproc-per-node 8 --master-addr node0 --master-port 29500 -m bihm_triton "
+    "train --data binarized_mnist --data-dir /data --out /shared/run": "hardware",
+    "torchrun --standalone --nproc-per-node 2 -m bihm_triton train --device cpu --data digits --sizes 48,32,24,16 "
+    "--lr 3e-3 --epochs 5 --out run-2cpu": "torchrun",
+    "torchrun --standalone --nproc-per-node 2 -m bihm_triton eval --device cpu --checkpoint run-2cpu --k 200 "
+    "--z-samples 20000": "torchrun",
+    "torchrun --standalone --nproc-per-node 2 -m bihm_triton train --out run-2cpu --resume --epochs 8": "torchrun",
+    "python -m bihm_triton train --out run-2cpu --resume --epochs 10": "torchrun",
     "pytest bench/ --benchmark-only --benchmark-json=bench/results/gpu.json": "bench",
     "bash bench/gpu.sh": "gpu.sh",
     "python bench/chain_sweep.py --json bench/results/sweep.json": "bench",
@@ -148,8 +167,11 @@ def _run(argv, tmp_path, **env):
 
 
 def _redirect(cmd: str, tmp_path) -> list[str]:
-    """The command with its result files in tmp_path and ``python``/``pytest`` from this interpreter."""
+    """The command with its result files in tmp_path and ``python``/``pytest`` from this interpreter (leading
+    ``VAR=value`` words are left out: see :func:`_env_of`)."""
     argv = shlex.split(cmd.replace("bench/results/", f"{tmp_path}/"))
+    while argv and re.match(r"^[A-Z_]+=", argv[0]):
+        argv = argv[1:]
     if argv[0] == "pytest":
         return [sys.executable, "-m", "pytest", *argv[1:]]
     if argv[0] == "python":
@@ -161,7 +183,7 @@ def test_the_readme_bench_commands(tmp_path):
     """The suites once (CI mode) and timed (header included: it crashed without -q), then the JSON through
     roofline.py and report.py; the GPU-only tools refuse clearly on a CPU."""
     timing = [c for c in README + BENCH_README if c.startswith("pytest bench/ --benchmark-only --benchmark-json=")]
-    assert len(timing) == 3 and len({c.rsplit("/", 1)[0] for c in timing}) == 1  # the same but for the file name
+    assert len(timing) == 2 and len({c.rsplit("/", 1)[0] for c in timing}) == 1  # the same but for the file name
     for cmd in ("pytest bench/ --benchmark-disable -q",
                 "pytest bench/ --benchmark-only --benchmark-json=bench/results/gpu.json"):
         assert cmd in BENCH_README
@@ -181,7 +203,7 @@ def test_the_readme_bench_commands(tmp_path):
         argv.remove("--measure")  # measures the GPU's ceilings: on a CPU, the nominal ones
     rc, out = _run(argv, tmp_path)
     assert rc == 0 and (tmp_path / "ceilings.json").exists(), out[-3000:]
-    report = next(c for c in BENCH_README if c.startswith("python bench/report.py"))
+    report = next(c for c in BENCH_README if c.startswith("python bench/report.py bench/results/gpu.json"))
     rc, out = _run(_redirect(report, tmp_path), tmp_path)
     assert rc == 0 and "layer.sample.fwd" in out, out[-3000:]
     sweep = next(c for c in BENCH_README if c.startswith("python bench/chain_sweep.py"))
@@ -192,6 +214,68 @@ def test_the_readme_bench_commands(tmp_path):
     else:
         rc, out = _run(argv, tmp_path)
         assert rc == 2 and "needs a CUDA GPU" in out, out[-3000:]
+
+
+def _env_of(cmd: str, tmp_path) -> dict:
+    """The ``VAR=value`` words in front of a command (result paths moved to tmp_path)."""
+    env = {}
+    for word in shlex.split(cmd.replace("bench/results/", f"{tmp_path}/")):
+        m = re.match(r"^([A-Z_]+)=(.*)$", word)
+        if not m:
+            break
+        env[m.group(1)] = m.group(2)
+    return env
+
+
+def test_the_readme_cpu_timing_and_candidates_commands(tmp_path):
+    """bench/README's CPU timing commands (the cpu provider, 1 and 2 threads, one case each), the report of
+    their JSONL, and the candidates comparison of the CPU backend at a tiny shape."""
+    timing = [c for c in BENCH_README if c.startswith("BIHM_BENCH_THREADS=")]
+    assert len(timing) == 2
+    for cmd in timing:
+        argv = _redirect(cmd, tmp_path) + ["-k", "layer and cpu and R1000", "-p", "no:cacheprovider",
+                                           "--benchmark-min-rounds=1", "--benchmark-max-time=0.0001",
+                                           "--benchmark-warmup=off"]
+        env = dict(_env_of(cmd, tmp_path), BIHM_BENCH_PROVIDERS="cpu", BIHM_BENCH_SIZE="tiny")
+        r = subprocess.run(argv, cwd=ROOT, env=dict(os.environ, **env), capture_output=True, text=True, timeout=900)
+        assert r.returncode in (0, 5) and "INTERNALERROR" not in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    jsonl = tmp_path / "cpu-1t.jsonl"
+    # the tiny tier has no R=1000 layer: time one case of it instead, to have a result to report
+    r = subprocess.run([sys.executable, "-m", "pytest", "bench/", "--benchmark-only", "-q", "-k", "layer and cpu",
+                        "-p", "no:cacheprovider", "--benchmark-min-rounds=1", "--benchmark-max-time=0.0001",
+                        "--benchmark-warmup=off"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, BIHM_BENCH_PROVIDERS="cpu", BIHM_BENCH_SIZE="tiny",
+                                BIHM_BENCH_THREADS="1", BIHM_BENCH_JSONL=str(jsonl)))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    report = next(c for c in BENCH_README if c.startswith("python bench/report.py bench/results/cpu-1t"))
+    rc, out = _run(_redirect(report, tmp_path), tmp_path)
+    assert rc == 0 and "| layer.sample.fwd |" in out and "cpu/s" in out, out[-3000:]
+    rc, out = _run(_redirect("python bench/cpu_candidates.py", tmp_path) + ["--shapes", "8x16", "--candidates",
+                                                                           "c,torch"], tmp_path)
+    assert rc == 0 and '"same_samples_as_reference": true' in out, out[-3000:]
+
+
+def test_the_readme_torchrun_cpu_example(tmp_path):
+    """README's 2-process CPU example as written, at tiny sizes (fewer epochs and samples): train, eval, resume on
+    2 processes and on 1."""
+    cmds = [c for c in README if HOW.get(c) == "torchrun"]
+    assert len(cmds) == 4
+    tiny = {"train": ["--epochs", "1", "--valid-k", "2", "--batch-size", "200", "--no-progress"],
+            "eval": ["--k", "3", "--z-samples", "40", "--n-inner", "1", "--no-progress"]}
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    for i, cmd in enumerate(cmds):
+        argv = shlex.split(cmd)
+        if argv[0] == "torchrun":
+            argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+        else:
+            argv = [sys.executable, *argv[1:]]
+        sub = "eval" if " eval " in cmd else "train"
+        extra = tiny[sub] if "--resume" not in cmd else ["--epochs", str(i), "--no-progress"]
+        r = subprocess.run(argv + extra, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, (cmd, (r.stdout + r.stderr)[-3000:])
+    log = (tmp_path / "run-2cpu" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 3  # 1 epoch, then --resume to 2 on two processes, then to 3 on one
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (Linux)")
