@@ -23,13 +23,15 @@ gives the same samples on all of them, up to the rounding of σ(a) at the last b
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 
 import torch
 
 from . import ops
 from . import reference as ref
-from .reference.philox import aligned_start, check_draw_fits
+from .reference.bihm import WeightNormStochasticLayer, layer_input
+from .reference.philox import aligned_start, check_draw_fits, draw_offset
 
 __all__ = ["LayerEngine", "CpuEngine", "TritonEngine", "engine_for"]
 
@@ -98,9 +100,28 @@ class LayerEngine:
         """Forget cached copies of the parameters (after edits the autograd version counters do not see)."""
 
 
+def _layer_logits(layer, h: torch.Tensor) -> torch.Tensor:
+    """float32 logits ``a = z·Wᵀ + b`` (R, M) of a layer for inputs h (R, N), differentiable: z is h (or an MLP
+    layer's hidden activations), W the effective weight (``g·v/‖v‖`` when weight-normalized)."""
+    z = layer_input(layer, h)
+    w = ref.weight_norm(layer.weight_v, layer.weight_g, 0) if isinstance(layer, WeightNormStochasticLayer) \
+        else layer.weight
+    return torch.nn.functional.linear(z.to(torch.float32), w.to(torch.float32), layer.bias.to(torch.float32))
+
+
 class CpuEngine(LayerEngine):
     """The layer engine on the CPU backend (:mod:`bihm_triton.kernels.cpu`): every layer is ``F.linear`` then
-    one fused C pass; the stream's uniforms come from the same C code."""
+    one fused C pass; the stream's uniforms come from the same C code.
+
+    Where several draws share one row's logits, they are computed once and repeated instead of multiplying
+    repeated rows (the draws and their order are the reference's, so the samples are too):
+
+    * the first q layer of the log-weight passes (training, estimators): K samples per data point share
+      ``q(h_1 | x)``'s logits (the layer with the most inputs: 784 × 300 of the 12-layer MNIST net);
+    * the Gibbs updates: the 2K candidates of a hidden layer share both proposals' logits, the K
+      candidates of x share ``p(x | h_1)``'s, and each candidate's proposal log-likelihoods are scored
+      on those logits (no second matmul).
+    """
 
     name = "cpu"
 
@@ -108,6 +129,92 @@ class CpuEngine(LayerEngine):
         from .kernels import cpu
 
         return cpu.uniform(seed, offset, rows, cols)
+
+    def _q_pass_from(self, a1: torch.Tensor, seed, offset: int, row_start: int):
+        """The q pass of rows ``row_start …`` (a multiple of 4) given the first q layer's logits a1 (rows, d_1):
+        ``(states [h_1 … h_L], log q (rows,))``, differentiable where a1 and the parameters are."""
+        m = self.model
+        h, log_q = ops.cpu_sample_logits(a1, seed, draw_offset(offset, 0, row_start, m.sizes[1]), m.dtype)
+        states = [h]
+        for l in range(1, m.n_layers):
+            d = m.sizes[l + 1]
+            h, lq = m.layer_sample(m.q_layers[l], states[-1], seed, draw_offset(offset, l, row_start, d))
+            states.append(h)
+            log_q = log_q + lq
+        return states, log_q
+
+    def log_weights(self, x, k, seed, offset, row_start):
+        m = self.model
+        a0, s = aligned_start(row_start * k)
+        rows = x.shape[0] * k
+        for d in m.sizes[1:]:
+            check_draw_fits(row_start * k + rows, d, "the q pass")
+        a1 = _layer_logits(m.q_layers[0], x).repeat_interleave(k, dim=0)  # one matmul per data point
+        hidden, log_q = self._q_pass_from(ref.bihm.pad_rows(a1, s), seed, offset, a0)
+        states = [x.repeat_interleave(k, dim=0), *(h[s:] for h in hidden)]
+        log_p = m.log_p_joint(states)
+        return log_p.view(-1, k), log_q[s:].view(-1, k), states
+
+    def chunk_log_weights(self, x, k, rows, seed, offset, row_start, x_row0):
+        m = self.model
+        b_lo, b_hi = row_start // k - x_row0, (row_start + rows - 1) // k - x_row0
+        b = torch.arange(row_start, row_start + rows, device=x.device) // k - x_row0
+        a1 = _layer_logits(m.q_layers[0], x[b_lo:b_hi + 1])[b - b_lo]  # one matmul per data point of the chunk
+        hidden, log_q = self._q_pass_from(a1, seed, offset, row_start)
+        log_p = m.log_p_joint([x[b], *hidden])
+        return log_p, log_q
+
+    def gibbs_hidden(self, states, l, k, stream):
+        """The exact update of h_l as :func:`bihm_triton.samplers._update_hidden`, the proposals' logits computed
+        once per chain."""
+        from .kernels import cpu
+        from .samplers import _gather, _select
+
+        m = self.model
+        R, N, d, top = states[0].shape[0], 2 * k, m.sizes[l], l == m.n_layers
+        rep = lambda t: t.repeat_interleave(N, dim=0)  # noqa: E731
+        a_p = (m.p_top.logits.to(torch.float32).expand(R, d) if top else _layer_logits(m.p_layers[l], states[l + 1]))
+        a_p = rep(a_p).contiguous()
+        a_q = rep(_layer_logits(m.q_layers[l - 1], states[l - 1])).contiguous()
+        check_draw_fits(R * N, d)
+        from_p = cpu.sample(a_p, stream.seed, stream.take(), out_dtype=m.dtype, want_lp=False)[0]
+        from_q = cpu.sample(a_q, stream.seed, stream.take(), out_dtype=m.dtype, want_lp=False)[0]
+        slot = torch.arange(R * N, device=a_p.device) % N
+        use_p = stream.uniform(R * N, 1) < 0.5
+        cand = torch.where(use_p, from_p, from_q)
+        cand = torch.where((slot == 0).unsqueeze(1), rep(states[l]), cand)  # candidate 0: the current state
+        lp_prop, lq_prop = cpu.score(a_p, cand)[0], cpu.score(a_q, cand)[0]
+        log_target = lp_prop + lq_prop + m.layer_log_prob(m.p_layers[l - 1], cand, rep(states[l - 1]))
+        if not top:
+            log_target = log_target + m.layer_log_prob(m.q_layers[l], cand, rep(states[l + 1]))
+        log_w = 0.5 * log_target - (torch.logaddexp(lp_prop, lq_prop) - math.log(2.0))
+        return _gather(cand, _select(log_w.view(R, N), stream), N)
+
+    def gibbs_x(self, states, log_s, k, n_inner, paper, stream, mask, x_obs):
+        """The update of x as :func:`bihm_triton.samplers._update_x`, ``p(x | h_1)``'s logits computed once per
+        chain and reused for the candidates' proposal log-likelihoods."""
+        from .kernels import cpu
+        from .samplers import _gather, _select, log_sqrt_p_tilde_star
+
+        m = self.model
+        R, d0 = states[0].shape
+        h1r = states[1].repeat_interleave(k, dim=0)
+        a_p = _layer_logits(m.p_layers[0], states[1]).repeat_interleave(k, dim=0).contiguous()
+        check_draw_fits(R * k, d0)
+        cand = cpu.sample(a_p, stream.seed, stream.take(), out_dtype=m.dtype, want_lp=False)[0]
+        slot = torch.arange(R * k, device=cand.device) % k
+        if mask is not None:
+            cand = torch.where(mask.repeat_interleave(k, dim=0), x_obs.repeat_interleave(k, dim=0), cand)
+        if not paper:
+            cand = torch.where((slot == 0).unsqueeze(1), states[0].repeat_interleave(k, dim=0), cand)
+        cand_log_s = log_sqrt_p_tilde_star(m, cand, n_inner, stream)
+        if not paper:
+            cand_log_s = torch.where(slot == 0, log_s.repeat_interleave(k), cand_log_s)
+        lp = cpu.score(a_p, cand)[0].to(m.dtype)  # the proposal density (the observed part cancels)
+        lq = m.layer_log_prob(m.q_layers[0], cand, h1r)
+        log_w = 0.5 * (lq - lp) + cand_log_s
+        idx = _select(log_w.view(R, k), stream)
+        return _gather(cand, idx, k), cand_log_s.view(R, k).gather(1, idx[:, None]).squeeze(1)
 
 
 def _params_key(modules) -> tuple:

@@ -457,6 +457,31 @@ def _cpu_logits(h, weight, bias, weight_g):
     return torch.nn.functional.linear(h.to(torch.float32), w.to(torch.float32), bias.to(torch.float32))
 
 
+def cpu_sample_logits(logits: torch.Tensor, seed, offset: int, out_dtype: torch.dtype = torch.float32):
+    """The CPU backend's fused pass on given logits (R, M) float32: ``(x (R, M) out_dtype, log_prob (R,))`` with
+    ``x = 1[u < σ(a)]`` for the ``(seed, offset)`` uniforms (row 0 starts a Philox row group) and ``log_prob``
+    differentiable in the logits (``∂/∂a = x − σ(a)``). The engines call it where one row's logits serve
+    several draws (computed once per data point or chain, then repeated).
+
+    Raises:
+        RuntimeError: the CPU kernels are unavailable.
+    """
+    want_d = logits.requires_grad
+    if torch.compiler.is_compiling():
+        x, lp, _ = _cpu_sample_op(logits, _seed_tensor(seed), offset, out_dtype, want_d)
+        return x, lp
+    return _CpuSampleFn.apply(logits, _reference_seed(seed), offset, out_dtype, want_d)
+
+
+def cpu_log_prob_logits(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``Σ_j x·a − softplus(a)`` (R,) of binary targets x (R, M) under logits (R, M) float32 on the CPU backend,
+    differentiable in the logits."""
+    want_d = logits.requires_grad
+    if torch.compiler.is_compiling():
+        return _cpu_log_prob_op(logits, x, want_d)[0]
+    return _CpuLogProbFn.apply(logits, x, want_d)
+
+
 def _cpu_sample(h, weight, bias, weight_g, seed, offset, out_dtype):
     a = _cpu_logits(h, weight, bias, weight_g)
     want_d = a.requires_grad

@@ -159,3 +159,44 @@ def test_a_slow_first_build_is_announced_once(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("bihm_triton: built the CPU kernels in"), first.stderr
     second = _run_python(code, {"CC": str(wrapper)}, tmp_path)
     assert second.returncode == 0 and second.stderr.strip() == "", second.stderr
+
+
+@pytest.mark.parametrize("sizes", [[20, 9, 5, 3], [12, 8, 6, 4]], ids=str)
+def test_cpu_engine_paths_equal_the_reference(sizes):
+    """The CPU engine's own paths (first q layer's logits shared by a point's K samples; Gibbs proposals'
+    logits shared by a chain's candidates) draw the reference's samples and chains: log-weights (any
+    row_start), the training loss and its gradients, exact and paper-compatible Gibbs, several inner
+    samples, inpainting."""
+    from bihm_triton import samplers
+    from bihm_triton.model import BiHM
+    from helpers import dyadic_model
+
+    r = dyadic_model(sizes, seed=1)
+    m = BiHM(r.sizes)
+    m.load_state_dict(r.state_dict())
+    assert m.engine.name == "cpu"
+    x = r.sample_p(9, seed=3)
+    for k, rs in ((5, 0), (3, 3), (1, 7)):
+        a, b = m.log_likelihood(x, k, seed=2, row_start=rs), r.log_likelihood(x, k, seed=2, row_start=rs)
+        torch.testing.assert_close(a.log_p, b.log_p)
+        torch.testing.assert_close(a.log_p_tilde_star, b.log_p_tilde_star)
+    la, _ = m.loss(x, 5, seed=4, row_start=3)
+    lb, _ = r.loss(x, 5, seed=4, row_start=3)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(la, lb)
+    for (n, p), q in zip(m.named_parameters(), r.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=n)
+    calls = {"gibbs_hidden": 0, "gibbs_x": 0}
+    for name in calls:
+        real = getattr(m.engine, name)
+        setattr(m.engine, name, lambda *a, _r=real, _n=name, **kw: calls.__setitem__(_n, calls[_n] + 1) or _r(*a, **kw))
+    for kw in (dict(k=4), dict(k=3, n_inner=2), dict(k=5, paper_compatible=True)):
+        g1 = samplers.gibbs_sample(m, 11, 3, seed=1, progress=False, **kw)
+        g2 = samplers.gibbs_sample(r, 11, 3, seed=1, progress=False, **kw)
+        for u, v in zip([g1.x, *g1.hidden], [g2.x, *g2.hidden]):
+            assert torch.equal(u, v), kw
+    assert calls["gibbs_hidden"] > 0 and calls["gibbs_x"] > 0
+    mask = torch.rand(9, sizes[0], generator=torch.Generator().manual_seed(5)) < 0.4
+    assert torch.equal(samplers.inpaint(m, x, mask, 2, 3, seed=4, progress=False).x,
+                       samplers.inpaint(r, x, mask, 2, 3, seed=4, progress=False).x)
