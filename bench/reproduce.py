@@ -64,10 +64,6 @@ def _data(name: str, args):
     return train_x, valid_x, test_x
 
 
-def _params(sizes) -> int:
-    return sum(2 * a * b + a + b for a, b in zip(sizes[:-1], sizes[1:])) + sizes[-1]
-
-
 def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", lr: float | None = None,
           resume: bool = False, l2reg: float | None = None):
     """Train until early stopping (``--patience`` epochs without a better validation bound), ``--epochs`` epochs
@@ -80,12 +76,14 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
     device = torch.device(args.device)
     train_x, valid_x = train_x.to(device), valid_x.to(device)
     given = {"sizes": list(sizes), "objective": objective, "lr": lr or args.lr, "seed": args.seed,
+             "deterministic_layers": getattr(args, "deterministic_layers", 0),
              "valid_k": args.valid_k, "l1reg": getattr(args, "l1reg", 0.0),
              "l2reg": getattr(args, "l2reg", 0.0) if l2reg is None else l2reg, "patience": getattr(args, "patience", 10)}
     # a run stopped before its first checkpoint (config.json alone) is started from its config by Trainer.resume
     if resume and any(os.path.exists(os.path.join(out, f)) for f in ("last.safetensors", "config.json")):
         trainer = Trainer.resume(out, train_x, valid_x, device=device)
-        own = {"sizes": list(trainer.model.sizes), **{k: getattr(trainer.config, k) for k in given if k != "sizes"}}
+        own = {"sizes": list(trainer.model.sizes), "deterministic_layers": trainer.model.deterministic_layers,
+               **{k: getattr(trainer.config, k) for k in given if k not in ("sizes", "deterministic_layers")}}
         if trainer.config.patience != given["patience"]:  # a longer patience continues an early-stopped run
             trainer.config.patience = given["patience"]
         differ = [f"{k} {own[k]} (given {given[k]})" for k in given if own[k] != given[k]]
@@ -111,7 +109,7 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
         r = trainer.history[-1]
         _log(f"{name}: epoch {r['epoch']} train bound {r['train_bound']:.2f} valid bound {r['valid_bound']:.2f}"
              f"{' *' if r['valid_bound'] >= trainer.best else ''}")
-    facts = {"sizes": list(trainer.model.sizes), "parameters": _params(trainer.model.sizes),
+    facts = {"sizes": list(trainer.model.sizes), "parameters": sum(p.numel() for p in trainer.model.parameters()),
              "objective": trainer.config.objective, "lr": trainer.config.lr, "epochs": trainer.epoch,
              "epochs_this_session": trainer.epoch - e0, "train_minutes_this_session":
              round((time.perf_counter() - t0) / 60, 1), "train_minutes_total":

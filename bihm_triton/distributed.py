@@ -13,7 +13,9 @@ a single-process call.
 
 **What is exact and what is not.**
 
-* Exact, bit for bit: the random numbers and samples of every row; which rows each rank computes;
+* Exact, bit for bit: the random numbers of every row (and its samples wherever its logits are: a
+  shard's matmul may round a logit's last bit differently from the whole batch's, which flips a
+  draw about once in 10⁷ elements); which rows each rank computes;
   the per-data-point results gathered from the ranks (the gather copies, it adds nothing); every
   decision made from a reduced value (reductions are all-gathers summed in rank order on every
   rank, so all ranks hold the same bits: early stopping, the non-finite check, the CUDA-graph

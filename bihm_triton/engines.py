@@ -103,10 +103,9 @@ class LayerEngine:
 def _layer_logits(layer, h: torch.Tensor) -> torch.Tensor:
     """float32 logits ``a = z·Wᵀ + b`` (R, M) of a layer for inputs h (R, N), differentiable: z is h (or an MLP
     layer's hidden activations), W the effective weight (``g·v/‖v‖`` when weight-normalized)."""
-    z = layer_input(layer, h)
-    w = ref.weight_norm(layer.weight_v, layer.weight_g, 0) if isinstance(layer, WeightNormStochasticLayer) \
-        else layer.weight
-    return torch.nn.functional.linear(z.to(torch.float32), w.to(torch.float32), layer.bias.to(torch.float32))
+    if isinstance(layer, WeightNormStochasticLayer):
+        return ops._cpu_logits(h, layer.weight_v, layer.bias, layer.weight_g)
+    return ops._cpu_logits(layer_input(layer, h), layer.weight, layer.bias, None)
 
 
 class CpuEngine(LayerEngine):

@@ -130,7 +130,7 @@ class BiHM(ref.BiHM):
 
     Raises:
         ValueError / TypeError: bad sizes (``[]``, ``[784, 0, 10]``), backend or chunk_rows;
-            TypeError: ``dtype=torch.float64`` with ``backend="triton"``.
+            TypeError: ``dtype=torch.float64`` with ``backend="triton"`` or ``"cpu"``.
     """
 
     def __init__(self, sizes, *, weight_norm: bool = False, deterministic_layers: int = 0, backend: str = "auto",
@@ -392,7 +392,8 @@ class BiHM(ref.BiHM):
         from .checkpoint import save_safetensors_atomic
 
         save_safetensors_atomic({k: v.detach() for k, v in self.state_dict().items()}, path,
-                                metadata={"config": json.dumps(self.config())})
+                                metadata={"config": json.dumps(self.config()),
+                                          "stream_version": str(ref.STREAM_VERSION)})
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device=None, **kwargs) -> "BiHM":

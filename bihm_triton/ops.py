@@ -473,22 +473,8 @@ def cpu_sample_logits(logits: torch.Tensor, seed, offset: int, out_dtype: torch.
     return _CpuSampleFn.apply(logits, _reference_seed(seed), offset, out_dtype, want_d)
 
 
-def cpu_log_prob_logits(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``Σ_j x·a − softplus(a)`` (R,) of binary targets x (R, M) under logits (R, M) float32 on the CPU backend,
-    differentiable in the logits."""
-    want_d = logits.requires_grad
-    if torch.compiler.is_compiling():
-        return _cpu_log_prob_op(logits, x, want_d)[0]
-    return _CpuLogProbFn.apply(logits, x, want_d)
-
-
 def _cpu_sample(h, weight, bias, weight_g, seed, offset, out_dtype):
-    a = _cpu_logits(h, weight, bias, weight_g)
-    want_d = a.requires_grad
-    if torch.compiler.is_compiling():
-        x, lp, _ = _cpu_sample_op(a, _seed_tensor(seed), offset, out_dtype, want_d)
-        return x, lp
-    return _CpuSampleFn.apply(a, _reference_seed(seed), offset, out_dtype, want_d)
+    return cpu_sample_logits(_cpu_logits(h, weight, bias, weight_g), seed, offset, out_dtype)
 
 
 def _cpu_log_prob(h, x, weight, bias, weight_g):
@@ -667,7 +653,7 @@ def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor, dim: int | None 
     check_tensor(weight_v, "weight_v", 2, symbols="(M, N)")
     g = check_weight_norm_args(weight_v, weight_g, dim)
     backend = _backend_for(backend, weight_v.device, weight_v=weight_v, weight_g=g)
-    if backend == "reference" or dim in (-1, None):
+    if backend in ("reference", "cpu") or dim in (-1, None):  # the CPU backend: torch's ops (the reference)
         return ref.weight_norm(weight_v, weight_g, dim)
     if dim % 2 == 0:
         return _weight_norm_op(weight_v, g)

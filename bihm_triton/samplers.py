@@ -44,7 +44,7 @@ from .progress import bar_disable
 from .reference import RandomStream
 from .reference._checks import check_binary, check_positive_int, check_tensor, nonfinite_parameters
 from .reference.estimators import effective_sample_size, log_mean_exp
-from .reference.philox import check_draw_fits, check_offset, check_seed, draw_seed
+from .reference.philox import DRAW_STRIDE, check_draw_fits, check_offset, check_seed, draw_seed
 
 __all__ = ["GibbsResult", "SIRResult", "gibbs_sample", "inpaint", "sir_sample", "log_sqrt_p_tilde_star"]
 
@@ -114,7 +114,7 @@ def _sample_layer(model, layer, h, n_cand: int, stream: RandomStream):
 def _update_hidden(model, states, l: int, K: int, paper: bool, stream: RandomStream):
     """Importance-resampling update of h_l (1 ≤ l ≤ L) given its neighbours; returns the new h_l."""
     engine = getattr(model, "engine", None)
-    if not paper and engine is not None:  # one fused launch on the Triton backend
+    if not paper and engine is not None:  # the engine's own update (Triton: one fused launch; CPU: shared logits)
         new = engine.gibbs_hidden(states, l, K, stream)
         if new is not None:
             return new
@@ -152,7 +152,7 @@ def _update_hidden(model, states, l: int, K: int, paper: bool, stream: RandomStr
 def _update_x(model, states, log_s, K: int, n_inner: int, paper: bool, stream: RandomStream, mask, x_obs):
     """Importance-resampling update of x given h_1; returns (new x, its log Ŝ)."""
     engine = getattr(model, "engine", None)
-    if engine is not None:  # three fused launches on the Triton backend
+    if engine is not None:  # the engine's own update (Triton: three fused launches; CPU: shared logits)
         out = engine.gibbs_x(states, log_s, K, n_inner, paper, stream, mask, x_obs)
         if out is not None:
             return out
@@ -204,6 +204,14 @@ def _check_common(model, steps, k, n_inner, seed, offset, min_k, what):
         seed = draw_seed()
     check_seed(seed)
     check_offset(offset)
+    # the run's draws, up front (SPEC §5: at most 2**22 draws past the offset): per sweep 4 per hidden layer
+    # and 1 + L + 1 for x, plus the start
+    L = model.n_layers
+    draws = steps * (5 * L + 2) + L + 2
+    if offset + draws * DRAW_STRIDE >= 2**62:
+        fit = max(0, ((2**62 - offset) // DRAW_STRIDE - L - 2) // (5 * L + 2))
+        raise ValueError(f"steps={steps} needs {draws} draws of the random stream, more than a seed holds past offset "
+                         f"{offset} (at most {fit} steps fit): run the chains in several calls with other seeds")
     seed = seed if isinstance(seed, torch.Tensor) else int(seed)
     return RandomStream(seed, offset, device=model.device, uniform_fn=getattr(model, "stream_uniform", None))
 

@@ -58,7 +58,7 @@ from .checkpoint import read_safetensors, save_safetensors_atomic, write_json_at
 from .distributed import Comm, log_likelihood as _sharded_log_likelihood
 from .model import BiHM
 from .progress import bar_disable
-from .reference.philox import MAX_SEED, check_seed
+from .reference.philox import MAX_SEED, STREAM_VERSION, check_seed
 
 __all__ = ["TrainConfig", "Trainer", "TrainingInterrupted"]
 
@@ -354,6 +354,9 @@ class Trainer:
             with torch.cuda.graph(graph):
                 loss, stats = body(static_x, static_seed, row_start)
             self._graph = (graph, static_x, static_seed, loss, stats)
+            # the gradients the graph writes (more ranks: summed after each replay; an eager step in between
+            # binds new .grad tensors, so the replay path binds these back before the sum)
+            self._graph_grads = [p.grad for p in params]
         finally:
             torch.cuda.synchronize()
             with torch.no_grad():  # undo the warm-up steps, in place
@@ -398,6 +401,8 @@ class Trainer:
                 static_seed.fill_(int(seed))
             graph.replay()
             if self.comm.distributed:
+                for p, g in zip(self.model.parameters(), self._graph_grads):
+                    p.grad = g  # the tensors the graph wrote into (not those of an eager step since)
                 self._sum_grads_and_step()
         else:
             self.optimizer.zero_grad(set_to_none=True)
@@ -477,9 +482,10 @@ class Trainer:
             if heartbeat_s and bar.disable and comm.is_main and time.perf_counter() - beat > heartbeat_s:
                 beat = time.perf_counter()  # (rank 0 alone: a rank's own clock decides, so no collective here)
                 points = min(n, start + cfg.batch_size)
-                mean = float(total_bound) / (max(1, seen) if comm.distributed else points)
+                carried = self.position["bound"]  # a resumed epoch's sum so far (rank 0 holds it)
+                mean = ((float(total_bound) - carried) / max(1, seen)) if comm.distributed else float(total_bound) / points
                 print(f"  epoch {self.epoch + 1}: {points} of {n} points, train bound "
-                      f"{mean:.2f}{' (rank 0 rows)' if comm.distributed else ''}", flush=True)
+                      f"{mean:.2f}{' (rank 0 rows this session)' if comm.distributed else ''}", flush=True)
         bar.close()
         self._running = (len(starts), total_bound, total_ess)
         self.position = {"batches": 0, "bound": 0.0, "ess": 0.0, "seconds": 0.0}  # the next call: a new epoch
@@ -611,7 +617,7 @@ class Trainer:
     def _state(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "best": self.best, "bad_epochs": self.bad_epochs,
                 "history": self.history, "train": dataclasses.asdict(self.config), "data": self.fingerprints,
-                "position": self.position}
+                "position": self.position, "stream_version": STREAM_VERSION}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Weights, Adam state and counters in one safetensors file, written atomically.
@@ -658,13 +664,20 @@ class Trainer:
             config = run_config(out_dir)
             if "model" in config and "train" in config:
                 return cls._start_from_config(out_dir, config, train_x, valid_x, device=device, backend=backend,
-                                              max_epochs=max_epochs, cuda_graph=cuda_graph)
+                                              max_epochs=max_epochs, cuda_graph=cuda_graph,
+                                              process_group=process_group)
             raise FileNotFoundError(f"no run to continue in {out_dir}: no checkpoint (last.safetensors) and no "
                                     f"config.json")
         tensors, metadata = read_safetensors(path)
         if "trainer" not in metadata:
             raise ValueError(f"{path} is not a trainer checkpoint (no trainer state in its metadata)")
         state = json.loads(metadata["trainer"])
+        if state.get("stream_version", 1) != STREAM_VERSION:
+            import warnings
+
+            warnings.warn(f"the run in {out_dir} drew its random numbers from stream version "
+                          f"{state.get('stream_version', 1)}; it continues on version {STREAM_VERSION} (SPEC §5), so "
+                          f"the continuation is not the one it would have had", RuntimeWarning, stacklevel=2)
         model = BiHM.from_config(json.loads(metadata["config"]), device=device, backend=backend)
         weights = {k: v for k, v in tensors.items() if not k.startswith("trainer.")}
         model.check_compatible(weights)
@@ -700,7 +713,7 @@ class Trainer:
 
     @classmethod
     def _start_from_config(cls, out_dir: str, config: dict, train_x, valid_x, *, device, backend, max_epochs,
-                           cuda_graph) -> "Trainer":
+                           cuda_graph, process_group=None) -> "Trainer":
         """A trainer for a run folder that holds only its config.json (see :meth:`resume`)."""
         settings = dict(config["train"], **({} if max_epochs is None else {"max_epochs": max_epochs}))
         cfg = TrainConfig(**settings)
@@ -709,13 +722,13 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             model = BiHM.from_config(config["model"], device=device, backend=backend)
         trainer = cls(model, train_x, valid_x, cfg, out_dir=out_dir, cuda_graph=cuda_graph,
-                      data_source=config.get("data_source"), _resuming=True)
+                      data_source=config.get("data_source"), _resuming=True, process_group=process_group)
         for split, fp in (config.get("data") or {}).items():
             if fp is not None and trainer.fingerprints.get(split) != fp:
                 raise ValueError(f"the {split} data differ from the run's in {out_dir} (fingerprint "
                                  f"{trainer.fingerprints.get(split)} vs {fp}): resume with the data the run was "
                                  f"set up with, or start a new run")
-        _write_text_atomic(os.path.join(out_dir, "log.jsonl"), "")
+        trainer.comm.on_main(_write_text_atomic, os.path.join(out_dir, "log.jsonl"), "")
         return trainer
 
 

@@ -525,6 +525,8 @@ class BiHM(nn.Module):
         """``(log p(x, h), log q(h | x))`` (rows,) for rows ``row_start … row_start + rows`` of a q pass in which
         row r reads data point ``x[r // k − x_row0]`` (SPEC §2's log ω terms). Any ``row_start``: rows before it
         in its Philox row group are computed on zero data and dropped."""
+        p0, p1 = row_start // k - x_row0, (row_start + rows - 1) // k - x_row0
+        x, x_row0 = x[p0:p1 + 1], x_row0 + p0  # the chunk's own data points (a view)
         a0, s = aligned_start(row_start)
         if s:
             pts = -(-s // k)  # data points in front of x that the leading rows read

@@ -101,6 +101,8 @@ def _fake_capture(counter: dict):
         stats = {k: torch.zeros(batch, dtype=m.dtype) for k in ("bound", "log_p", "ess")}
         body = self._loss_and_step if not self.comm.distributed else self._loss_backward
         trainer = self
+        params = list(m.parameters())
+        grads = [torch.zeros_like(p) for p in params]  # like a real graph: the replays write into fixed tensors
 
         class Graph:
             def replay(self_):
@@ -110,9 +112,13 @@ def _fake_capture(counter: dict):
                 loss.copy_(out_loss)
                 for k in stats:
                     stats[k].copy_(out_stats[k])
+                for g, p in zip(grads, params):
+                    g.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
+                    p.grad = None  # (a real replay leaves .grad bound to whatever it was)
 
         counter["captured"] = (batch, row_start)
         self._graph = (Graph(), static_x, static_seed, loss, stats)
+        self._graph_grads = grads
 
     return capture
 

@@ -200,3 +200,20 @@ def test_cpu_engine_paths_equal_the_reference(sizes):
     mask = torch.rand(9, sizes[0], generator=torch.Generator().manual_seed(5)) < 0.4
     assert torch.equal(samplers.inpaint(m, x, mask, 2, 3, seed=4, progress=False).x,
                        samplers.inpaint(r, x, mask, 2, 3, seed=4, progress=False).x)
+
+
+def test_weight_norm_op_on_the_cpu_backend_is_torchs(monkeypatch):
+    """ops.weight_norm on float32 CPU tensors (backend "auto" picks "cpu") runs torch's ops, never the Triton
+    op (which would need CUDA outside the tests' interpreter mode)."""
+    monkeypatch.setattr(ops, "_weight_norm_op", lambda *a: (_ for _ in ()).throw(AssertionError("Triton op")))
+    v, g = torch.randn(5, 7), torch.rand(5) + 0.5
+    for backend in ("auto", "cpu"):
+        torch.testing.assert_close(ops.weight_norm(v, g, backend=backend), g[:, None] * v / v.norm(dim=1, keepdim=True))
+
+
+def test_gibbs_refuses_more_steps_than_a_seed_holds():
+    from bihm_triton.model import BiHM
+
+    m = BiHM([4, 3, 2])
+    with pytest.raises(ValueError, match=r"more than a seed holds .*at most \d+ steps fit"):
+        m.gibbs_sample(2, steps=10**6, k=2, seed=1)

@@ -19,7 +19,7 @@ from bihm_triton.model import BiHM
 from helpers import assert_samples_match, dyadic_model
 
 SIZES = [9, 6, 5, 3]
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "cpu", "triton"]
 
 
 def _model(backend, device, chunk_rows=1 << 16):

@@ -39,7 +39,8 @@ __all__ = ["available", "unavailable_reason", "library_path", "sample", "score",
 
 #: The C source of the epilogue (package data, installed beside this file).
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bihm_cpu.c")
-_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-std=gnu99"]
+_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-std=gnu99",
+          "-Wall", "-Werror=incompatible-pointer-types"]
 _ABI = 1
 _WANT_LP, _WANT_D, _X_U8 = 1, 2, 4
 #: Elements of a layer below which the pass runs on the calling thread only.
@@ -157,12 +158,12 @@ def library_path() -> str | None:
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
-    pool = _state.get("pool")
-    if pool is None or pool._max_workers != n:  # noqa: SLF001
-        if pool is not None:
-            pool.shutdown(wait=False)
-        pool = _state["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="bihm_cpu")
-    return pool
+    """A pool with at least n workers (grown, never shrunk or shut down under a caller)."""
+    with _lock:
+        pool = _state.get("pool")
+        if pool is None or pool._max_workers < n:  # noqa: SLF001
+            pool = _state["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="bihm_cpu")
+        return pool
 
 
 def _run_groups(fn, n_groups: int, elements: int, *args) -> None:
@@ -224,6 +225,8 @@ def score(a: torch.Tensor, x: torch.Tensor, *, want_d: bool = False):
         raise RuntimeError(f"the CPU kernels are unavailable: {_state['info']}")
     _check_logits(a)
     R, M = a.shape
+    if tuple(x.shape) != (R, M) or x.device.type != "cpu":
+        raise ValueError(f"x must be a CPU tensor of the logits' shape {(R, M)}, got {tuple(x.shape)} on {x.device}")
     if x.dtype == torch.bool:
         x = x.view(torch.uint8)
     elif x.dtype not in (torch.float32, torch.uint8):

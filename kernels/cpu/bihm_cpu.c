@@ -10,8 +10,9 @@
  * launcher (cc -O3 -march=native) and loaded with ctypes. The loops are written so that the
  * compiler vectorizes them: Philox over a block of columns, then per row an elementwise pass with
  * a branch-free exp (Cephes expf polynomial, ≤ 2 ulp) and log1p (2·atanh series). Compile with
- * -fno-trapping-math (if-conversion of the selects) but never -ffast-math: NaN and ±inf logits
- * follow the reference (NaN: x = 0 and log_prob NaN; ±inf: certain outcomes cost 0 nats).
+ * -fno-trapping-math (if-conversion of the selects) and -ffp-contract=off (no fused multiply-adds:
+ * the same bits from every build of this file), never -ffast-math: NaN and ±inf logits follow the
+ * reference (NaN: x = 0 and log_prob NaN; ±inf: certain outcomes cost 0 nats).
  */
 #include <stdint.h>
 #include <string.h>
@@ -36,7 +37,8 @@ static inline float exp_nonpos(float x) {
     p = p * r + 1.6666665459E-1f;
     p = p * r + 5.0000001201E-1f;
     p = p * r2 + r + 1.0f;
-    int32_t ni = (int32_t)n; /* in [-150, 0]: two normal scale factors cover the denormal results */
+    float nf = n == n ? n : 0.0f; /* NaN x: p is NaN already; keep the conversion defined */
+    int32_t ni = (int32_t)nf; /* in [-150, 0]: two normal scale factors cover the denormal results */
     int32_t n1 = ni / 2, n2 = ni - n1;
     uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
     float s1, s2;
@@ -110,8 +112,10 @@ static float sum_f32(const float *v, int n) {
 /* One row segment: x from u (draw) or from xin (score), its log-likelihood terms into lpbuf, d = x − σ(a).
  * The variants are separate loops so that each vectorizes without a branch inside. */
 #define ROW_LOOP(NAME, XIN_T, XOUT_T, GET_X, PUT_X, DO_LP, DO_D)                                             \
-    static void NAME(const float *restrict a, const float *restrict u, const XIN_T *restrict xin,          \
-                     XOUT_T *restrict xout, float *restrict lpbuf, float *restrict d, int n) {             \
+    static void NAME(const float *restrict a, const float *restrict u, const void *restrict xin_,          \
+                     void *restrict xout_, float *restrict lpbuf, float *restrict d, int n) {              \
+        const XIN_T *restrict xin = (const XIN_T *)xin_;                                                   \
+        XOUT_T *restrict xout = (XOUT_T *)xout_;                                                           \
         (void)u; (void)xin; (void)xout; (void)lpbuf; (void)d;                                             \
         for (int j = 0; j < n; j++) {                                                                      \
             float aj = a[j];                                                                               \
@@ -149,9 +153,8 @@ typedef void (*row_fn)(const float *, const float *, const void *, void *, float
  * (flags & WANT_LP), d (R, M) (flags & WANT_D); a, x, d contiguous. */
 void bihm_sample(const float *a, void *x, float *lp, float *d, int64_t R, int64_t M, uint64_t seed, uint64_t offset,
                  int flags, int64_t g0, int64_t g1) {
-    static const row_fn fns[2][4] = {
-        {(row_fn)draw_f32, (row_fn)draw_lp_f32, (row_fn)draw_d_f32, (row_fn)draw_lp_d_f32},
-        {(row_fn)draw_u8, (row_fn)draw_lp_u8, (row_fn)draw_d_u8, (row_fn)draw_lp_d_u8}};
+    static const row_fn fns[2][4] = {{draw_f32, draw_lp_f32, draw_d_f32, draw_lp_d_f32},
+                                     {draw_u8, draw_lp_u8, draw_d_u8, draw_lp_d_u8}};
     row_fn fn = fns[(flags & X_U8) ? 1 : 0][flags & (WANT_LP | WANT_D)];
     size_t xsize = (flags & X_U8) ? 1 : 4;
     float u[4][BLK], buf[BLK];
@@ -177,8 +180,7 @@ void bihm_sample(const float *a, void *x, float *lp, float *d, int64_t R, int64_
 /* Score rows [r0, r1) given targets x (float32, or uint8/bool with flags & X_U8): lp (R,), d (flags & WANT_D). */
 void bihm_score(const float *a, const void *x, float *lp, float *d, int64_t R, int64_t M, int flags, int64_t r0,
                 int64_t r1) {
-    static const row_fn fns[2][2] = {{(row_fn)score_lp_f32, (row_fn)score_lp_d_f32},
-                                     {(row_fn)score_lp_u8, (row_fn)score_lp_d_u8}};
+    static const row_fn fns[2][2] = {{score_lp_f32, score_lp_d_f32}, {score_lp_u8, score_lp_d_u8}};
     row_fn fn = fns[(flags & X_U8) ? 1 : 0][(flags & WANT_D) ? 1 : 0];
     size_t xsize = (flags & X_U8) ? 1 : 4;
     float buf[BLK];
