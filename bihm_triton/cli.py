@@ -196,7 +196,13 @@ def _device(name: str | None) -> torch.device:
 
 def _load_model(checkpoint: str, device, backend: str):
     from .model import BiHM
+    from .pretrained import PRETRAINED_PREFIX, pretrained_path
 
+    if checkpoint.startswith(PRETRAINED_PREFIX):  # a model shipped with the package
+        try:
+            checkpoint = pretrained_path(checkpoint)
+        except KeyError as e:
+            raise ValueError(f"--checkpoint {checkpoint}: {e.args[0]}") from None
     return BiHM.load(os.path.expanduser(checkpoint), device=device, backend=backend)
 
 
@@ -329,8 +335,14 @@ def _run_config(run_path: str) -> dict:
 
 
 def _recorded_data(run_path: str) -> dict:
-    """The ``--data`` / ``--data-dir`` a run was trained with (``{}`` for runs that did not record them)."""
-    return _run_config(run_path).get("data_source") or {}
+    """The ``--data`` / ``--data-dir`` a run was trained with (``{}`` for runs that did not record them); for a
+    shipped model (``pretrained:<name>``) the data set it was trained on."""
+    from .pretrained import PRETRAINED_PREFIX, list_pretrained
+
+    if run_path.startswith(PRETRAINED_PREFIX):
+        info = list_pretrained().get(run_path[len(PRETRAINED_PREFIX):], {})
+        return {"data": info["data"]} if info.get("data") else {}
+    return _run_config(os.path.expanduser(run_path)).get("data_source") or {}
 
 
 def _data_of(args, recorded: dict) -> tuple[str, str | None]:
@@ -463,7 +475,7 @@ def _eval(args) -> int:
     json_out = output_file(args.json, "--json")
     figure = output_file(args.figure, "--figure", ".png")
     device = _device(args.device)
-    data = open_data(*_data_of(args, _recorded_data(os.path.expanduser(args.checkpoint))))
+    data = open_data(*_data_of(args, _recorded_data(args.checkpoint)))
     model = _load_model(args.checkpoint, device, args.backend)
     x = model._check_x(data.split(args.split).to(device))  # fail on the wrong data before any work
     if x.shape[0] < 1:
@@ -500,7 +512,7 @@ def _sample(args) -> int:
                                paper_compatible=args.paper_compatible).x
     else:
         x = model.sir_sample(args.n, args.oversample, seed=args.seed).x
-    source, data_dir = _data_of(args, _recorded_data(os.path.expanduser(args.checkpoint)))
+    source, data_dir = _data_of(args, _recorded_data(args.checkpoint))
     shape = open_data(source, data_dir).shape if (args.data or source != "digits") else None
     figure_panels([(f"samples ({args.method})", x)], out, cols=min(10, args.n), shape=shape)
     print(f"wrote {out}")
@@ -512,7 +524,7 @@ def _inpaint(args) -> int:
 
     out = output_file(args.out, "--out", ".png")
     device = _device(args.device)
-    data = open_data(*_data_of(args, _recorded_data(os.path.expanduser(args.checkpoint))))
+    data = open_data(*_data_of(args, _recorded_data(args.checkpoint)))
     x = data.split(args.split)
     if x.shape[0] < 1:
         raise ValueError(f"the {args.split} split of --data {data.source} has no data points")
@@ -671,7 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="likelihood estimates on a data split")
-    p.add_argument("--checkpoint", required=True, help="run folder (its best.safetensors) or a .safetensors file")
+    p.add_argument("--checkpoint", required=True, help="run folder (its best.safetensors), a .safetensors file, or "
+                   "pretrained:<name> (a model shipped with the package, e.g. pretrained:bmnist-12l)")
     p.add_argument("--data", default=None, help=DATA_HELP + " (default: the run's own, else digits)")
     p.add_argument("--split", default="test", choices=SPLITS, help="data split (default test)")
     p.add_argument("--k", type=_int_at_least(1), default=1000, help="importance samples per data point (1000)")
@@ -686,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("sample", help="draw samples and save them as a PNG")
-    p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
+    p.add_argument("--checkpoint", required=True, help="run folder, .safetensors file, or pretrained:<name>")
     p.add_argument("--method", default="gibbs", choices=("p", "gibbs", "sir"),
                    help="p: ancestral samples of p; gibbs: exact Gibbs of p* (default); sir: importance resampling")
     p.add_argument("--n", type=_int_at_least(1), default=50, help="number of samples (50)")
@@ -700,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("inpaint", help="complete partly hidden images and save a PNG")
-    p.add_argument("--checkpoint", required=True, help="run folder or .safetensors file")
+    p.add_argument("--checkpoint", required=True, help="run folder, .safetensors file, or pretrained:<name>")
     p.add_argument("--data", default=None, help=DATA_HELP + " (default: the run's own, else digits)")
     p.add_argument("--split", default="test", choices=SPLITS, help="data split (default test)")
     p.add_argument("--n", type=_int_at_least(1), default=10,
