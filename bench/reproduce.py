@@ -161,8 +161,18 @@ def evaluate(model, test_x, args, *, k: int, seed: int) -> dict:
             "log_p_star_se": math.hypot(se, z.se)}
 
 
+_STARTED_AT: list = []  # the commit when this process started: the code that ran, whatever the tree holds later
+
+
 def _commit() -> str | None:
-    """The checkout's commit (with ``+dirty`` when it has uncommitted changes), or None outside git."""
+    """The checkout's commit when this process started (with ``+dirty`` when it had uncommitted changes), or
+    None outside git."""
+    if not _STARTED_AT:
+        _STARTED_AT.append(_commit_now())
+    return _STARTED_AT[0]
+
+
+def _commit_now() -> str | None:
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -272,10 +282,8 @@ def run_uci(args) -> dict:
     path = os.path.join(args.out, "uci.json")
     result = {"experiment": "uci", "candidates": list(args.uci_grid), "rws_sbn_widths": list(UCI_RWS_SBN),
               "sets": {}}
-    if os.path.exists(path) and args.resume:  # keep the sets finished in earlier sessions
-        old = json.load(open(path))
-        if old.get("candidates") == result["candidates"]:
-            result["sets"] = {k: v for k, v in old.get("sets", {}).items() if k not in args.sets}
+    if os.path.exists(path) and args.resume:  # keep the sets finished in earlier sessions (each names its grid)
+        result["sets"] = {k: v for k, v in json.load(open(path)).get("sets", {}).items() if k not in args.sets}
     for name in args.sets:
         train_x, valid_x, test_x = _data(name, args)
         d0 = train_x.shape[1]
@@ -299,7 +307,13 @@ def run_uci(args) -> dict:
         rws_model = best_model(sbn[best_w]["run"], torch.device(args.device))
         entry["rws_sbn"] = {"chosen_width": int(best_w), "candidates": sbn,
                             **evaluate_rws(rws_model, test_x, args, k=args.k, seed=args.seed)}
+        # each set says how it was made: the sets of one file may come from several processes (one per core)
+        entry.update(grid=list(args.uci_grid), date=time.strftime("%Y-%m-%d"), threads=torch.get_num_threads(),
+                     commit=_commit(), command=" ".join(["python bench/reproduce.py", *sys.argv[1:]]))
         result["sets"][name] = entry
+        if os.path.exists(path):  # another process (e.g. one set per core) may have written its sets meanwhile
+            on_disk = json.load(open(path)).get("sets", {})
+            result["sets"] = {**{k: v for k, v in on_disk.items() if k not in args.sets}, **result["sets"]}
         _log(f"uci {name}: chose {chosen}, test log p* {entry['log_p_star']:.2f}; Bernoulli "
              f"{entry['bernoulli']['log_p']:.2f}; RWS SBN-{best_w} log p {entry['rws_sbn']['log_p']:.2f}")
         _save(args, "uci", result)
@@ -430,10 +444,12 @@ def figure_depth(result: dict, path: str) -> None:
 
 #: Published numbers (average test log-likelihood, nats), each with where it was read. Only numbers
 #: this project could read in a source are listed. The UCI ones come from a secondary aggregator
-#: (wizwand.com) that files them under the EoNADE paper (Uria, Murray & Larochelle 2014); that paper's
-#: experiments are not on the binary UCI sets, so the model each number belongs to is unverified
-#: (connect4's −11.99 may be NADE's). The primary tables (the RWS paper, Bornschein & Bengio 2015; MADE,
-#: Germain et al. 2015) could not be read from this machine.
+#: (wizwand.com/paper/68fa61301e209131ce9f31ec) that lists one number per set under the EoNADE paper
+#: (Uria, Murray & Larochelle 2014, "A Deep and Tractable Density Estimator") without naming the model
+#: row; that paper's table has both NADE and EoNADE rows, so which model each number belongs to is
+#: unverified (connect4's −11.99 may be NADE's: the aggregator may list each set's best row). The primary
+#: tables (the RWS paper, Bornschein & Bengio 2015; MADE, Germain et al. 2015) could not be read from this
+#: machine (the stored copies hold only their first pages), so no published SBN (RWS) number is quoted.
 PUBLISHED = {
     "binarized_mnist": {"BiHM, 12 layers (Bornschein et al. 2016)": (-84.8, "the authors' repository README "
                         "(github.com/jbornschein/bihm) and the paper's abstract-level claim")},
@@ -527,7 +543,17 @@ def report(args) -> str:
         any_r = next(iter(uci["sets"].values()))
         out += ["", f"K = {any_r['k']:,} samples per test point, every test point; log Ẑ² from "
                 f"{any_r['z_samples']:,} samples ({any_r['n_inner']} inner). The RWS SBN row is its log p(x) "
-                "estimate (what RWS reports); the Bernoulli row is exact.", "", *command(uci)]
+                "estimate (what RWS reports); the Bernoulli row is exact.", ""]
+        made = {}  # sets trained by separate processes (e.g. one per core) carry their own commands
+        for name, r in uci["sets"].items():
+            made.setdefault(r.get("command", uci["command"]), []).append(name)
+        if len(made) == 1:
+            out += command(uci)
+        else:
+            for cmd, names in made.items():
+                r = uci["sets"][names[0]]
+                out += [f"{', '.join(names)}: `{cmd}` ({r.get('date', uci['date'])}, {uci['device']}, torch "
+                        f"{uci['torch']}, {r.get('threads', uci['threads'])} thread(s)).", ""]
     head = load("headline")
     if head:
         slope = head.get("valid_bound_slope_last_epochs")
@@ -596,6 +622,7 @@ def main(argv=None) -> int:
         ap.error(f"--data-dir {args.data_dir}: no such folder")
     if args.threads:
         torch.set_num_threads(args.threads)
+    _commit()  # recorded now: the tree may change while a long run trains
     if args.experiment == "ess" and args.test_points is None:
         args.test_points = 200
     if args.experiment == "report":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -26,6 +27,10 @@ def test_a_built_wheel_installs_and_runs_the_cpu_backend(tmp_path):
     for f in ("bihm_triton/kernels/cpu/bihm_cpu.c", "bihm_triton/kernels/cpu/__init__.py",
               "bihm_triton/kernels/chain.py", "bihm_triton/reference/philox.py", "bihm_triton/model.py"):
         assert f in names, f"{f} is missing from the wheel"
+    shipped = sorted(os.path.basename(f)[: -len(".safetensors")] for f in
+                     glob.glob(os.path.join(ROOT, "bihm_triton", "pretrained", "*.safetensors")))
+    for name in shipped:  # the pretrained models are package data
+        assert f"bihm_triton/pretrained/{name}.safetensors" in names, f"the pretrained model {name} is not in the wheel"
     site = tmp_path / "site"
     out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                          capture_output=True, text=True, timeout=600)
@@ -36,6 +41,8 @@ def test_a_built_wheel_installs_and_runs_the_cpu_backend(tmp_path):
         f"assert bihm_triton.__file__.startswith({str(site)!r}), bihm_triton.__file__\n"
         "assert cpu.available(), cpu.unavailable_reason()\n"
         "assert torch.equal(cpu.uniform(7, 2**41 + 5, 9, 13), ref.philox_uniform(7, 2**41 + 5, 9, 13))\n"
+        f"assert sorted(bihm_triton.list_pretrained()) == {shipped!r}, bihm_triton.list_pretrained()\n"
+        f"for name in {shipped!r}: bihm_triton.pretrained(name).sample_p(2, seed=0)\n"
         "print(ops.resolve_backend('auto', torch.device('cpu'), torch.float32))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(site), BIHM_TRITON_CACHE_DIR=str(tmp_path / "cache"))

@@ -34,6 +34,7 @@ def test_every_experiment_writes_its_json_figure_and_report(tmp_path):
     _run(tmp_path, "ess", *TOY, "--sizes", "12,6", "--k-grid", "1", "10", "30")
     _run(tmp_path, "depth", *TOY, "--depths", "2")
     _run(tmp_path, "uci", *TOY, "--sets", "dna")
+    _run(tmp_path, "uci", *TOY, "--sets", "nips", "--uci-grid", "6")  # another process: its set joins the file
     _run(tmp_path, "headline", *TOY)
     out = tmp_path / "out"
     for name in ("ess", "depth", "uci", "headline"):
@@ -51,6 +52,9 @@ def test_every_experiment_writes_its_json_figure_and_report(tmp_path):
         assert title in report
     assert "Command: `python bench/reproduce.py headline" in report
     assert "12 of the 10,000 test points, drawn uniformly" in report
+    uci = json.loads((out / "uci.json").read_text())
+    assert sorted(uci["sets"]) == ["dna", "nips"]
+    assert "dna: `python bench/reproduce.py uci" in report and "nips: `python bench/reproduce.py uci" in report
     # --resume --minutes 0 evaluates the runs as they are: no epoch is added
     depth = json.loads((out / "depth.json").read_text())["nets"]["2"]
     _run(tmp_path, "depth", *TOY, "--depths", "2", "--resume")
