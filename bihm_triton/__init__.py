@@ -1,6 +1,7 @@
 """bihm_triton: Triton kernels for Bidirectional Helmholtz Machines (Bornschein et al., ICML 2016).
 
-* :mod:`bihm_triton.ops` — autograd-aware fused ops (Triton on CUDA tensors, the reference on CPU):
+* :mod:`bihm_triton.ops` — autograd-aware fused ops (Triton on CUDA tensors, C kernels for float32 CPU
+  tensors, the reference otherwise):
   :func:`sbn_sample`, :func:`sbn_log_prob`, their weight-normalized forms, :func:`weight_norm`;
 * :class:`BiHM` — the model on those ops: training losses, likelihood estimators, samplers;
 * :class:`Trainer` — the authors' training recipe with checkpoints;

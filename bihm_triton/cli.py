@@ -452,10 +452,11 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
         print(f"training BiHM {sizes} ({cfg.objective}) on {source}: {train_x.shape[0]} train / "
               f"{valid_x.shape[0]} valid points, K = {cfg.k}, batch {cfg.batch_size}, Adam lr {cfg.lr}, "
               f"device {device}")
-    t0 = time.perf_counter()
+    t0, e0 = time.perf_counter(), trainer.epoch
     # a bar on a terminal; in a log file (or with --no-progress) a line per epoch and a heartbeat line
     trainer.fit(progress=_progress(args), heartbeat_s=HEARTBEAT_S)
-    print(f"trained {trainer.epoch} epochs in {time.perf_counter() - t0:.0f}s; best valid bound {trainer.best:.3f}; "
+    print(f"trained {trainer.epoch - e0} epochs in {time.perf_counter() - t0:.0f}s"
+          f"{f' (now at epoch {trainer.epoch})' if e0 else ''}; best valid bound {trainer.best:.3f}; "
           f"checkpoints in {out}")
     return 0
 
@@ -618,8 +619,9 @@ def _common(p: argparse.ArgumentParser, *, seed_default=0) -> None:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--seed", type=_seed, default=seed_default,
                    help="seed of every random choice, an integer in [0, 2**63) (default 0)")
-    p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
-                   help="auto: Triton on CUDA tensors, the reference on CPU (default auto)")
+    p.add_argument("--backend", default="auto", choices=("auto", "triton", "cpu", "reference"),
+                   help="auto: Triton on CUDA tensors, the CPU kernels for float32 on the CPU, the reference "
+                   "otherwise (default auto)")
     p.add_argument("--threads", type=_int_at_least(1), default=1,
                    help="CPU threads for torch (default 1: these networks are small, and more threads fight "
                         "over a busy machine; try 2+ on an idle many-core machine)")

@@ -793,6 +793,7 @@ def _fetch(remote: RemoteFile, folder: str, download: bool, info: DatasetInfo) -
         raise DatasetUnavailableError(
             f"{info.name}: {path} is missing and download=False; download it from {remote.urls[0]} "
             f"and place it at {path}, or call with download=True")
+    created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
     failures = []
     for url in remote.urls:
@@ -800,10 +801,12 @@ def _fetch(remote: RemoteFile, folder: str, download: bool, info: DatasetInfo) -
             _download(url, path, remote.sha256)
             return path
         except _NETWORK_ERRORS as exc:
-            failures.append(f"  {url}: {exc}")
+            failures.append(f"{url}: {exc}")
+    if created and not os.listdir(folder):  # leave no empty cache folder behind
+        os.rmdir(folder)
     raise DatasetUnavailableError(
-        f"{info.name}: could not download {remote.filename}:\n" + "\n".join(failures)
-        + f"\nYou may download it by other means and place it at {path}")
+        f"{info.name}: could not download {remote.filename} ({'; '.join(failures)}); download it by other means "
+        f"and place it at {path}, or pass the folder that holds your copy as data_dir (--data-dir)")
 
 
 def _download(url: str, path: str, sha256: Optional[str]) -> None:

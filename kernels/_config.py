@@ -24,7 +24,7 @@ def check_device(*tensors: torch.Tensor) -> None:
             continue
         raise RuntimeError(
             f"the Triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got a tensor on "
-            f"{t.device}; use backend='reference' for CPU tensors"
+            f"{t.device}; use backend='auto' or 'cpu' (the CPU kernels) or 'reference' for CPU tensors"
         )
 
 

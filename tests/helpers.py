@@ -8,7 +8,11 @@ import torch
 
 #: Where the Triton backend runs in the tests: the GPU, or the CPU under the interpreter (conftest decides).
 DEVICE = torch.device("cuda" if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else "cpu")
-MNIST_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"))
+#: The project's shared data folder (``../shared/data`` beside the clone; ``$BIHM_DATA_DIR`` where it lives
+#: elsewhere): tests that read real data sets skip, with the reason, without it.
+SHARED_DATA = os.path.normpath(os.path.expanduser(os.environ.get("BIHM_DATA_DIR") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data")))
+MNIST_DIR = os.path.join(SHARED_DATA, "mnist")
 
 
 def dyadic(t: torch.Tensor, bits: int = 8) -> torch.Tensor:

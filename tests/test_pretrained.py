@@ -11,8 +11,9 @@ import torch
 import bihm_triton as bt
 from bihm_triton.cli import main
 from bihm_triton.reference.philox import STREAM_VERSION
+import helpers
 
-SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+SHARED = helpers.SHARED_DATA
 SHIPPED = bt.list_pretrained()
 needs_model = pytest.mark.skipif("bmnist-12l" not in SHIPPED, reason="no pretrained model shipped in this checkout")
 

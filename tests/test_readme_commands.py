@@ -24,9 +24,10 @@ import pytest
 import torch
 
 from bihm_triton.cli import main
+import helpers
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
-SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
+SHARED = helpers.SHARED_DATA
 ON_GPU = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 
 

@@ -10,9 +10,10 @@ import subprocess
 import sys
 
 import pytest
+import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
+SHARED = helpers.SHARED_DATA
 needs_data = pytest.mark.skipif(not os.path.isdir(SHARED), reason=f"no shared data folder at {SHARED}")
 TOY = ["--minutes", "0", "--train-points", "300", "--test-points", "12", "--k", "5", "--z-samples", "200",
        "--n-inner", "2", "--valid-k", "3", "--threads", "1", "--device", "cpu"]
