@@ -1,7 +1,7 @@
 """Reproduce the BiHM paper's experiments on its own data (docs/REPRODUCTION.md).
 
-Experiments (each trains for a wall-clock budget, evaluates on the test split once, and writes
-``<out>/<experiment>.json`` and a figure ``<out>/<experiment>.png``; runs go to ``--runs``):
+Experiments (each trains, evaluates on the test split once, and writes ``<out>/<experiment>.json`` and,
+where it has one, a figure ``<out>/<experiment>.png``; runs go to ``--runs``):
 
 * ``ess`` — sample efficiency: the same architecture trained with the BiHM objective and with
   reweighted wake-sleep (RWS) on binarized MNIST; on test images, the estimate each model's
@@ -9,25 +9,35 @@ Experiments (each trains for a wall-clock budget, evaluates on the test split on
   size of its weights, for K = 1 … 10⁴ samples; how many samples each needs to come within
   0.1 nats of its K = 10⁴ value.
 * ``depth`` — binarized MNIST, BiHMs of 2, 4, 6 and 12 latent layers at about 0.62 M parameters
-  each (the authors' ``<f>x-<n>l-<last>`` widths), test log p*(x) side by side.
-* ``uci`` — adult, connect4, dna, mushrooms, nips: two candidate architectures per set, the one
-  with the better validation bound evaluated on the test split.
+  each (the authors' ``<f>x-<n>l-<last>`` widths), trained to the same ``--epochs``, test log p*(x)
+  side by side.
+* ``uci`` — adult, connect4, dna, mushrooms, nips: a grid of BiHMs (``--uci-grid``, architecture and
+  l2reg) trained to early stopping, the one with the best validation bound evaluated once on the whole
+  test split; beside it two reference rows: the independent-Bernoulli model (add-one smoothed) and a
+  one-hidden-layer SBN trained with RWS by the same code. Sets may run in separate processes (one per
+  core) writing the same ``uci.json``.
 * ``headline`` — the paper's 12-layer net 784-300-200-100-75-50-35-30-25-20-15-10-10 on binarized
-  MNIST (the authors report 84.8 nats).
+  MNIST (the authors report 84.8 nats), with its training curve.
+* ``export-pretrained`` — the headline's best model as the package's pretrained ``bmnist-12l``.
+* ``report`` — the Markdown tables of every JSON in ``--out``.
 
-``--resume`` continues the runs already in ``--runs`` until each has trained ``--minutes`` in
-all (with ``--minutes 0`` it only evaluates them); an existing run is otherwise refused unless
-``--overwrite`` is given. ``--test-points N`` evaluates on N test points drawn uniformly at random (seeded), never
-on the first N: the binarized MNIST test file is not in random order.
+A model trains until early stopping (``--patience`` epochs without a better validation bound),
+``--epochs`` epochs in all, or ``--minutes`` of wall time in all, whichever comes first; ``--resume``
+continues the runs already in ``--runs`` (earlier sessions count; with ``--minutes 0`` it only
+evaluates them); an existing run is otherwise refused unless ``--overwrite`` is given.
+``--test-points N`` evaluates on N test points drawn uniformly at random (seeded), never on the first N:
+the binarized MNIST test file is not in random order.
 
 Model selection uses the validation split only; test numbers are computed once per final model.
-Everything is seeded (``--seed``); budgets are wall time, so the number of epochs depends on the
-machine (it is recorded). Usage::
+Everything is seeded (``--seed``); each JSON records its command, commit, date, device, torch version,
+thread count, epochs and minutes. The commands behind docs/REPRODUCTION.md (one thread each)::
 
-    python bench/reproduce.py ess --data-dir ../shared/data --minutes 20 --test-points 200
-    python bench/reproduce.py depth --data-dir ../shared/data --minutes 15 --test-points 1000
-    python bench/reproduce.py uci --data-dir ../shared/data --minutes 3 --k 100
-    python bench/reproduce.py headline --data-dir ../shared/data --minutes 150 --test-points 2000 [--resume]
+    python bench/reproduce.py uci --data-dir ../shared/data --threads 1 --valid-k 10 --k 10000 --minutes 100000 \\
+        --sets dna nips mushrooms adult --resume
+    python bench/reproduce.py depth --data-dir ../shared/data --threads 1 --valid-k 10 --epochs 6 --k 1000 \\
+        --test-points 2000 --minutes 100000 --resume
+    python bench/reproduce.py headline --data-dir ../shared/data --threads 1 --valid-k 10 --epochs 100 --k 1000 \\
+        --minutes 100000 --resume
 """
 
 from __future__ import annotations
@@ -280,7 +290,7 @@ def run_uci(args) -> dict:
     from bihm_triton.model import parse_sizes
 
     path = os.path.join(args.out, "uci.json")
-    result = {"experiment": "uci", "candidates": list(args.uci_grid), "rws_sbn_widths": list(UCI_RWS_SBN),
+    result = {"experiment": "uci", "candidates": list(args.uci_grid), "rws_sbn_widths": list(args.rws_widths),
               "sets": {}}
     if os.path.exists(path) and args.resume:  # keep the sets finished in earlier sessions (each names its grid)
         result["sets"] = {k: v for k, v in json.load(open(path)).get("sets", {}).items() if k not in args.sets}
@@ -299,7 +309,7 @@ def run_uci(args) -> dict:
         entry = {"chosen": chosen, "candidates": tried, **evaluate(model, test_x, args, k=args.k, seed=args.seed)}
         entry["bernoulli"] = bernoulli_baseline(train_x, test_x)
         sbn = {}
-        for width in UCI_RWS_SBN:
+        for width in args.rws_widths:
             _, facts = train(f"uci-{name}-rws-sbn-{width}", [d0, width], train_x, valid_x, args, objective="rws",
                              resume=args.resume, l2reg=0.0)
             sbn[str(width)] = facts
@@ -308,8 +318,8 @@ def run_uci(args) -> dict:
         entry["rws_sbn"] = {"chosen_width": int(best_w), "candidates": sbn,
                             **evaluate_rws(rws_model, test_x, args, k=args.k, seed=args.seed)}
         # each set says how it was made: the sets of one file may come from several processes (one per core)
-        entry.update(grid=list(args.uci_grid), date=time.strftime("%Y-%m-%d"), threads=torch.get_num_threads(),
-                     commit=_commit(), command=" ".join(["python bench/reproduce.py", *sys.argv[1:]]))
+        entry.update(grid=list(args.uci_grid), rws_widths=list(args.rws_widths), date=time.strftime("%Y-%m-%d"),
+                     threads=torch.get_num_threads(), commit=_commit(), command=" ".join(["python bench/reproduce.py", *sys.argv[1:]]))
         result["sets"][name] = entry
         if os.path.exists(path):  # another process (e.g. one set per core) may have written its sets meanwhile
             on_disk = json.load(open(path)).get("sets", {})
@@ -541,7 +551,12 @@ def report(args) -> str:
                 out.append(f"| {name} | SBN {w} (RWS) | {c['best_valid_bound']:.2f} | {c['epochs']} | "
                            f"{c.get('stopped_by', '')} |")
         any_r = next(iter(uci["sets"].values()))
-        out += ["", f"K = {any_r['k']:,} samples per test point, every test point; log Ẑ² from "
+        ks = {}
+        for name, r in uci["sets"].items():
+            ks.setdefault(r["k"], []).append(name)
+        k_text = (", ".join(f"{k:,} ({', '.join(names)})" for k, names in ks.items()) if len(ks) > 1
+                  else f"{any_r['k']:,}")
+        out += ["", f"K = {k_text} samples per test point, every test point; log Ẑ² from "
                 f"{any_r['z_samples']:,} samples ({any_r['n_inner']} inner). The RWS SBN row is its log p(x) "
                 "estimate (what RWS reports); the Bernoulli row is exact.", ""]
         made = {}  # sets trained by separate processes (e.g. one per core) carry their own commands
@@ -602,6 +617,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", nargs="*", default=list(UCI_SETS), help="uci: which sets")
     ap.add_argument("--uci-grid", nargs="*", default=list(UCI_CANDIDATES), help="uci: candidate architectures, "
                     "each 'widths[@l2reg]' (chosen on the validation bound)")
+    ap.add_argument("--rws-widths", type=int, nargs="*", default=list(UCI_RWS_SBN), help="uci: hidden widths of "
+                    "the one-hidden-layer SBN reference row (RWS), chosen on validation")
     ap.add_argument("--pretrained-name", default="bmnist-12l", help="export-pretrained: the model's name")
     ap.add_argument("--epochs", type=int, default=None, help="stop every model at this many epochs in all (depth: "
                     "equal training)")
