@@ -492,9 +492,20 @@ def report(args) -> str:
             return f"the first {n:,} test points"
         return f"all {n:,} test points" if how == "all" else how
 
+    def runnable(cmd):  # where this machine kept its runs and results is no part of the command to rerun
+        words, kept = cmd.split(), []
+        for i, w in enumerate(words):
+            if w in ("--out", "--runs") or (i and words[i - 1] in ("--out", "--runs")):
+                continue
+            kept.append(w)
+        return " ".join(kept)
+
+    def facts(result, threads):
+        return (f"{result['date']}, {result['device']}, torch {result['torch']}, "
+                f"{threads} thread{'s' if threads != 1 else ''}")
+
     def command(result):
-        return [f"Command: `{result['command']}` ({result['date']}, {result['device']}, torch {result['torch']}, "
-                f"{result['threads']} thread{'s' if result['threads'] != 1 else ''}).", ""]
+        return [f"Command: `{runnable(result['command'])}` ({facts(result, result['threads'])}).", ""]
 
     ess = load("ess")
     if ess:
@@ -567,8 +578,8 @@ def report(args) -> str:
         else:
             for cmd, names in made.items():
                 r = uci["sets"][names[0]]
-                out += [f"{', '.join(names)}: `{cmd}` ({r.get('date', uci['date'])}, {uci['device']}, torch "
-                        f"{uci['torch']}, {r.get('threads', uci['threads'])} thread(s)).", ""]
+                made_by = facts(dict(uci, **r), r.get("threads", uci["threads"]))
+                out += [f"{', '.join(names)}: `{runnable(cmd)}` ({made_by}).", ""]
     head = load("headline")
     if head:
         slope = head.get("valid_bound_slope_last_epochs")
