@@ -30,14 +30,11 @@ the binarized MNIST test file is not in random order.
 
 Model selection uses the validation split only; test numbers are computed once per final model.
 Everything is seeded (``--seed``); each JSON records its command, commit, date, device, torch version,
-thread count, epochs and minutes. The commands behind docs/REPRODUCTION.md (one thread each)::
+thread count, epochs and minutes (UCI: per set). The commands behind docs/REPRODUCTION.md are printed
+under its tables (``report``) and listed in its "Rerun" section, e.g.::
 
-    python bench/reproduce.py uci --data-dir ../shared/data --threads 1 --valid-k 10 --k 10000 --minutes 100000 \\
-        --sets dna nips mushrooms adult --resume
-    python bench/reproduce.py depth --data-dir ../shared/data --threads 1 --valid-k 10 --epochs 6 --k 1000 \\
-        --test-points 2000 --minutes 100000 --resume
     python bench/reproduce.py headline --data-dir ../shared/data --threads 1 --valid-k 10 --epochs 100 --k 1000 \\
-        --minutes 100000 --resume
+        --minutes 100000
 """
 
 from __future__ import annotations
@@ -196,15 +193,37 @@ def _commit_now() -> str | None:
     return (head + ("+dirty" if dirty else "")) or None
 
 
+def _write_json(path: str, obj: dict) -> None:
+    """Write through a temporary file and ``os.replace``: a reader never sees half a file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
 def _save(args, name: str, result: dict) -> None:
     os.makedirs(args.out, exist_ok=True)
     result = dict(result, date=time.strftime("%Y-%m-%d"), device=str(args.device), torch=torch.__version__,
                   threads=torch.get_num_threads(), command=" ".join(["python bench/reproduce.py", *sys.argv[1:]]),
                   commit=_commit())
     path = os.path.join(args.out, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    _write_json(path, result)
     _log(f"wrote {path}")
+
+
+def merge_sets(path: str, done: dict, top: dict) -> dict:
+    """Add the sets this process finished (``done``) to the ones in ``path`` and write it back, under a lock:
+    sets of one file may come from several processes (one per core), each set saying how it was made; a set
+    this process has not finished yet stays as another process wrote it. Returns what was written."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = json.load(open(path)).get("sets", {}) if os.path.exists(path) else {}
+        result = dict(top, sets={**on_disk, **done})
+        _write_json(path, result)
+    return result
 
 
 # ------------------------------------------------------------------------------ experiments
@@ -290,10 +309,8 @@ def run_uci(args) -> dict:
     from bihm_triton.model import parse_sizes
 
     path = os.path.join(args.out, "uci.json")
-    result = {"experiment": "uci", "candidates": list(args.uci_grid), "rws_sbn_widths": list(args.rws_widths),
-              "sets": {}}
-    if os.path.exists(path) and args.resume:  # keep the sets finished in earlier sessions (each names its grid)
-        result["sets"] = {k: v for k, v in json.load(open(path)).get("sets", {}).items() if k not in args.sets}
+    done = {}  # the sets this process finished; the file keeps every other set (earlier sessions, other processes)
+    result = {}
     for name in args.sets:
         train_x, valid_x, test_x = _data(name, args)
         d0 = train_x.shape[1]
@@ -320,13 +337,11 @@ def run_uci(args) -> dict:
         # each set says how it was made: the sets of one file may come from several processes (one per core)
         entry.update(grid=list(args.uci_grid), rws_widths=list(args.rws_widths), date=time.strftime("%Y-%m-%d"),
                      threads=torch.get_num_threads(), commit=_commit(), command=" ".join(["python bench/reproduce.py", *sys.argv[1:]]))
-        result["sets"][name] = entry
-        if os.path.exists(path):  # another process (e.g. one set per core) may have written its sets meanwhile
-            on_disk = json.load(open(path)).get("sets", {})
-            result["sets"] = {**{k: v for k, v in on_disk.items() if k not in args.sets}, **result["sets"]}
+        done[name] = entry
+        result = merge_sets(path, done, {"experiment": "uci", "device": str(args.device), "torch": torch.__version__})
         _log(f"uci {name}: chose {chosen}, test log p* {entry['log_p_star']:.2f}; Bernoulli "
              f"{entry['bernoulli']['log_p']:.2f}; RWS SBN-{best_w} log p {entry['rws_sbn']['log_p']:.2f}")
-        _save(args, "uci", result)
+        _log(f"wrote {path}")
     return result
 
 
@@ -495,14 +510,17 @@ def report(args) -> str:
     def runnable(cmd):  # where this machine kept its runs and results is no part of the command to rerun
         words, kept = cmd.split(), []
         for i, w in enumerate(words):
-            if w in ("--out", "--runs") or (i and words[i - 1] in ("--out", "--runs")):
+            if w in ("--out", "--runs") or w.startswith(("--out=", "--runs=")) or (
+                    i and words[i - 1] in ("--out", "--runs")):
                 continue
             kept.append(w)
         return " ".join(kept)
 
     def facts(result, threads):
+        commit = f", commit {result['commit'][:7]}{'+dirty' if result['commit'].endswith('+dirty') else ''}" if (
+            result.get("commit")) else ""
         return (f"{result['date']}, {result['device']}, torch {result['torch']}, "
-                f"{threads} thread{'s' if threads != 1 else ''}")
+                f"{threads} thread{'s' if threads != 1 else ''}{commit}")
 
     def command(result):
         return [f"Command: `{runnable(result['command'])}` ({facts(result, result['threads'])}).", ""]
@@ -570,16 +588,12 @@ def report(args) -> str:
         out += ["", f"K = {k_text} samples per test point, every test point; log Ẑ² from "
                 f"{any_r['z_samples']:,} samples ({any_r['n_inner']} inner). The RWS SBN row is its log p(x) "
                 "estimate (what RWS reports); the Bernoulli row is exact.", ""]
-        made = {}  # sets trained by separate processes (e.g. one per core) carry their own commands
+        made = {}  # sets trained by separate processes (e.g. one per core) carry their own commands and commits
         for name, r in uci["sets"].items():
-            made.setdefault(r.get("command", uci["command"]), []).append(name)
-        if len(made) == 1:
-            out += command(uci)
-        else:
-            for cmd, names in made.items():
-                r = uci["sets"][names[0]]
-                made_by = facts(dict(uci, **r), r.get("threads", uci["threads"]))
-                out += [f"{', '.join(names)}: `{runnable(cmd)}` ({made_by}).", ""]
+            made.setdefault((r.get("command", uci.get("command")), r.get("commit", uci.get("commit"))), []).append(name)
+        for (cmd, _), names in made.items():
+            r = dict(uci, **uci["sets"][names[0]])
+            out += [f"{', '.join(names)}: `{runnable(cmd)}` ({facts(r, r['threads'])}).", ""]
     head = load("headline")
     if head:
         slope = head.get("valid_bound_slope_last_epochs")

@@ -29,6 +29,7 @@ def test_a_built_wheel_installs_and_runs_the_cpu_backend(tmp_path):
         assert f in names, f"{f} is missing from the wheel"
     shipped = sorted(os.path.basename(f)[: -len(".safetensors")] for f in
                      glob.glob(os.path.join(ROOT, "bihm_triton", "pretrained", "*.safetensors")))
+    assert "bmnist-12l" in shipped, "the checkout ships no pretrained model (bihm_triton/pretrained/)"
     for name in shipped:  # the pretrained models are package data
         assert f"bihm_triton/pretrained/{name}.safetensors" in names, f"the pretrained model {name} is not in the wheel"
     site = tmp_path / "site"

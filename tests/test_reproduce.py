@@ -40,7 +40,9 @@ def test_every_experiment_writes_its_json_figure_and_report(tmp_path):
     out = tmp_path / "out"
     for name in ("ess", "depth", "uci", "headline"):
         result = json.loads((out / f"{name}.json").read_text())
-        assert result["command"].startswith("python bench/reproduce.py " + name)
+        made = [e for e in result["sets"].values()] if name == "uci" else [result]  # uci: each set says how
+        for r in made:
+            assert r["command"].startswith("python bench/reproduce.py " + name) and r["threads"] == 1 and "commit" in r
         if name != "uci":  # binarized MNIST: a random subset of the test file, never its first points
             assert result["test_subset"].startswith("12 of the 10,000 test points, drawn uniformly"), name
     assert (out / "ess.png").stat().st_size > 0 and (out / "depth.png").stat().st_size > 0
@@ -116,3 +118,17 @@ def test_training_budget_counts_earlier_sessions_and_runs_are_never_overwritten(
         train("tiny", [9, 4, 3], x, x[:16], args)
     _, facts = train("tiny", [9, 4, 3], x, x[:16], SimpleNamespace(**{**vars(args), "overwrite": True}))
     assert facts["epochs"] == 1
+
+
+def test_uci_sets_from_several_processes_merge_without_losing_any(tmp_path):
+    """One uci.json, several processes (one per core): a save adds this process's finished sets to what is on
+    disk, and never drops a set another process wrote, even one this process will run later."""
+    merge_sets = _reproduce_module().merge_sets
+    path = str(tmp_path / "uci.json")
+    top = {"experiment": "uci", "device": "cpu", "torch": "x"}
+    merge_sets(path, {"mushrooms": {"by": "B"}}, top)  # process B (--sets mushrooms) finishes first
+    out = merge_sets(path, {"dna": {"by": "A"}}, top)  # process A (--sets dna mushrooms) finishes dna
+    assert out["sets"] == {"mushrooms": {"by": "B"}, "dna": {"by": "A"}}
+    out = merge_sets(path, {"dna": {"by": "A"}, "mushrooms": {"by": "A"}}, top)  # A finishes mushrooms itself
+    assert json.loads(open(path).read())["sets"] == {"mushrooms": {"by": "A"}, "dna": {"by": "A"}} == out["sets"]
+    assert sorted(os.listdir(tmp_path)) == ["uci.json", "uci.json.lock"]  # no temporary file left
