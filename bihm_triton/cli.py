@@ -194,6 +194,14 @@ def _device(name: str | None) -> torch.device:
     return local_device(dev)
 
 
+def _processes_note() -> str:
+    """``", 2 processes (torchrun, data-parallel)"`` under torchrun with 2 processes, else ``""``."""
+    from .distributed import torchrun_world_size
+
+    n = torchrun_world_size()
+    return f", {n} processes (torchrun, data-parallel)" if n > 1 else ""
+
+
 def _load_model(checkpoint: str, device, backend: str):
     from .model import BiHM
     from .pretrained import PRETRAINED_PREFIX, pretrained_path
@@ -451,7 +459,7 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
                                        "data_dir": os.path.abspath(data_dir) if data_dir else None})
         print(f"training BiHM {sizes} ({cfg.objective}) on {source}: {train_x.shape[0]} train / "
               f"{valid_x.shape[0]} valid points, K = {cfg.k}, batch {cfg.batch_size}, Adam lr {cfg.lr}, "
-              f"device {device}")
+              f"device {device}{_processes_note()}")
     t0, e0 = time.perf_counter(), trainer.epoch
     # a bar on a terminal; in a log file (or with --no-progress) a line per epoch and a heartbeat line
     trainer.fit(progress=_progress(args), heartbeat_s=HEARTBEAT_S)

@@ -135,6 +135,8 @@ class BiHM(ref.BiHM):
 
     def __init__(self, sizes, *, weight_norm: bool = False, deterministic_layers: int = 0, backend: str = "auto",
                  device=None, dtype=torch.float32, chunk_rows: int = 1 << 16):
+        """A BiHM of layer widths ``sizes`` = [d_0, d_1, ..., d_L]; the arguments and errors are in the class
+        docstring."""
         if backend not in ops.BACKENDS:
             raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
         if backend in ("triton", "cpu") and dtype == torch.float64:
