@@ -40,6 +40,7 @@ under its tables (``report``) and listed in its "Rerun" section, e.g.::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -168,18 +169,10 @@ def evaluate(model, test_x, args, *, k: int, seed: int) -> dict:
             "log_p_star_se": math.hypot(se, z.se)}
 
 
-_STARTED_AT: list = []  # the commit when this process started: the code that ran, whatever the tree holds later
-
-
+@functools.cache
 def _commit() -> str | None:
-    """The checkout's commit when this process started (with ``+dirty`` when it had uncommitted changes), or
-    None outside git."""
-    if not _STARTED_AT:
-        _STARTED_AT.append(_commit_now())
-    return _STARTED_AT[0]
-
-
-def _commit_now() -> str | None:
+    """The checkout's commit when this process first asked (main() asks at start: the code that ran, whatever
+    the tree holds later), with ``+dirty`` when it had uncommitted changes; None outside git."""
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

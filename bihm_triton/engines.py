@@ -165,55 +165,33 @@ class CpuEngine(LayerEngine):
 
     def gibbs_hidden(self, states, l, k, stream):
         """The exact update of h_l as :func:`bihm_triton.samplers._update_hidden`, the proposals' logits computed
-        once per chain."""
+        once per chain and the candidates scored on them."""
         from .kernels import cpu
-        from .samplers import _gather, _select
+        from .samplers import _resample_hidden
 
         m = self.model
         R, N, d, top = states[0].shape[0], 2 * k, m.sizes[l], l == m.n_layers
-        rep = lambda t: t.repeat_interleave(N, dim=0)  # noqa: E731
         a_p = (m.p_top.logits.to(torch.float32).expand(R, d) if top else _layer_logits(m.p_layers[l], states[l + 1]))
-        a_p = rep(a_p).contiguous()
-        a_q = rep(_layer_logits(m.q_layers[l - 1], states[l - 1])).contiguous()
+        a_p = a_p.repeat_interleave(N, dim=0).contiguous()
+        a_q = _layer_logits(m.q_layers[l - 1], states[l - 1]).repeat_interleave(N, dim=0).contiguous()
         check_draw_fits(R * N, d)
         from_p = cpu.sample(a_p, stream.seed, stream.take(), out_dtype=m.dtype, want_lp=False)[0]
         from_q = cpu.sample(a_q, stream.seed, stream.take(), out_dtype=m.dtype, want_lp=False)[0]
-        slot = torch.arange(R * N, device=a_p.device) % N
-        use_p = stream.uniform(R * N, 1) < 0.5
-        cand = torch.where(use_p, from_p, from_q)
-        cand = torch.where((slot == 0).unsqueeze(1), rep(states[l]), cand)  # candidate 0: the current state
-        lp_prop, lq_prop = cpu.score(a_p, cand)[0], cpu.score(a_q, cand)[0]
-        log_target = lp_prop + lq_prop + m.layer_log_prob(m.p_layers[l - 1], cand, rep(states[l - 1]))
-        if not top:
-            log_target = log_target + m.layer_log_prob(m.q_layers[l], cand, rep(states[l + 1]))
-        log_w = 0.5 * log_target - (torch.logaddexp(lp_prop, lq_prop) - math.log(2.0))
-        return _gather(cand, _select(log_w.view(R, N), stream), N)
+        return _resample_hidden(m, states, l, k, False, stream, from_p, from_q,
+                                lambda cand: (cpu.score(a_p, cand)[0], cpu.score(a_q, cand)[0]))
 
     def gibbs_x(self, states, log_s, k, n_inner, paper, stream, mask, x_obs):
         """The update of x as :func:`bihm_triton.samplers._update_x`, ``p(x | h_1)``'s logits computed once per
         chain and reused for the candidates' proposal log-likelihoods."""
         from .kernels import cpu
-        from .samplers import _gather, _select, log_sqrt_p_tilde_star
+        from .samplers import _resample_x
 
         m = self.model
-        R, d0 = states[0].shape
-        h1r = states[1].repeat_interleave(k, dim=0)
         a_p = _layer_logits(m.p_layers[0], states[1]).repeat_interleave(k, dim=0).contiguous()
-        check_draw_fits(R * k, d0)
+        check_draw_fits(a_p.shape[0], m.sizes[0])
         cand = cpu.sample(a_p, stream.seed, stream.take(), out_dtype=m.dtype, want_lp=False)[0]
-        slot = torch.arange(R * k, device=cand.device) % k
-        if mask is not None:
-            cand = torch.where(mask.repeat_interleave(k, dim=0), x_obs.repeat_interleave(k, dim=0), cand)
-        if not paper:
-            cand = torch.where((slot == 0).unsqueeze(1), states[0].repeat_interleave(k, dim=0), cand)
-        cand_log_s = log_sqrt_p_tilde_star(m, cand, n_inner, stream)
-        if not paper:
-            cand_log_s = torch.where(slot == 0, log_s.repeat_interleave(k), cand_log_s)
-        lp = cpu.score(a_p, cand)[0].to(m.dtype)  # the proposal density (the observed part cancels)
-        lq = m.layer_log_prob(m.q_layers[0], cand, h1r)
-        log_w = 0.5 * (lq - lp) + cand_log_s
-        idx = _select(log_w.view(R, k), stream)
-        return _gather(cand, idx, k), cand_log_s.view(R, k).gather(1, idx[:, None]).squeeze(1)
+        return _resample_x(m, states, log_s, k, n_inner, paper, stream, mask, x_obs, cand,
+                           lambda c: cpu.score(a_p, c)[0].to(m.dtype))
 
 
 def _params_key(modules) -> tuple:

@@ -460,8 +460,9 @@ def _cpu_logits(h, weight, bias, weight_g):
 def cpu_sample_logits(logits: torch.Tensor, seed, offset: int, out_dtype: torch.dtype = torch.float32):
     """The CPU backend's fused pass on given logits (R, M) float32: ``(x (R, M) out_dtype, log_prob (R,))`` with
     ``x = 1[u < σ(a)]`` for the ``(seed, offset)`` uniforms (row 0 starts a Philox row group) and ``log_prob``
-    differentiable in the logits (``∂/∂a = x − σ(a)``). The engines call it where one row's logits serve
-    several draws (computed once per data point or chain, then repeated).
+    differentiable in the logits (``∂/∂a = x − σ(a)``), in nats; the draw and stream of SPEC §1 and §5, the
+    same as :func:`sbn_sample`'s after its matmul. The engines call it where one row's logits serve several
+    draws (computed once per data point or chain, then repeated).
 
     Raises:
         RuntimeError: the CPU kernels are unavailable.

@@ -48,8 +48,10 @@ def pretrained_path(name: str) -> str:
 
 
 def list_pretrained() -> dict:
-    """``{name: info}`` of the shipped models: their metadata (architecture, data, measured numbers, stream
-    version, the command that made them), read from the files."""
+    """``{name: info}`` of the shipped models: their metadata, read from the files: ``sizes``, ``data``,
+    ``test`` (log_p_star, log_p_tilde_star, log_p, log_z2 and their standard errors, in nats; K, test points),
+    ``epochs``, ``stream_version`` (SPEC §5), ``command``, ``commit`` and the ``check`` a test recomputes.
+    An empty dict when none ships."""
     from safetensors import safe_open
 
     out = {}
@@ -63,7 +65,10 @@ def list_pretrained() -> dict:
 
 
 def pretrained(name: str, *, device=None, **kwargs):
-    """The shipped model ``name`` as a :class:`~bihm_triton.model.BiHM` (``kwargs``: backend, chunk_rows).
+    """The shipped model ``name`` as a :class:`~bihm_triton.model.BiHM` (float32 parameters, on ``device``;
+    ``kwargs``: backend, chunk_rows). ``"bmnist-12l"``: the paper's 12-layer net (sizes [784, 300, …, 10],
+    SPEC §3's headline architecture) trained on binarized MNIST by ``bench/reproduce.py headline``; its test
+    numbers (nats) are in :func:`list_pretrained` and docs/REPRODUCTION.md.
 
     Raises:
         KeyError: an unknown name (the message lists the shipped ones).

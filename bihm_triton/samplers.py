@@ -40,6 +40,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
+from .engines import _params_key
 from .progress import bar_disable
 from .reference import RandomStream
 from .reference._checks import check_binary, check_positive_int, check_tensor, nonfinite_parameters
@@ -118,27 +119,39 @@ def _update_hidden(model, states, l: int, K: int, paper: bool, stream: RandomStr
         new = engine.gibbs_hidden(states, l, K, stream)
         if new is not None:
             return new
-    L = model.n_layers
-    R = states[0].shape[0]
     N = 2 * K
-    top = l == L
+    top = l == model.n_layers
     p_layer = model.p_top if top else model.p_layers[l]
-    p_in = model.empty_input(R) if top else states[l + 1]
+    p_in = model.empty_input(states[0].shape[0]) if top else states[l + 1]
     q_layer, q_in = model.q_layers[l - 1], states[l - 1]
     from_p = _sample_layer(model, p_layer, p_in, N, stream)
     from_q = _sample_layer(model, q_layer, q_in, N, stream)
+    rep = lambda t: t.repeat_interleave(N, dim=0)  # noqa: E731
+    p_in_r, q_in_r = rep(p_in), rep(q_in)
+    return _resample_hidden(model, states, l, K, paper, stream, from_p, from_q,
+                            lambda cand: (model.layer_log_prob(p_layer, p_in_r, cand),
+                                          model.layer_log_prob(q_layer, q_in_r, cand)))
+
+
+def _resample_hidden(model, states, l: int, K: int, paper: bool, stream: RandomStream, from_p, from_q,
+                     proposal_log_probs):
+    """The update of h_l once its 2K proposals per chain are drawn (every backend's: the engines draw and score
+    the proposals their own way). from_p, from_q: (R·2K, d_l) draws of p(h_l | h_l+1) and q(h_l | h_l-1),
+    chain-major; proposal_log_probs(cand) -> (log p, log q) (R·2K,) of the candidates under those two
+    proposals. Exact mode: a fair coin picks each candidate's proposal and candidate 0 of each chain is the
+    current state (conditional importance resampling); paper mode: the first K from p, the rest from q.
+    Returns the new h_l (R, d_l)."""
+    R, N, top = states[0].shape[0], 2 * K, l == model.n_layers
     slot = torch.arange(R * N, device=from_p.device) % N
     if paper:
         use_p = (slot < K).unsqueeze(1)
     else:
         use_p = (stream.uniform(R * N, 1).to(from_p.device) < 0.5)
     cand = torch.where(use_p, from_p, from_q)
-    if not paper:  # candidate 0 of each chain is the current state
-        cand = torch.where((slot == 0).unsqueeze(1), states[l].repeat_interleave(N, dim=0), cand)
-
     rep = lambda t: t.repeat_interleave(N, dim=0)  # noqa: E731
-    lp_prop = model.layer_log_prob(p_layer, rep(p_in), cand)
-    lq_prop = model.layer_log_prob(q_layer, rep(q_in), cand)
+    if not paper:  # candidate 0 of each chain is the current state
+        cand = torch.where((slot == 0).unsqueeze(1), rep(states[l]), cand)
+    lp_prop, lq_prop = proposal_log_probs(cand)
     log_target = lp_prop + lq_prop
     if not (paper and top):
         log_target = log_target + model.layer_log_prob(model.p_layers[l - 1], cand, rep(states[l - 1]))
@@ -156,9 +169,20 @@ def _update_x(model, states, log_s, K: int, n_inner: int, paper: bool, stream: R
         out = engine.gibbs_x(states, log_s, K, n_inner, paper, stream, mask, x_obs)
         if out is not None:
             return out
+    cand = _sample_layer(model, model.p_layers[0], states[1], K, stream)
+    h1r = states[1].repeat_interleave(K, dim=0)
+    return _resample_x(model, states, log_s, K, n_inner, paper, stream, mask, x_obs, cand,
+                       lambda c: model.layer_log_prob(model.p_layers[0], h1r, c))
+
+
+def _resample_x(model, states, log_s, K: int, n_inner: int, paper: bool, stream: RandomStream, mask, x_obs,
+                cand, proposal_log_prob):
+    """The update of x once its K proposals per chain are drawn (every backend's). cand: (R·K, d_0) draws of
+    p(x | h_1), chain-major; proposal_log_prob(cand) -> (R·K,) their log p(x | h_1) (nats; the observed
+    pixels' part cancels). Exact mode: candidate 0 is the current state with its log Ŝ (log_s, (R,)) kept
+    (pseudo-marginal); mask/x_obs: inpainting clamps the observed pixels. Returns (new x (R, d_0), its log Ŝ
+    (R,))."""
     R = states[0].shape[0]
-    h1 = states[1]
-    cand = _sample_layer(model, model.p_layers[0], h1, K, stream)
     slot = torch.arange(R * K, device=cand.device) % K
     if mask is not None:
         cand = torch.where(mask.repeat_interleave(K, dim=0), x_obs.repeat_interleave(K, dim=0), cand)
@@ -167,9 +191,8 @@ def _update_x(model, states, log_s, K: int, n_inner: int, paper: bool, stream: R
     cand_log_s = log_sqrt_p_tilde_star(model, cand, n_inner, stream)
     if not paper:
         cand_log_s = torch.where(slot == 0, log_s.repeat_interleave(K), cand_log_s)
-    h1r = h1.repeat_interleave(K, dim=0)
-    lp = model.layer_log_prob(model.p_layers[0], h1r, cand)  # proposal density (observed part cancels)
-    lq = model.layer_log_prob(model.q_layers[0], cand, h1r)
+    lp = proposal_log_prob(cand)  # proposal density (observed part cancels)
+    lq = model.layer_log_prob(model.q_layers[0], cand, states[1].repeat_interleave(K, dim=0))
     log_w = 0.5 * (lq - lp) + cand_log_s
     idx = _select(log_w.view(R, K), stream)
     return _gather(cand, idx, K), cand_log_s.view(R, K).gather(1, idx[:, None]).squeeze(1)
@@ -183,7 +206,7 @@ def check_finite_parameters(model, what: str) -> None:
     Raises:
         ValueError: names the parameters.
     """
-    key = tuple((id(p), p.data_ptr(), p._version) for p in model.parameters())
+    key = _params_key(model.modules())
     cached = model.__dict__.get("_sampler_nonfinite")
     if cached is None or cached[0] != key:
         cached = (key, nonfinite_parameters(model.named_parameters()))

@@ -35,8 +35,8 @@ def test_the_shipped_model_loads_by_name_with_its_numbers():
 @needs_model
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "binarized_mnist")), reason="no shared binarized MNIST")
 def test_the_shipped_model_reproduces_its_recorded_check():
-    """16 test points' log p̃*(x) at K = 100, seed 7, as recorded when the model was exported: equal up to the
-    last bits of the float32 arithmetic, so their mean lies well within its standard error."""
+    """16 test points' log p̃*(x) at K = 100, seed 7, as recorded when the model was exported: the same draws,
+    so equal up to the last bits of the float32 arithmetic (another BLAS may block the matmuls differently)."""
     from bihm_triton.data import load_dataset
 
     check = SHIPPED["bmnist-12l"]["check"]
@@ -44,8 +44,6 @@ def test_the_shipped_model_reproduces_its_recorded_check():
     got = bt.pretrained("bmnist-12l").log_likelihood(x, check["k"], seed=check["seed"]).log_p_tilde_star.double()
     want = torch.tensor(check["log_p_tilde_star"], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-2)
-    se = float(want.std() / len(want) ** 0.5)
-    assert abs(float(got.mean() - want.mean())) < se
 
 
 @needs_model
