@@ -20,6 +20,10 @@ where it has one, a figure ``<out>/<experiment>.png``; runs go to ``--runs``):
   MNIST (the authors report 84.8 nats), with its training curve.
 * ``export-pretrained`` — the headline's best model as the package's pretrained ``bmnist-12l``.
 * ``report`` — the Markdown tables of every JSON in ``--out``.
+* ``pack`` — every run folder in ``--runs`` packed into one file per run in ``--state``
+  (``docs/reproduction/state/<run>.safetensors``: weights, Adam moments, counters, curve, best weights,
+  config). Committed at the end of a session, so that ``--resume`` on a clean clone unpacks the folder and
+  continues the run bit for bit on any machine. Pack once per session, not per epoch: each file is MBs of history.
 
 A model trains until early stopping (``--patience`` epochs without a better validation bound),
 ``--epochs`` epochs in all, or ``--minutes`` of wall time in all, whichever comes first; ``--resume``
@@ -81,6 +85,8 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
     from bihm_triton.train import TrainConfig, Trainer
 
     out = os.path.join(args.runs, name)
+    if resume:
+        restore_run(args, name)  # a clean clone: the run's committed state (docs/reproduction/state) becomes its folder
     device = torch.device(args.device)
     train_x, valid_x = train_x.to(device), valid_x.to(device)
     given = {"sizes": list(sizes), "objective": objective, "lr": lr or args.lr, "seed": args.seed,
@@ -108,6 +114,8 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
             raise FileExistsError(f"{out} already holds a run: continue it with --resume, replace it with "
                                   "--overwrite, or choose another --runs")
         trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=args.overwrite)
+        if getattr(args, "warm_start", None):
+            warm_start(trainer, args)
     t0, e0 = time.perf_counter(), trainer.epoch
     before = sum(r.get("seconds", 0.0) for r in trainer.history)  # a resumed run's earlier sessions count
     max_epochs = getattr(args, "epochs", None) or 10**9
@@ -129,8 +137,134 @@ def train(name: str, sizes, train_x, valid_x, args, *, objective: str = "bihm", 
                         "seconds": r.get("seconds")} for r in trainer.history],
              "stopped_by": ("early stopping" if trainer.bad_epochs >= trainer.config.patience else
                             "epoch limit" if trainer.epoch >= max_epochs else "time budget"),
-             "run": out}
+             "run": name, "state": _state_rel(args, name)}
+    warm = os.path.join(out, WARM_START_FILE)
+    if os.path.exists(warm):
+        with open(warm) as f:
+            facts["warm_start"] = json.load(f)
     return trainer, facts
+
+
+# ------------------------------------------------------------------------------ run state across sessions
+
+#: a run folder's note of where its weights came from when it did not start from a fresh initialization
+WARM_START_FILE = "warm_start.json"
+_RUN_TEXT_FILES = ("config.json", WARM_START_FILE)
+
+
+def _state_rel(args, name: str) -> str:
+    """The run's state file as the result JSONs record it: relative to the repository (or as given)."""
+    path = os.path.join(args.state, f"{name}.safetensors")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rel = os.path.relpath(os.path.abspath(path), root)
+    return path if rel.startswith("..") else rel
+
+
+def pack_run(run_dir: str, path: str) -> None:
+    """Everything ``--resume`` needs of a run folder, in one safetensors file (``path``, written atomically):
+    ``last.safetensors``' tensors (weights, Adam moments) and metadata (the trainer's counters, history and
+    stream position), ``best.safetensors``' weights under ``best.``, and ``config.json`` (and
+    ``warm_start.json``) as metadata. :func:`unpack_run` gives the folder back; resuming it continues the run
+    bit for bit."""
+    from bihm_triton.checkpoint import read_safetensors, save_safetensors_atomic
+
+    tensors, metadata = read_safetensors(os.path.join(run_dir, "last.safetensors"))
+    best, best_meta = read_safetensors(os.path.join(run_dir, "best.safetensors"))
+    tensors.update({f"best.{k}": v for k, v in best.items()})
+    metadata.pop("sha256", None)
+    best_meta.pop("sha256", None)
+    packed = dict(metadata, **{"packed.best_metadata": json.dumps(best_meta)})
+    for fname in _RUN_TEXT_FILES:
+        if os.path.exists(os.path.join(run_dir, fname)):
+            with open(os.path.join(run_dir, fname)) as f:
+                packed[f"packed.{fname}"] = f.read()
+    save_safetensors_atomic(tensors, path, metadata=packed)
+
+
+def unpack_run(path: str, run_dir: str) -> None:
+    """Write the run folder that :func:`pack_run` packed into ``path`` (config.json, last.safetensors,
+    best.safetensors, log.jsonl, and warm_start.json where the run has one)."""
+    from bihm_triton.checkpoint import read_safetensors, save_safetensors_atomic, write_json_atomic
+
+    tensors, metadata = read_safetensors(path)
+    metadata.pop("sha256", None)
+    best_meta = json.loads(metadata.pop("packed.best_metadata"))
+    texts = {fname: metadata.pop(f"packed.{fname}") for fname in _RUN_TEXT_FILES if f"packed.{fname}" in metadata}
+    os.makedirs(run_dir, exist_ok=True)
+    for fname, text in texts.items():
+        write_json_atomic(json.loads(text), os.path.join(run_dir, fname))
+    save_safetensors_atomic({k[5:]: v for k, v in tensors.items() if k.startswith("best.")},
+                            os.path.join(run_dir, "best.safetensors"), metadata=best_meta)
+    save_safetensors_atomic({k: v for k, v in tensors.items() if not k.startswith("best.")},
+                            os.path.join(run_dir, "last.safetensors"), metadata=metadata)
+    history = json.loads(metadata["trainer"])["history"]
+    with open(os.path.join(run_dir, "log.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+
+
+def restore_run(args, name: str) -> bool:
+    """``--resume`` on a machine without the run folder: unpack its committed state, if there is one."""
+    out, path = os.path.join(args.runs, name), os.path.join(args.state, f"{name}.safetensors")
+    if os.path.exists(os.path.join(out, "last.safetensors")) or not os.path.exists(path):
+        return False
+    unpack_run(path, out)
+    _log(f"{name}: restored the run folder {out} from {path}")
+    return True
+
+
+def pack_all(args) -> list[str]:
+    """``pack``: every run folder in ``--runs`` with a checkpoint, packed into ``--state`` (one file per run).
+    Run it at the end of a session, not every epoch: each packed file is a few MB in the repository's history."""
+    packed = []
+    for name in sorted(os.listdir(args.runs)) if os.path.isdir(args.runs) else []:
+        run_dir = os.path.join(args.runs, name)
+        if os.path.exists(os.path.join(run_dir, "last.safetensors")) and (not args.only or name in args.only):
+            path = os.path.join(args.state, f"{name}.safetensors")
+            pack_run(run_dir, path)
+            packed.append(path)
+            _log(f"packed {run_dir} -> {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
+    return packed
+
+
+def warm_start(trainer, args) -> None:
+    """``--warm-start pretrained:NAME``: a new run whose weights, epoch count, step count and training curve are
+    those of a shipped model (the model's metadata and the headline JSON in ``--out`` give the epochs and the
+    curve). Its Adam moments start from zero: the shipped file holds weights only, so the continuation differs
+    from the run that made the model; ``warm_start.json`` in the run folder (and every result) says so."""
+    import bihm_triton as bt
+
+    src = args.warm_start
+    if not src.startswith("pretrained:"):
+        raise SystemExit(f"reproduce.py: error: --warm-start {src!r}: expected pretrained:NAME")
+    name = src.split(":", 1)[1]
+    model = bt.pretrained(name)
+    info = bt.list_pretrained()[name]
+    if list(model.sizes) != list(trainer.model.sizes):
+        raise SystemExit(f"reproduce.py: error: --warm-start {src}: sizes {model.sizes}, the run's "
+                         f"{trainer.model.sizes}")
+    with torch.no_grad():
+        for dst, p in zip(trainer.model.parameters(), model.parameters()):
+            dst.copy_(p)
+    trainer.model.refresh_fused_cache()
+    head_path = os.path.join(args.out, "headline.json")
+    curve = json.load(open(head_path))["curve"] if os.path.exists(head_path) else []
+    epochs = int(info.get("epochs") or (curve[-1]["epoch"] if curve else 0))
+    curve = [r for r in curve if r["epoch"] <= epochs]
+    steps_per_epoch = math.ceil(trainer.train_x.shape[0] / trainer.config.batch_size)
+    trainer.epoch, trainer.step = epochs, epochs * steps_per_epoch
+    trainer.history = [dict(r, step=r["epoch"] * steps_per_epoch) for r in curve]
+    trainer.best = max((r["valid_bound"] for r in curve), default=-math.inf)
+    note = {"from": src, "epochs": epochs, "steps": trainer.step, "best_valid_bound": trainer.best,
+            "adam_moments": "reset to zero (the shipped file holds weights only)",
+            "curve_from": "the headline JSON's curve" if curve else None}
+    from bihm_triton.checkpoint import write_json_atomic
+
+    write_json_atomic(note, os.path.join(trainer.out_dir, WARM_START_FILE))
+    trainer.model.save(os.path.join(trainer.out_dir, "best.safetensors"))
+    trainer.save_checkpoint(os.path.join(trainer.out_dir, "last.safetensors"))
+    with open(os.path.join(trainer.out_dir, "log.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in trainer.history)
+    _log(f"warm start from {src}: epoch {epochs}, step {trainer.step}, best validation bound {trainer.best:.2f}")
 
 
 def test_subset(test_x: torch.Tensor, n: int | None, seed: int) -> tuple[torch.Tensor, str]:
@@ -148,10 +282,11 @@ def test_subset(test_x: torch.Tensor, n: int | None, seed: int) -> tuple[torch.T
                          f"(torch.randperm, seed {seed})")
 
 
-def best_model(run: str, device):
+def best_model(args, run: str, device):
+    """The best model of a run, by its name (results of older versions recorded a path: its last part)."""
     from bihm_triton.model import BiHM
 
-    return BiHM.load(run, device=device)
+    return BiHM.load(os.path.join(args.runs, os.path.basename(run.rstrip("/"))), device=device)
 
 
 def evaluate(model, test_x, args, *, k: int, seed: int) -> dict:
@@ -232,7 +367,7 @@ def run_ess(args) -> dict:
               "test_subset": subset, "models": {}}
     for objective in ("bihm", "rws"):
         _, facts = train(f"ess-{objective}", sizes, train_x, valid_x, args, objective=objective, resume=args.resume)
-        model = best_model(facts["run"], torch.device(args.device))
+        model = best_model(args, facts["run"], torch.device(args.device))
         x = test_x.to(model.device)
         z = model.estimate_log_z2(args.z_samples, n_inner=args.n_inner, seed=args.seed + 1) if objective == "bihm" \
             else None
@@ -265,7 +400,7 @@ def run_depth(args) -> dict:
     for depth in args.depths:
         spec = DEPTH_SPECS[depth]
         _, facts = train(f"depth-{depth}", parse_sizes(spec, 784), train_x, valid_x, args, resume=args.resume)
-        model = best_model(facts["run"], torch.device(args.device))
+        model = best_model(args, facts["run"], torch.device(args.device))
         result["nets"][str(depth)] = dict(facts, spec=spec, **evaluate(model, test_x, args, k=args.k, seed=args.seed))
         _log(f"depth {depth}: test log p* {result['nets'][str(depth)]['log_p_star']:.2f}")
         _save(args, "depth", result)
@@ -315,7 +450,7 @@ def run_uci(args) -> dict:
                              l2reg=l2)
             tried[spec] = facts
         chosen = max(tried, key=lambda s: tried[s]["best_valid_bound"])  # the validation split only
-        model = best_model(tried[chosen]["run"], torch.device(args.device))
+        model = best_model(args, tried[chosen]["run"], torch.device(args.device))
         entry = {"chosen": chosen, "candidates": tried, **evaluate(model, test_x, args, k=args.k, seed=args.seed)}
         entry["bernoulli"] = bernoulli_baseline(train_x, test_x)
         sbn = {}
@@ -324,7 +459,7 @@ def run_uci(args) -> dict:
                              resume=args.resume, l2reg=0.0)
             sbn[str(width)] = facts
         best_w = max(sbn, key=lambda w: sbn[w]["best_valid_bound"])
-        rws_model = best_model(sbn[best_w]["run"], torch.device(args.device))
+        rws_model = best_model(args, sbn[best_w]["run"], torch.device(args.device))
         entry["rws_sbn"] = {"chosen_width": int(best_w), "candidates": sbn,
                             **evaluate_rws(rws_model, test_x, args, k=args.k, seed=args.seed)}
         # each set says how it was made: the sets of one file may come from several processes (one per core)
@@ -343,7 +478,7 @@ def run_headline(args) -> dict:
 
     train_x, valid_x, test_x = _data("binarized_mnist", args)
     _, facts = train("headline", parse_sizes(HEADLINE_SIZES, 784), train_x, valid_x, args, resume=args.resume)
-    model = best_model(facts["run"], torch.device(args.device))
+    model = best_model(args, facts["run"], torch.device(args.device))
     test_x, subset = test_subset(test_x, args.test_points, args.seed)
     result = {"experiment": "headline", "data": "binarized_mnist", "published_log_p_star": -84.8, "test_subset": subset,
               **facts, **evaluate(model, test_x, args, k=args.k, seed=args.seed)}
@@ -365,7 +500,7 @@ def export_pretrained(args) -> str:
     from bihm_triton.reference.philox import STREAM_VERSION
 
     head = json.load(open(os.path.join(args.out, "headline.json")))
-    model = best_model(head["run"], torch.device("cpu"))
+    model = best_model(args, head["run"], torch.device("cpu"))
     _, _, test_x = _data("binarized_mnist", args)
     idx = torch.randperm(test_x.shape[0], generator=torch.Generator().manual_seed(7))[:16].sort().values
     ll = model.log_likelihood(test_x[idx], 100, seed=7).log_p_tilde_star.double()
@@ -611,10 +746,15 @@ def report(args) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("experiment", choices=("ess", "depth", "uci", "headline", "report", "export-pretrained"))
+    ap.add_argument("experiment", choices=("ess", "depth", "uci", "headline", "report", "export-pretrained", "pack"))
     ap.add_argument("--data-dir", default=os.environ.get("BIHM_DATA_DIR"), help="local copies of the data sets (default: $BIHM_DATA_DIR)")
     ap.add_argument("--out", default="docs/reproduction", help="where the JSON and figures go")
     ap.add_argument("--runs", default="runs/reproduce", help="run folders (checkpoints)")
+    ap.add_argument("--state", default="docs/reproduction/state", help="the runs' packed states, one file per "
+                    "run (written by 'pack' at the end of a session; --resume unpacks a run missing from --runs)")
+    ap.add_argument("--only", nargs="*", default=None, help="pack: only these runs (names in --runs)")
+    ap.add_argument("--warm-start", default=None, metavar="pretrained:NAME", help="a new run starts from a shipped "
+                    "model's weights, epochs and curve (Adam moments from zero; recorded in the results)")
     ap.add_argument("--minutes", type=float, default=20.0, help="training wall time per model, in all (with "
                     "--resume the earlier sessions count)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -662,6 +802,9 @@ def main(argv=None) -> int:
         args.test_points = 200
     if args.experiment == "report":
         print(report(args))
+        return 0
+    if args.experiment == "pack":
+        pack_all(args)
         return 0
     if args.experiment == "export-pretrained":
         export_pretrained(args)
