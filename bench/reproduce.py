@@ -152,8 +152,10 @@ WARM_START_FILE = "warm_start.json"
 _RUN_TEXT_FILES = ("config.json", WARM_START_FILE)
 
 
-def _state_rel(args, name: str) -> str:
+def _state_rel(args, name: str) -> str | None:
     """The run's state file as the result JSONs record it: relative to the repository (or as given)."""
+    if getattr(args, "state", None) is None:
+        return None
     path = os.path.join(args.state, f"{name}.safetensors")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     rel = os.path.relpath(os.path.abspath(path), root)
@@ -204,6 +206,8 @@ def unpack_run(path: str, run_dir: str) -> None:
 
 def restore_run(args, name: str) -> bool:
     """``--resume`` on a machine without the run folder: unpack its committed state, if there is one."""
+    if getattr(args, "state", None) is None:
+        return False
     out, path = os.path.join(args.runs, name), os.path.join(args.state, f"{name}.safetensors")
     if os.path.exists(os.path.join(out, "last.safetensors")) or not os.path.exists(path):
         return False

@@ -610,6 +610,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _learning_rate(text: str) -> float:
+    from .train import MAX_LR
+
+    v = _positive_float(text)
+    if v > MAX_LR:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LR:g} (Adam's first step, 10 · lr, must fit in "
+                                         f"float32), got {text}")
+    return v
+
+
 def _nonnegative_float(text: str) -> float:
     try:
         v = float(text)
@@ -654,7 +664,7 @@ def _train_options(p: argparse.ArgumentParser, defaults: dict, out: str, *, resu
     p.add_argument("--k", type=_int_at_least(1), default=None,
                    help=f"importance samples per data point (default {d['k']})")
     p.add_argument("--batch-size", type=_int_at_least(1), default=None, help=f"(default {d['batch_size']})")
-    p.add_argument("--lr", type=_positive_float, default=None,
+    p.add_argument("--lr", type=_learning_rate, default=None,
                    help=f"Adam learning rate (default {d['lr']}; the authors' is 1e-3)")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
                    help=f"maximum epochs (default {d['epochs']}" + ("; with --resume: a new limit for the run)"

@@ -284,7 +284,8 @@ def gibbs_sample(model, n: int, steps: int, k: int = 10, *, n_inner: int = 1, pa
         :class:`GibbsResult`.
 
     Raises:
-        ValueError / TypeError: bad n, steps, k (< 2 in exact mode), n_inner, seed, or init shapes;
+        ValueError / TypeError: bad n, steps, k (< 2 in exact mode), n_inner, seed, init shapes, or init
+            values that are not 0 or 1 (NaN included; the message names the layer and its shape);
             ValueError: the model's parameters hold NaN (or infinite weights), named in the message.
     """
     check_positive_int(n, "n")
@@ -292,8 +293,10 @@ def gibbs_sample(model, n: int, steps: int, k: int = 10, *, n_inner: int = 1, pa
     if init is None:
         states, _ = model.p_pass(n, stream.seed, stream.take(model.n_layers + 1))
     else:
+        for l, s in enumerate(init):
+            check_tensor(s, f"init[{l}]", 2, symbols=f"(n, d_{l})")
         states = [s.to(device=model.device, dtype=model.dtype).clone() for s in init]
-        model._check_states(states)
+        model._check_states(states, validate=True, name="init")
         if states[0].shape[0] != n:
             raise ValueError(f"init must hold n = {n} chains, got {states[0].shape[0]}")
     return _run_gibbs(model, states, steps, k, n_inner, paper_compatible, stream, None, None, progress,

@@ -58,11 +58,14 @@ from .checkpoint import read_safetensors, save_safetensors_atomic, write_json_at
 from .distributed import Comm, log_likelihood as _sharded_log_likelihood
 from .model import BiHM
 from .progress import bar_disable
+from .reference._checks import nonfinite_parameters
 from .reference.philox import MAX_SEED, STREAM_VERSION, check_seed
 
 __all__ = ["TrainConfig", "Trainer", "TrainingInterrupted"]
 
 _GOLDEN = 0x9E3779B97F4A7C15
+#: The largest learning rate: Adam's first step is lr / (1 - β₁) = 10 · lr, which must fit in float32 (3.4e38).
+MAX_LR = 3.4e37
 
 
 @dataclasses.dataclass
@@ -87,14 +90,24 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_lr(self.lr)
         for name in ("l1reg", "l2reg"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
                 raise ValueError(f"{name} must be a number >= 0, got {v!r}")
         if self.seed is not None:
             check_seed(self.seed)
+
+
+def check_lr(lr, name: str = "lr") -> float:
+    """``lr`` is a number in (0, :data:`MAX_LR`] (finite: Adam's first update is 10 · lr in float32); returns it.
+
+    Raises:
+        ValueError: anything else, naming ``name`` and the allowed range."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= MAX_LR:
+        raise ValueError(f"{name} must be a number in (0, {MAX_LR:g}] (Adam's first step, 10 · lr, must fit in "
+                         f"float32), got {lr!r}")
+    return float(lr)
 
 
 RUN_FILES = ("config.json", "last.safetensors", "best.safetensors", "log.jsonl")
@@ -553,6 +566,7 @@ class Trainer:
         self._running = None
         self._t0 = t0
         stats = self.train_epoch(progress, heartbeat_s if verbose else None)
+        self._check_parameters(f"at the end of epoch {self.epoch + 1} (step {self.step})")
         valid = self.validate()
         with self._guard.critical():  # the epoch's record, log and checkpoints: all or nothing
             record = {"epoch": self.epoch + 1, **stats, "valid_bound": valid, "step": self.step,
@@ -601,7 +615,10 @@ class Trainer:
             raise TrainingInterrupted(f"stopped at {where}; nothing saved (no out_dir); fit() continues from there",
                                       saved=False, out_dir=None) from None
         self.model.refresh_fused_cache()
-        self.save_checkpoint(os.path.join(self.out_dir, "last.safetensors"))
+        try:
+            self.save_checkpoint(os.path.join(self.out_dir, "last.safetensors"))
+        except FloatingPointError as e:
+            raise TrainingInterrupted(f"not saved: {e}", saved=False, out_dir=self.out_dir) from None
         raise TrainingInterrupted(f"saved the run at {where} in {self.out_dir}", saved=True,
                                   out_dir=self.out_dir) from None
 
@@ -619,11 +636,24 @@ class Trainer:
                 "history": self.history, "train": dataclasses.asdict(self.config), "data": self.fingerprints,
                 "position": self.position, "stream_version": STREAM_VERSION}
 
+    def _check_parameters(self, where: str) -> None:
+        """Raise FloatingPointError when a parameter holds NaN or a weight ±inf (an update diverged; the loss
+        of the step that made them was still finite, so the loss check cannot see it)."""
+        bad = nonfinite_parameters(self.model.named_parameters())
+        if bad:
+            listed = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+            raise FloatingPointError(f"training diverged: {listed} non-finite {where}; the last checkpoint was "
+                                     f"left untouched (lr {self.config.lr:g}: a lower learning rate may help)")
+
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Weights, Adam state and counters in one safetensors file, written atomically.
 
         Not a collective: with more than one rank, call it on rank 0 (every rank holds the same state);
-        :meth:`fit` does."""
+        :meth:`fit` does.
+
+        Raises:
+            FloatingPointError: a parameter is non-finite (NaN, or ±inf in a weight): nothing is written."""
+        self._check_parameters("at the checkpoint")
         tensors = dict(self.model.state_dict())
         opt = self.optimizer.state_dict()
         for i, state in opt["state"].items():

@@ -43,14 +43,15 @@ def check_same_device(**tensors) -> torch.device:
     return dev
 
 
-def check_binary(x: torch.Tensor, name: str) -> None:
-    """Every element of ``x`` is 0 or 1 (reads the data: one device sync on a GPU)."""
+def check_binary(x: torch.Tensor, name: str, detail: str = "") -> None:
+    """Every element of ``x`` is 0 or 1, NaN excluded (reads the data: one device sync on a GPU);
+    ``detail`` follows the name in the message, e.g. ``" (h_1, shape (5, 4))"``."""
     if x.dtype == torch.bool:
         return
     bad = (x != 0) & (x != 1)
     if bool(bad.any()):
         idx = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name} must be binary (0 or 1); {name}{list(idx)} = {x[idx].item()}")
+        raise ValueError(f"{name}{detail} must be binary (0 or 1); {name}{list(idx)} = {x[idx].item()}")
 
 
 def check_positive_int(v, name: str, minimum: int = 1) -> None:

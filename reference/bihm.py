@@ -305,6 +305,9 @@ class BiHM(nn.Module):
         if deterministic_layers and weight_norm:
             raise ValueError("deterministic_layers with weight_norm=True is not supported; use one or the other")
         self.deterministic_layers = deterministic_layers
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64 (the parameters' dtype; half-precision "
+                            f"weights go to the ops, e.g. ops.sbn_sample, not to a model), got {dtype}")
         L = len(self.sizes) - 1
         kw = dict(device=device, dtype=dtype)
         if deterministic_layers:
@@ -434,13 +437,23 @@ class BiHM(nn.Module):
             out = out + self.layer_log_prob(layer, states[l], states[l + 1])
         return out
 
-    def _check_states(self, states) -> None:
+    def _check_states(self, states, validate: bool = False, name: str = "states") -> None:
+        """``states`` lists [h_0 = x, h_1 … h_L], each (R, d_l); with ``validate`` every value is also 0 or 1
+        (NaN and 0.5 are not states: SPEC §1's units are binary).
+
+        Raises:
+            ValueError: a wrong count or shape, or (``validate``) a non-binary value, naming the layer and
+                its shape.
+        """
         if len(states) != len(self.sizes):
-            raise ValueError(f"states must list {len(self.sizes)} tensors [h_0 ... h_L], got {len(states)}")
+            raise ValueError(f"{name} must list {len(self.sizes)} tensors [h_0 ... h_L], got {len(states)}")
         R = states[0].shape[0]
         for l, (s, d) in enumerate(zip(states, self.sizes)):
             if s.dim() != 2 or s.shape != (R, d):
-                raise ValueError(f"states[{l}] must have shape (R, d_{l}) = ({R}, {d}), got {tuple(s.shape)}")
+                raise ValueError(f"{name}[{l}] must have shape (R, d_{l}) = ({R}, {d}), got {tuple(s.shape)}")
+            if validate:
+                layer = "x" if l == 0 else f"h_{l}"
+                check_binary(s, f"{name}[{l}]", f" ({layer}, shape {tuple(s.shape)})")
 
     # ------------------------------------------------------------ validation
     def _check_x(self, x: torch.Tensor, name: str = "x", validate: bool = True) -> torch.Tensor:

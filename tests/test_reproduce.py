@@ -132,3 +132,43 @@ def test_uci_sets_from_several_processes_merge_without_losing_any(tmp_path):
     out = merge_sets(path, {"dna": {"by": "A"}, "mushrooms": {"by": "A"}}, top)  # A finishes mushrooms itself
     assert json.loads(open(path).read())["sets"] == {"mushrooms": {"by": "A"}, "dna": {"by": "A"}} == out["sets"]
     assert sorted(os.listdir(tmp_path)) == ["uci.json", "uci.json.lock"]  # no temporary file left
+
+
+def test_a_packed_run_resumes_bit_for_bit_on_a_machine_without_its_folder(tmp_path):
+    """pack writes one state file per run; --resume on a clean clone (no run folder) unpacks it and goes on exactly
+    as the run that never stopped; the results name the run and its state file, not a machine path."""
+    from types import SimpleNamespace
+
+    import torch
+
+    mod = _reproduce_module()
+    x = (torch.rand(64, 9, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    base = dict(device="cpu", seed=0, lr=1e-3, valid_k=2, minutes=1e9, overwrite=False, patience=10)
+    straight, _ = mod.train("r", [9, 4, 3], x, x[:16], SimpleNamespace(runs=str(tmp_path / "a"), epochs=3,
+                                                                        state=str(tmp_path / "sa"), **base))
+    first = SimpleNamespace(runs=str(tmp_path / "b"), epochs=1, state=str(tmp_path / "sb"), only=None, **base)
+    mod.train("r", [9, 4, 3], x, x[:16], first)
+    assert mod.pack_all(first) == [str(tmp_path / "sb" / "r.safetensors")]
+    other_machine = SimpleNamespace(**{**vars(first), "runs": str(tmp_path / "c"), "epochs": 3})
+    again, facts = mod.train("r", [9, 4, 3], x, x[:16], other_machine, resume=True)
+    assert facts["epochs_this_session"] == 2 and facts["run"] == "r"
+    assert facts["state"] == str(tmp_path / "sb" / "r.safetensors")
+    for (n, p), q in zip(straight.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(p, q), n
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert straight.step == again.step and strip(straight.history) == strip(again.history)
+    best = mod.best_model(other_machine, "/some/machine/path/r", torch.device("cpu"))  # older results: a path
+    assert torch.equal(best.p_layers[0].weight, mod.best_model(SimpleNamespace(runs=str(tmp_path / "a")), "r",
+                                                               torch.device("cpu")).p_layers[0].weight)
+
+
+@needs_data
+def test_warm_start_continues_the_shipped_model(tmp_path):
+    out = _run(tmp_path, "headline", *TOY, "--warm-start", "pretrained:bmnist-12l", "--epochs", "101",
+               "--minutes", "1e9", "--train-points", "100", "--state", str(tmp_path / "state"))
+    assert "warm start from pretrained:bmnist-12l: epoch 100" in out
+    head = json.load(open(tmp_path / "out" / "headline.json"))
+    assert head["epochs"] == 101 and head["epochs_this_session"] == 1 and head["run"] == "headline"
+    assert head["warm_start"]["from"] == "pretrained:bmnist-12l" and "reset" in head["warm_start"]["adam_moments"]
+    _run(tmp_path, "pack", "--state", str(tmp_path / "state"))
+    assert os.listdir(tmp_path / "state") == ["headline.safetensors"]

@@ -63,9 +63,54 @@ def _cache_dir() -> str:
 
 
 def _compiler() -> str | None:
-    for c in (os.environ.get("CC"), "cc", "gcc", "clang"):
+    """``$CC``, else cc, gcc or clang: the first that exists (a ``$CC`` that does not is named once on stderr)."""
+    want = os.environ.get("CC")
+    for c in (want, "cc", "gcc", "clang"):
         if c and shutil.which(c.split()[0]):
+            if want and c != want and not _state.get("cc_named"):
+                _state["cc_named"] = True
+                print(f"bihm_triton: $CC={want!r} was not found; building the CPU kernels with {c!r}", file=sys.stderr)
             return c
+    return None
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _intact(path: str) -> bool:
+    """The cached library is the file its build wrote: its SHA-256 matches the one stored beside it (a
+    truncated shared library can crash the process inside the loader, so it is checked before loading)."""
+    try:
+        with open(path + ".sha256") as f:
+            return f.read().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+def _compile(cc: str, path: str) -> str | None:
+    """Build the source into ``path`` (through a temporary file, then ``os.replace``: a reader never sees half a
+    library) with its SHA-256 beside it; the compiler's last error line on failure, else None."""
+    t0 = time.perf_counter()
+    tmp = f"{path}.{os.getpid()}.tmp"
+    err = ""
+    for arch in (["-march=native"], []):  # -march=native is unknown to some compilers and CPUs
+        out = subprocess.run([*cc.split(), *_FLAGS, *arch, SOURCE, "-o", tmp], capture_output=True, text=True)
+        if out.returncode == 0:
+            break
+        err = ((out.stderr or out.stdout).strip().splitlines()[-1:] or [""])[0]
+    else:
+        return f"the C compiler {cc!r} failed on {os.path.basename(SOURCE)}: {err}"
+    sha = f"{path}.sha256.{os.getpid()}.tmp"
+    with open(sha, "w") as f:
+        f.write(_digest(tmp))
+    os.replace(sha, path + ".sha256")
+    os.replace(tmp, path)
+    took = time.perf_counter() - t0
+    if took > 1.0:
+        print(f"bihm_triton: built the CPU kernels in {took:.1f} s (once per machine; cached in "
+              f"{os.path.dirname(path)})", file=sys.stderr)
     return None
 
 
@@ -98,27 +143,19 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     except OSError as e:
         return None, str(e)
     path = os.path.join(cache, f"bihm_cpu_{key}.so")
-    if not os.path.exists(path):
-        t0 = time.perf_counter()
-        tmp = f"{path}.{os.getpid()}.tmp"
-        err = ""
-        for arch in (["-march=native"], []):  # -march=native is unknown to some compilers and CPUs
-            out = subprocess.run([*cc.split(), *_FLAGS, *arch, SOURCE, "-o", tmp], capture_output=True, text=True)
-            if out.returncode == 0:
-                break
-            err = (out.stderr or out.stdout).strip().splitlines()[-1:] or [""]
-            err = err[0]
-        else:
-            return None, f"the C compiler {cc!r} failed on {os.path.basename(SOURCE)}: {err}"
-        os.replace(tmp, path)
-        took = time.perf_counter() - t0
-        if took > 1.0:
-            print(f"bihm_triton: built the CPU kernels in {took:.1f} s (once per machine; cached in {cache})",
-                  file=sys.stderr)
-    try:
-        lib = ctypes.CDLL(path)
-    except OSError as e:
-        return None, f"the built CPU kernels do not load ({e})"
+    lib = None
+    for attempt in (0, 1):  # a missing, corrupt or unloadable cached library is rebuilt once
+        if attempt or not os.path.exists(path) or not _intact(path):
+            err = _compile(cc, path)
+            if err is not None:
+                return None, err
+        try:
+            lib = ctypes.CDLL(path)
+            break
+        except OSError as e:
+            if attempt:
+                return None, (f"the CPU kernels built at {path} do not load ({e}); delete that file and "
+                              f"{os.path.basename(path)}.sha256 beside it to rebuild them")
     if lib.bihm_abi_version() != _ABI:
         return None, f"{path} has another ABI version"
     p, i64, u64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int
@@ -137,8 +174,9 @@ def _lib() -> ctypes.CDLL | None:
                 lib, info = _build()
                 _state["lib"], _state["info"] = lib, info
                 if lib is None:
+                    advice = " Install a C compiler (e.g. gcc) to enable it." if _compiler() is None else ""
                     print(f"bihm_triton: the CPU backend is unavailable ({info}); CPU tensors run on the reference "
-                          f"implementation (slower). Install a C compiler (e.g. gcc) to enable it.", file=sys.stderr)
+                          f"implementation (slower).{advice}", file=sys.stderr)
     return _state["lib"]
 
 
