@@ -35,13 +35,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["available", "unavailable_reason", "library_path", "sample", "score", "uniform", "SOURCE"]
+__all__ = ["available", "unavailable_reason", "library_path", "threading_mode", "sample", "score", "uniform",
+           "SOURCE"]
 
 #: The C source of the epilogue (package data, installed beside this file).
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bihm_cpu.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-std=gnu99",
           "-Wall", "-Werror=incompatible-pointer-types"]
-_ABI = 1
+_ABI = 2
 _WANT_LP, _WANT_D, _X_U8 = 1, 2, 4
 #: Elements of a layer below which the pass runs on the calling thread only.
 PARALLEL_MIN = 1 << 15
@@ -95,7 +96,9 @@ def _compile(cc: str, path: str) -> str | None:
     t0 = time.perf_counter()
     tmp = f"{path}.{os.getpid()}.tmp"
     err = ""
-    for arch in (["-march=native"], []):  # -march=native is unknown to some compilers and CPUs
+    # OpenMP where the compiler has it (the launcher then runs the pass on torch's own threads); -march=native is
+    # unknown to some compilers and CPUs
+    for arch in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
         out = subprocess.run([*cc.split(), *_FLAGS, *arch, SOURCE, "-o", tmp], capture_output=True, text=True)
         if out.returncode == 0:
             break
@@ -162,9 +165,33 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     lib.bihm_sample.argtypes = [p, p, p, p, i64, i64, u64, u64, i32, i64, i64]
     lib.bihm_score.argtypes = [p, p, p, p, i64, i64, i32, i64, i64]
     lib.bihm_uniform.argtypes = [p, i64, i64, u64, u64, i64, i64]
-    for fn in (lib.bihm_sample, lib.bihm_score, lib.bihm_uniform):
+    lib.bihm_sample_mt.argtypes = [p, p, p, p, i64, i64, u64, u64, i32, i32]
+    lib.bihm_score_mt.argtypes = [p, p, p, p, i64, i64, i32, i32]
+    lib.bihm_uniform_mt.argtypes = [p, i64, i64, u64, u64, i32]
+    for fn in (lib.bihm_sample, lib.bihm_score, lib.bihm_uniform, lib.bihm_sample_mt, lib.bihm_score_mt,
+               lib.bihm_uniform_mt):
         fn.restype = None
+    _state["openmp"] = bool(lib.bihm_openmp()) and _one_openmp_runtime()
     return lib, path
+
+
+def _one_openmp_runtime() -> bool:
+    """The process holds one OpenMP runtime (the library's is torch's): only then do the passes run on OpenMP
+    threads. A second runtime would start its own threads, which spin against torch's on every core."""
+    try:
+        with open("/proc/self/maps") as f:
+            runtimes = {line.split()[-1] for line in f if any(k in line for k in ("libgomp", "libiomp", "libomp"))}
+    except OSError:
+        return False
+    return len(runtimes) <= 1
+
+
+def threading_mode() -> str:
+    """How the passes use more than one thread: ``"openmp"`` (torch's own OpenMP threads) or ``"pool"`` (a
+    Python thread pool: the build had no OpenMP, or its runtime is not torch's); None when unavailable."""
+    if _lib() is None:
+        return None
+    return "openmp" if _state.get("openmp") else "pool"
 
 
 def _lib() -> ctypes.CDLL | None:
@@ -204,11 +231,15 @@ def _pool(n: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _run_groups(fn, n_groups: int, elements: int, *args) -> None:
-    """``fn(*args, g0, g1)`` over row groups [0, n_groups), split across torch's intra-op threads when large."""
+def _run_groups(fn, n_groups: int, elements: int, *args, mt=None) -> None:
+    """``fn(*args, g0, g1)`` over row groups [0, n_groups), split across torch's intra-op threads when large:
+    ``mt(*args, n)`` (the pass's OpenMP form, on torch's own threads) where the build has it, else a pool."""
     n = min(torch.get_num_threads(), n_groups)
     if n <= 1 or elements < PARALLEL_MIN:
         fn(*args, 0, n_groups)
+        return
+    if mt is not None and _state.get("openmp"):
+        mt(*args, n)
         return
     cuts = [n_groups * i // n for i in range(n + 1)]
     futures = [_pool(n).submit(fn, *args, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
@@ -227,29 +258,40 @@ def _seed_int(seed) -> int:
 
 
 def sample(a: torch.Tensor, seed, offset: int, *, out_dtype: torch.dtype = torch.float32, want_lp: bool = True,
-           want_d: bool = False):
+           want_d: bool = False, out: torch.Tensor | None = None, lp_out: torch.Tensor | None = None):
     """Draw a layer given its logits: ``(x (R, M) out_dtype, lp (R,) float32 or None, d (R, M) float32 or None)``.
 
     ``x[r, j] = 1[u[r, j] < σ(a[r, j])]`` with the ``(seed, offset)`` uniforms of SPEC §5 (row 0 of ``a``
-    starts a Philox row group), ``lp[r] = Σ_j x·a − softplus(a)`` (nats), ``d = x − σ(a)``.
+    starts a Philox row group), ``lp[r] = Σ_j x·a − softplus(a)`` (nats), ``d = x − σ(a)``. ``out`` (R, M)
+    float32, uint8 or bool and ``lp_out`` (R,) float32, contiguous, receive x and lp instead of new tensors
+    (the blocked sampler reuses its buffers: a fresh large tensor costs a page fault per 4 KiB).
 
     Raises:
         RuntimeError: the CPU kernels are unavailable (see :func:`unavailable_reason`).
-        ValueError: logits that are not contiguous (R, M) float32 on the CPU.
+        ValueError: logits that are not contiguous (R, M) float32 on the CPU, or an ``out``/``lp_out`` that does
+            not fit.
     """
     lib = _lib()
     if lib is None:
         raise RuntimeError(f"the CPU kernels are unavailable: {_state['info']}")
     _check_logits(a)
     R, M = a.shape
+    if out is not None:
+        if tuple(out.shape) != (R, M) or out.dtype not in (torch.float32, torch.uint8, torch.bool) or \
+                not out.is_contiguous() or out.device.type != "cpu":
+            raise ValueError(f"out must be a contiguous ({R}, {M}) float32, uint8 or bool CPU tensor, got "
+                             f"{out.dtype} {tuple(out.shape)}")
+        out_dtype = out.dtype
+    if lp_out is not None and (tuple(lp_out.shape) != (R,) or lp_out.dtype != torch.float32 or not lp_out.is_contiguous()):
+        raise ValueError(f"lp_out must be a contiguous ({R},) float32 tensor, got {lp_out.dtype} {tuple(lp_out.shape)}")
     native = out_dtype in (torch.float32, torch.uint8, torch.bool)
-    x = torch.empty((R, M), dtype=out_dtype if native else torch.float32)
-    lp = torch.empty(R, dtype=torch.float32) if want_lp else None
+    x = out if out is not None else torch.empty((R, M), dtype=out_dtype if native else torch.float32)
+    lp = (lp_out if lp_out is not None else torch.empty(R, dtype=torch.float32)) if want_lp else None
     d = torch.empty((R, M), dtype=torch.float32) if want_d else None
     flags = (_WANT_LP if want_lp else 0) | (_WANT_D if want_d else 0) | (_X_U8 if x.dtype != torch.float32 else 0)
     if R and M:
         _run_groups(lib.bihm_sample, -(-R // 4), R * M, a.data_ptr(), x.data_ptr(), lp.data_ptr() if want_lp else None,
-                    d.data_ptr() if want_d else None, R, M, _seed_int(seed), offset, flags)
+                    d.data_ptr() if want_d else None, R, M, _seed_int(seed), offset, flags, mt=lib.bihm_sample_mt)
     elif want_lp:
         lp.zero_()
     return (x if native else x.to(out_dtype)), lp, d
@@ -275,7 +317,7 @@ def score(a: torch.Tensor, x: torch.Tensor, *, want_d: bool = False):
     flags = (_WANT_D if want_d else 0) | (_X_U8 if x.dtype == torch.uint8 else 0)
     if R and M:
         _run_groups(lib.bihm_score, R, R * M, a.data_ptr(), x.data_ptr(), lp.data_ptr(),
-                    d.data_ptr() if want_d else None, R, M, flags)
+                    d.data_ptr() if want_d else None, R, M, flags, mt=lib.bihm_score_mt)
     return lp, d
 
 
@@ -286,5 +328,6 @@ def uniform(seed, offset: int, rows: int, cols: int) -> torch.Tensor:
         raise RuntimeError(f"the CPU kernels are unavailable: {_state['info']}")
     out = torch.empty((rows, cols), dtype=torch.float32)
     if rows and cols:
-        _run_groups(lib.bihm_uniform, -(-rows // 4), rows * cols, out.data_ptr(), rows, cols, _seed_int(seed), offset)
+        _run_groups(lib.bihm_uniform, -(-rows // 4), rows * cols, out.data_ptr(), rows, cols, _seed_int(seed), offset,
+                    mt=lib.bihm_uniform_mt)
     return out

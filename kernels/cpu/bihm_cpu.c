@@ -68,10 +68,68 @@ static inline float uniform_of(uint32_t w) { /* Triton's uint_to_uniform_float *
     return (float)i * 4.6566127342e-10f;
 }
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+/* Philox's rounds on W lanes of 32-bit words (the multiply-high of 32-bit lanes, which x86 lacks, from two
+ * 32x32->64 multiplies of the even and the odd lanes). One macro for AVX2 (8 lanes) and AVX-512 (16):
+ * the same integer operations as the scalar loop, so the same bits. */
+#define PHILOX_LANES(V, MUL, SRLI64, SLLI64, BLEND_ODD, XOR, SET1, ADD, SRAI, CVT, MULPS, SET1PS, STORE, SETR)   \
+    {                                                                                                      \
+        const V m0 = SET1((int)0xD2511F53u), m1 = SET1((int)0xCD9E8D57u);                                   \
+        V c0 = ADD(SET1((int)(lo + (uint32_t)j)), SETR), c1 = SET1((int)hi), c2 = SET1(0), c3 = SET1(0);     \
+        uint32_t a0 = k0, a1 = k1;                                                                         \
+        for (int r = 0; r < 10; r++) {                                                                     \
+            V pe0 = MUL(c0, m0), po0 = MUL(SRLI64(c0, 32), m0);                                            \
+            V pe1 = MUL(c2, m1), po1 = MUL(SRLI64(c2, 32), m1);                                            \
+            V hi0 = BLEND_ODD(SRLI64(pe0, 32), po0), lo0 = BLEND_ODD(pe0, SLLI64(po0, 32));                \
+            V hi1 = BLEND_ODD(SRLI64(pe1, 32), po1), lo1 = BLEND_ODD(pe1, SLLI64(po1, 32));                \
+            V n0 = XOR(XOR(hi1, c1), SET1((int)a0));                                                       \
+            V n2 = XOR(XOR(hi0, c3), SET1((int)a1));                                                       \
+            c1 = lo1;                                                                                      \
+            c3 = lo0;                                                                                      \
+            c0 = n0;                                                                                       \
+            c2 = n2;                                                                                       \
+            a0 += 0x9E3779B9u;                                                                             \
+            a1 += 0xBB67AE85u;                                                                             \
+        }                                                                                                  \
+        const float scale = 4.6566127342e-10f;                                                             \
+        STORE(u0 + j, MULPS(CVT(XOR(c0, SRAI(c0, 31))), SET1PS(scale)));                                   \
+        STORE(u1 + j, MULPS(CVT(XOR(c1, SRAI(c1, 31))), SET1PS(scale)));                                   \
+        STORE(u2 + j, MULPS(CVT(XOR(c2, SRAI(c2, 31))), SET1PS(scale)));                                   \
+        STORE(u3 + j, MULPS(CVT(XOR(c3, SRAI(c3, 31))), SET1PS(scale)));                                   \
+    }
+
+#if defined(__AVX512F__)
+#define BLEND512(a, b) _mm512_mask_blend_epi32((__mmask16)0xAAAA, (a), (b))
+#define SETR512 _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#endif
+#if defined(__AVX2__)
+#define BLEND256(a, b) _mm256_blend_epi32((a), (b), 0xAA)
+#define SETR256 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+#endif
+
 /* Philox4x32-10 at counters base + j, j < n (64-bit counters: c0 low word, c1 high word, c2 = c3 = 0). */
 static void philox_block(uint64_t base, int n, uint32_t k0, uint32_t k1, float *restrict u0, float *restrict u1,
                          float *restrict u2, float *restrict u3) {
-    for (int j = 0; j < n; j++) {
+    int j = 0;
+    uint32_t lo = (uint32_t)base, hi = (uint32_t)(base >> 32);
+    if (n > 0 && (uint64_t)lo + (uint64_t)(n - 1) <= 0xFFFFFFFFull) { /* no carry into the high word here */
+#if defined(__AVX512F__)
+        for (; j + 16 <= n; j += 16)
+            PHILOX_LANES(__m512i, _mm512_mul_epu32, _mm512_srli_epi64, _mm512_slli_epi64, BLEND512, _mm512_xor_si512,
+                         _mm512_set1_epi32, _mm512_add_epi32, _mm512_srai_epi32, _mm512_cvtepi32_ps, _mm512_mul_ps,
+                         _mm512_set1_ps, _mm512_storeu_ps, SETR512)
+#endif
+#if defined(__AVX2__)
+        for (; j + 8 <= n; j += 8)
+            PHILOX_LANES(__m256i, _mm256_mul_epu32, _mm256_srli_epi64, _mm256_slli_epi64, BLEND256, _mm256_xor_si256,
+                         _mm256_set1_epi32, _mm256_add_epi32, _mm256_srai_epi32, _mm256_cvtepi32_ps, _mm256_mul_ps,
+                         _mm256_set1_ps, _mm256_storeu_ps, SETR256)
+#endif
+    }
+    for (; j < n; j++) {
         uint64_t ctr = base + (uint64_t)j;
         uint32_t c0 = (uint32_t)ctr, c1 = (uint32_t)(ctr >> 32), c2 = 0, c3 = 0;
         uint32_t a0 = k0, a1 = k1;
@@ -210,5 +268,40 @@ void bihm_uniform(float *out, int64_t R, int64_t M, uint64_t seed, uint64_t offs
     }
 }
 
+/* The same passes split over OpenMP threads (built with -fopenmp; the launcher uses them only when the
+ * OpenMP runtime is the one torch already loaded, so they run on torch's own intra-op threads instead of
+ * fighting them). Each row's draws come from its own counters, so any split gives the same bits. */
+#ifdef _OPENMP
+#include <omp.h>
+#define SPLIT(N, BODY)                                                                                     \
+    _Pragma("omp parallel num_threads(nthreads)") {                                                        \
+        int64_t t_ = omp_get_thread_num(), n_ = omp_get_num_threads();                                     \
+        int64_t lo = (N) * t_ / n_, hi = (N) * (t_ + 1) / n_;                                              \
+        if (hi > lo) BODY;                                                                                 \
+    }
+int bihm_openmp(void) { return 1; }
+#else
+#define SPLIT(N, BODY)                                                                                     \
+    {                                                                                                      \
+        int64_t lo = 0, hi = (N);                                                                          \
+        (void)nthreads;                                                                                    \
+        if (hi > lo) BODY;                                                                                 \
+    }
+int bihm_openmp(void) { return 0; }
+#endif
+
+void bihm_sample_mt(const float *a, void *x, float *lp, float *d, int64_t R, int64_t M, uint64_t seed,
+                    uint64_t offset, int flags, int nthreads) {
+    SPLIT((R + 3) / 4, bihm_sample(a, x, lp, d, R, M, seed, offset, flags, lo, hi))
+}
+
+void bihm_score_mt(const float *a, const void *x, float *lp, float *d, int64_t R, int64_t M, int flags, int nthreads) {
+    SPLIT(R, bihm_score(a, x, lp, d, R, M, flags, lo, hi))
+}
+
+void bihm_uniform_mt(float *out, int64_t R, int64_t M, uint64_t seed, uint64_t offset, int nthreads) {
+    SPLIT((R + 3) / 4, bihm_uniform(out, R, M, seed, offset, lo, hi))
+}
+
 /* The build's own check: the library and the launcher agree on the ABI. */
-int bihm_abi_version(void) { return 1; }
+int bihm_abi_version(void) { return 2; }
