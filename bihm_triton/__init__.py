@@ -10,6 +10,7 @@
 * :mod:`bihm_triton.distributed` — data-parallel training and sharded evaluation on ``torch.distributed``
   (``torchrun``);
 * :func:`pretrained` — the paper's 12-layer binarized-MNIST model, shipped with the package;
+* :func:`validate` — this install's kernels checked against the reference, op by op (``bihm-triton validate``);
 * :mod:`bihm_triton.data`, :mod:`bihm_triton.samplers`, :mod:`bihm_triton.cli`.
 
 Importing this package does not import Triton; the kernels load on first use.
@@ -20,11 +21,12 @@ from .model import BiHM, parse_sizes
 from .ops import sbn_log_prob, sbn_log_prob_wn, sbn_sample, sbn_sample_wn, weight_norm
 from .pretrained import list_pretrained, pretrained
 from .train import TrainConfig, Trainer, TrainingInterrupted
+from .validation import validate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BiHM", "TrainConfig", "Trainer", "TrainingInterrupted", "ops", "parse_sizes", "reference", "pretrained",
-    "list_pretrained",
+    "list_pretrained", "validate",
     "sbn_log_prob", "sbn_log_prob_wn", "sbn_sample", "sbn_sample_wn", "weight_norm",
 ]

@@ -745,6 +745,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="inpaint.png", help="PNG to write (.png is added if missing)")
     _common(p)
     p.set_defaults(func=_inpaint)
+
+    from . import validation
+
+    p = sub.add_parser("validate", help="check this install's kernels against the reference, op by op (exit 0: all "
+                       "passed, 1: a check failed)", description=validation.__doc__.split("\n\n")[0])
+    validation.add_arguments(p)
+    p.set_defaults(func=lambda a: validation.run(a))
     return parser
 
 

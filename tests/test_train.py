@@ -98,12 +98,14 @@ def test_bad_data_and_settings(digits):
 
 
 def test_train_step_is_the_loss_backward_and_adam(digits):
-    """Trainer.train_step (the path a CUDA graph captures) equals the plain loss/backward/Adam loop."""
+    """Trainer.train_step (the path a CUDA graph captures) equals the plain loss/backward/Adam loop (on the CPU
+    torch's fused Adam, which the trainer uses there)."""
     x, v = digits
     cfg = TrainConfig(batch_size=32, lr=3e-3)
     t = Trainer(_model(), x, v, cfg)
+    assert t.optimizer.defaults["fused"]
     plain = _model()
-    opt = torch.optim.Adam(plain.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(plain.parameters(), lr=cfg.lr, fused=True)
     for step in range(3):
         xb = x[32 * step:32 * (step + 1)]
         out = t.train_step(xb, seed=100 + step)
