@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session, 6 minutes at most on an H200, whatever hangs, most important first:
 #   1. versions (GPU, driver, torch, triton)
-#   2. the GPU tier of the tests, compiled on the GPU (BIHM_TEST_TIER=gpu, about a minute)
+#   2. `bihm-triton validate --device cuda --json` (every op against the reference), then the GPU tier of the tests, compiled on the GPU (BIHM_TEST_TIER=gpu, about a minute)
 #   3. the fused sampler's tiling sweep (bench/chain_sweep.py: samples/s, host µs per call, CUDA graph)
 #   4. the benchmark suites, providers torch / torch_compile / torch_compile_ro / triton
 #      (pytest-benchmark; JSON per part and one JSONL log written as it goes): ancestral sampling,
@@ -9,7 +9,7 @@
 #   5. an Nsight Compute profile of the fused sampler (Speed of Light, occupancy), if ncu is there
 #   6. roofline.py --measure (HBM copy, matmuls, Philox/epilogue kernels) and the floors
 #   7. the compact table, LAST.
-# Every step runs under `timeout`, clipped to what is left of BIHM_GPU_BUDGET_S (default 350 s),
+# Every step runs under `timeout`, clipped to what is left of BIHM_GPU_BUDGET_S (default 450 s),
 # and a failing or timed-out step does not stop the next one (the JSONL keeps partial results).
 #
 # Usage, from any folder:  bash bench/gpu.sh
@@ -18,7 +18,7 @@
 #   table.md        the results table (markdown; a placeholder until the last step writes it)
 #   gpu.log         everything the script printed
 #   results.tar.gz  everything else: versions.txt, <step>.log, kernel_tests.xml, chain_sweep.json,
-#                   bench_<part>.json (pytest-benchmark), bench.jsonl, ncu.txt, ceilings.json,
+#                   validate.json, bench_<part>.json (pytest-benchmark), bench.jsonl, ncu.txt, ceilings.json,
 #                   roofline.txt, table.txt
 # The archive is rewritten after every step and on exit (a shell trap, also on SIGTERM/SIGINT), so
 # a run stopped by a time limit still leaves the set with what it had measured.
@@ -30,7 +30,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
-BUDGET_S=${BIHM_GPU_BUDGET_S:-350}
+BUDGET_S=${BIHM_GPU_BUDGET_S:-450}
 DRY=${BIHM_GPU_DRY_RUN:-0}
 T0=$(date +%s)
 if [[ -n "${OUT:-}" ]]; then
@@ -148,7 +148,11 @@ if ! check_import >/dev/null 2>&1; then
 fi
 check_import 2>&1 | tee -a "$DEST/versions.txt" || log "WARNING: bihm_triton is not importable from $ROOT"
 
-# ------------------------------------------------------------------------------ 2. GPU test tier
+# ------------------------------------------------------- 2. the install checked against the reference
+# `bihm-triton validate`: every op on odd/prime shapes against the reference, one row per check (JSON in the archive)
+step validate 90 300 "$PY" -m bihm_triton.validation --device cuda --no-progress --json "$DEST/validate.json"
+
+# ------------------------------------------------------------------------------ 2b. GPU test tier
 if [[ "${BIHM_GPU_SKIP_TESTS:-0}" != 1 ]]; then
   BIHM_TEST_DEVICE=cuda BIHM_TEST_TIER=gpu step gpu_tests 75 270 "$PY" -m pytest -q -p no:cacheprovider \
     --junitxml="$DEST/kernel_tests.xml" tests/

@@ -56,6 +56,8 @@ HOW = {
     'pip install -e ".[test]"': "install",
     "pytest -q": "self",
     "bihm-triton demo": "cli",
+    "bihm-triton validate --quick": "validate",
+    "bihm-triton validate --device cuda --json rows.json": "validate",
     "bihm-triton train --data idx:/path/to/mnist --sizes 200,100,50 --out run": "cli",
     "bihm-triton train --data binarized_mnist --data-dir /path/to/shared/data --sizes 0.5x-6l-10 --out run2": "cli",
     "bihm-triton train --out run --resume": "cli",
@@ -154,6 +156,23 @@ def test_the_readme_cli_commands(tmp_path, monkeypatch, capsys):
     for f in ("run/best.safetensors", "mnist.png", "samples.png", "inpaint.png"):
         assert os.path.exists(f), f
     assert '"epoch": 2' in open("run/log.jsonl").read()  # --resume --epochs: one more epoch
+
+
+def test_the_readme_validate_commands(tmp_path):
+    """``bihm-triton validate --quick`` as a user runs it (the installed command, a fresh process: the interpreted
+    Triton checks set up their interpreter themselves), and ``--device cuda``: on a GPU it validates, without
+    one it refuses in one line with exit code 2."""
+    exe = shutil.which("bihm-triton") or os.path.join(os.path.dirname(sys.executable), "bihm-triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    for cmd in (c for c in README if HOW[c] == "validate"):
+        argv = [exe, *shlex.split(cmd)[1:], "--no-progress"]
+        r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        if "--device cuda" in cmd and not torch.cuda.is_available():
+            assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no CUDA device" in r.stderr, r.stderr
+            continue
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        assert r.stdout.strip().splitlines()[-1].startswith("validate: all")
+        assert "triton" in r.stdout and " cpu " in r.stdout  # both backends of a CPU machine
 
 
 # ------------------------------------------------------------------------------------ the benchmarks
