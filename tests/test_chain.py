@@ -178,6 +178,7 @@ def test_weight_norm_model_fused(device):
 
 
 def test_a_compile_failure_falls_back_to_the_layer_path(device, monkeypatch):
+    import bihm_triton.engines.triton as triton_engine
     import bihm_triton.kernels.chain as chain_mod
 
     class CompilationError(Exception):
@@ -190,8 +191,10 @@ def test_a_compile_failure_falls_back_to_the_layer_path(device, monkeypatch):
     fast = BiHM(ref_model.sizes, backend="triton", device=device)
     fast.load_state_dict(ref_model.state_dict())
     monkeypatch.setattr(chain_mod.FusedChain, "launch", broken)
-    with pytest.warns(RuntimeWarning, match="fused sampler kernels failed to compile.*layer by layer"):
+    monkeypatch.setattr(triton_engine, "_WARNED", set())  # once per (path, backend) and process
+    with pytest.warns(RuntimeWarning, match="fused sampler kernels failed to compile.*layer by layer") as seen:
         x = fast.sample_p(16, seed=3)
+    assert seen[0].filename == __file__  # at the user's line, not inside the package
     assert_samples_match(x, ref_model.sample_p(16, seed=3))
     monkeypatch.setattr(chain_mod.FusedChain, "launch", lambda *a, **k: (_ for _ in ()).throw(KeyError("bug")))
     fresh = BiHM(ref_model.sizes, backend="triton", device=device)

@@ -1,0 +1,182 @@
+"""The CPU engine: every layer is a BLAS matmul through torch, then one fused C pass (:mod:`bihm_triton.kernels.cpu`)."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from .. import reference as ref
+from ..reference.bihm import WeightNormStochasticLayer, layer_input
+from ..reference.philox import aligned_start, check_draw_fits, draw_offset
+from . import gibbs
+from .base import LayerEngine
+
+__all__ = ["CpuEngine", "layer_logits"]
+
+
+def layer_logits(layer, h: torch.Tensor) -> torch.Tensor:
+    """float32 logits ``a = z·Wᵀ + b`` (R, M) of a layer for inputs h (R, N), differentiable: z is h (or an MLP
+    layer's hidden activations), W the effective weight (``g·v/‖v‖`` when weight-normalized)."""
+    if isinstance(layer, WeightNormStochasticLayer):
+        return ops._cpu_logits(h, layer.weight_v, layer.bias, layer.weight_g)
+    return ops._cpu_logits(layer_input(layer, h), layer.weight, layer.bias, None)
+
+
+class CpuEngine(LayerEngine):
+    """The layer engine on the CPU backend (:mod:`bihm_triton.kernels.cpu`): every layer is ``F.linear`` then
+    one fused C pass; the stream's uniforms come from the same C code.
+
+    Where several draws share one row's logits, they are computed once and repeated instead of multiplying
+    repeated rows (the draws and their order are the reference's, so the samples are too):
+
+    * the first q layer of the log-weight passes (training, estimators): K samples per data point share
+      ``q(h_1 | x)``'s logits (the layer with the most inputs: 784 × 300 of the 12-layer MNIST net);
+    * the Gibbs updates: the 2K candidates of a hidden layer share both proposals' logits, the K
+      candidates of x share ``p(x | h_1)``'s, and each candidate's proposal log-likelihoods are scored
+      on those logits (no second matmul).
+    """
+
+    name = "cpu"
+
+    #: Rows of the ancestral sampler's blocks: every layer of a block stays in cache between its matmul and its
+    #: pass, and the block's buffers are reused (a new large tensor costs a page fault per 4 KiB: a third of the
+    #: time of ``sample_p(20000)`` unblocked). A multiple of 4 (a Philox row group).
+    SAMPLE_BLOCK = 2048
+
+    def uniform(self, seed, offset: int, rows: int, cols: int) -> torch.Tensor:
+        from ..kernels import cpu
+
+        return cpu.uniform(seed, offset, rows, cols)
+
+    @torch.no_grad()
+    def sample_p(self, n, seed, offset, row_start, return_hidden, want_lp, out_dtype):
+        """The reference's p pass (the same draws) in blocks of :attr:`SAMPLE_BLOCK` rows through the whole network:
+        each layer's logits by BLAS, then the fused pass writing x straight into the output."""
+        from ..kernels import cpu
+
+        m = self.model
+        a0, s = aligned_start(row_start)
+        n_al = n + s  # an unaligned start: the s rows before it in its Philox row group are drawn, then dropped
+        widths = m.sizes[::-1]  # the prior h_L first, x last
+        layers = [m.p_top, *list(m.p_layers._modules.values())[::-1]]
+        native = out_dtype in (torch.float32, torch.uint8, torch.bool)
+        x = torch.empty((n_al, m.sizes[0]), dtype=out_dtype)
+        hidden = [torch.empty((n_al, d), dtype=out_dtype) for d in m.sizes[1:]] if return_hidden else None
+        log_p = torch.zeros(n_al, dtype=torch.float32) if want_lp else None
+        block = min(self.SAMPLE_BLOCK, n_al)
+        bufs = [torch.empty((block, d), dtype=torch.float32) for d in widths[:-1]]
+        lp_buf = torch.empty(block, dtype=torch.float32)
+        prior = m.p_top.logits.detach().to(torch.float32)
+        for r0 in range(0, n_al, block):
+            r = min(block, n_al - r0)
+            h = None
+            for i, (layer, d) in enumerate(zip(layers, widths)):
+                a = prior.expand(r, d).contiguous() if i == 0 else layer_logits(layer, h)
+                last = i == len(widths) - 1
+                if last and native:
+                    dst = x[r0:r0 + r]
+                elif not last and return_hidden and out_dtype == torch.float32:
+                    dst = hidden[-1 - i][r0:r0 + r]
+                else:
+                    dst = bufs[i][:r] if not last else torch.empty((r, d), dtype=torch.float32)
+                cpu.sample(a, seed, draw_offset(offset, i, a0 + r0, d), want_lp=want_lp, out=dst,
+                           lp_out=lp_buf[:r] if want_lp else None)
+                if want_lp:
+                    log_p[r0:r0 + r] += lp_buf[:r]
+                if last and not native:
+                    x[r0:r0 + r] = dst
+                elif not last and return_hidden and dst.data_ptr() != hidden[-1 - i][r0:r0 + r].data_ptr():
+                    hidden[-1 - i][r0:r0 + r] = dst
+                h = dst
+        return x[s:], ([t[s:] for t in hidden] if return_hidden else None), (log_p[s:] if want_lp else None)
+
+    def _q_pass_from(self, a1: torch.Tensor, seed, offset: int, row_start: int):
+        """The q pass of rows ``row_start …`` (a multiple of 4) given the first q layer's logits a1 (rows, d_1):
+        ``(states [h_1 … h_L], log q (rows,))``, differentiable where a1 and the parameters are."""
+        m = self.model
+        h, log_q = ops.cpu_sample_logits(a1, seed, draw_offset(offset, 0, row_start, m.sizes[1]), m.dtype)
+        states = [h]
+        for l in range(1, m.n_layers):
+            d = m.sizes[l + 1]
+            h, lq = m.layer_sample(m.q_layers[l], states[-1], seed, draw_offset(offset, l, row_start, d))
+            states.append(h)
+            log_q = log_q + lq
+        return states, log_q
+
+    def log_weights(self, x, k, seed, offset, row_start):
+        m = self.model
+        a0, s = aligned_start(row_start * k)
+        rows = x.shape[0] * k
+        for d in m.sizes[1:]:
+            check_draw_fits(row_start * k + rows, d, "the q pass")
+        a1 = layer_logits(m.q_layers[0], x).repeat_interleave(k, dim=0)  # one matmul per data point
+        hidden, log_q = self._q_pass_from(ref.bihm.pad_rows(a1, s), seed, offset, a0)
+        states = [x.repeat_interleave(k, dim=0), *(h[s:] for h in hidden)]
+        log_p = m.log_p_joint(states)
+        return log_p.view(-1, k), log_q[s:].view(-1, k), states
+
+    @torch.no_grad()
+    def chunk_log_weights(self, x, k, rows, seed, offset, row_start, x_row0):
+        """The reference's q pass and log p(x, h) (the same draws) in blocks of :attr:`SAMPLE_BLOCK` rows: the first
+        q layer's logits once per data point, every other layer's by BLAS on the block, then the fused pass
+        (draws and log q) or the score pass (log p, x scored as bytes); the block's buffers are reused."""
+        from ..kernels import cpu
+
+        m = self.model
+        L = m.n_layers
+        b_lo, b_hi = row_start // k - x_row0, (row_start + rows - 1) // k - x_row0
+        a1_points = layer_logits(m.q_layers[0], x[b_lo:b_hi + 1])  # one matmul per data point of the chunk
+        x_u8 = (x[b_lo:b_hi + 1] != 0).to(torch.uint8)
+        prior = m.p_top.logits.detach().to(torch.float32)
+        log_p, log_q = torch.empty(rows, dtype=torch.float32), torch.empty(rows, dtype=torch.float32)
+        block = min(self.SAMPLE_BLOCK, rows)
+        bufs = [torch.empty((block, d), dtype=torch.float32) for d in m.sizes[1:]]
+        lp = torch.empty(block, dtype=torch.float32)
+        for r0 in range(0, rows, block):
+            r = min(block, rows - r0)
+            b = torch.arange(row_start + r0, row_start + r0 + r) // k - x_row0 - b_lo
+            states = [x_u8[b]]
+            for l in range(L):
+                a = a1_points[b] if l == 0 else layer_logits(m.q_layers[l], states[-1])
+                cpu.sample(a, seed, draw_offset(offset, l, row_start + r0, m.sizes[l + 1]), out=bufs[l][:r],
+                           lp_out=lp[:r])
+                states.append(bufs[l][:r])
+                if l == 0:
+                    log_q[r0:r0 + r] = lp[:r]
+                else:
+                    log_q[r0:r0 + r] += lp[:r]
+            # log p(x, h) in log_p_joint's order: the prior, then p(h_l | h_{l+1}) for l = 0 … L − 1
+            log_p[r0:r0 + r] = cpu.score(prior.expand(r, m.sizes[-1]).contiguous(), states[-1])[0]
+            for l in range(L):
+                log_p[r0:r0 + r] += cpu.score(layer_logits(m.p_layers[l], states[l + 1]), states[l])[0]
+        return log_p.to(m.dtype), log_q.to(m.dtype)
+
+    def gibbs_hidden(self, states, l, k, paper, stream):
+        """The exact update of h_l as :meth:`LayerEngine.gibbs_hidden`, the proposals' logits computed once per
+        chain and the candidates scored on them (the paper's update runs on the layer engine)."""
+        if paper:
+            return super().gibbs_hidden(states, l, k, paper, stream)
+        from ..kernels import cpu
+
+        m = self.model
+        R, N, d, top = states[0].shape[0], 2 * k, m.sizes[l], l == m.n_layers
+        a_p = (m.p_top.logits.to(torch.float32).expand(R, d) if top else layer_logits(m.p_layers[l], states[l + 1]))
+        a_p = a_p.repeat_interleave(N, dim=0).contiguous()
+        a_q = layer_logits(m.q_layers[l - 1], states[l - 1]).repeat_interleave(N, dim=0).contiguous()
+        check_draw_fits(R * N, d)
+        from_p = cpu.sample(a_p, stream.seed, stream.take(), out_dtype=m.dtype, want_lp=False)[0]
+        from_q = cpu.sample(a_q, stream.seed, stream.take(), out_dtype=m.dtype, want_lp=False)[0]
+        return gibbs.resample_hidden(m, states, l, k, False, stream, from_p, from_q,
+                                     lambda cand: (cpu.score(a_p, cand)[0], cpu.score(a_q, cand)[0]))
+
+    def gibbs_x(self, states, log_s, k, n_inner, paper, stream, mask, x_obs):
+        """The update of x as :meth:`LayerEngine.gibbs_x`, ``p(x | h_1)``'s logits computed once per chain and
+        reused for the candidates' proposal log-likelihoods."""
+        from ..kernels import cpu
+
+        m = self.model
+        a_p = layer_logits(m.p_layers[0], states[1]).repeat_interleave(k, dim=0).contiguous()
+        check_draw_fits(a_p.shape[0], m.sizes[0])
+        cand = cpu.sample(a_p, stream.seed, stream.take(), out_dtype=m.dtype, want_lp=False)[0]
+        return gibbs.resample_x(m, states, log_s, k, n_inner, paper, stream, mask, x_obs, cand,
+                                lambda c: cpu.score(a_p, c)[0].to(m.dtype))
