@@ -21,6 +21,7 @@ __all__ = ["TritonEngine", "fused_path"]
 #: (path, backend) pairs already warned about in this process
 _WARNED: set = set()
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PASS_THROUGH = ("bihm_triton", "torch", "contextlib", "functools")
 
 
 def _is_compile_failure(e: Exception) -> bool:
@@ -29,9 +30,11 @@ def _is_compile_failure(e: Exception) -> bool:
 
 
 def _warn_at_caller(message: str) -> None:
-    """Warn at the first frame outside the package: the user's line that reached the path."""
+    """Warn at the first frame outside the package (and torch's and the standard library's decorators around its
+    methods): the user's line that reached the path."""
     frame, level = sys._getframe(0), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE + os.sep):
+    while frame is not None and (os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE + os.sep) or
+                                 str(frame.f_globals.get("__name__", "")).split(".")[0] in _PASS_THROUGH):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, RuntimeWarning, stacklevel=level)
 
