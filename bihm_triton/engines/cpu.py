@@ -6,12 +6,12 @@ import torch
 
 from .. import ops
 from .. import reference as ref
-from ..reference.bihm import WeightNormStochasticLayer, layer_input
+from ..reference.bihm import StochasticLayer, WeightNormStochasticLayer, layer_input
 from ..reference.philox import aligned_start, check_draw_fits, draw_offset
 from . import gibbs
 from .base import LayerEngine
 
-__all__ = ["CpuEngine", "layer_logits"]
+__all__ = ["CpuEngine", "layer_logits", "layer_logits_into"]
 
 
 def layer_logits(layer, h: torch.Tensor) -> torch.Tensor:
@@ -20,6 +20,16 @@ def layer_logits(layer, h: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, WeightNormStochasticLayer):
         return ops._cpu_logits(h, layer.weight_v, layer.bias, layer.weight_g)
     return ops._cpu_logits(layer_input(layer, h), layer.weight, layer.bias, None)
+
+
+def layer_logits_into(layer, h: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """:func:`layer_logits` without grad, written into ``scratch`` (a flat float32 buffer of at least R·M
+    elements) where the layer is a plain one: the sampler's blocks reuse one buffer instead of a new tensor per
+    layer (a fresh large tensor costs page faults). Weight-normalized and MLP layers return a new tensor."""
+    if type(layer) is StochasticLayer and layer.weight.dtype == torch.float32 and h.dtype == torch.float32:
+        out = scratch[:h.shape[0] * layer.weight.shape[0]].view(h.shape[0], layer.weight.shape[0])
+        return torch.addmm(layer.bias, h, layer.weight.t(), out=out)
+    return layer_logits(layer, h)
 
 
 class CpuEngine(LayerEngine):
@@ -65,13 +75,14 @@ class CpuEngine(LayerEngine):
         log_p = torch.zeros(n_al, dtype=torch.float32) if want_lp else None
         block = min(self.SAMPLE_BLOCK, n_al)
         bufs = [torch.empty((block, d), dtype=torch.float32) for d in widths[:-1]]
+        scratch = torch.empty(block * max(widths), dtype=torch.float32)  # every layer's logits, in turn
         lp_buf = torch.empty(block, dtype=torch.float32)
         prior = m.p_top.logits.detach().to(torch.float32)
         for r0 in range(0, n_al, block):
             r = min(block, n_al - r0)
             h = None
             for i, (layer, d) in enumerate(zip(layers, widths)):
-                a = prior.expand(r, d).contiguous() if i == 0 else layer_logits(layer, h)
+                a = prior.expand(r, d).contiguous() if i == 0 else layer_logits_into(layer, h, scratch)
                 last = i == len(widths) - 1
                 if last and native:
                     dst = x[r0:r0 + r]
@@ -131,13 +142,14 @@ class CpuEngine(LayerEngine):
         log_p, log_q = torch.empty(rows, dtype=torch.float32), torch.empty(rows, dtype=torch.float32)
         block = min(self.SAMPLE_BLOCK, rows)
         bufs = [torch.empty((block, d), dtype=torch.float32) for d in m.sizes[1:]]
+        scratch = torch.empty(block * max(m.sizes), dtype=torch.float32)  # every layer's logits, in turn
         lp = torch.empty(block, dtype=torch.float32)
         for r0 in range(0, rows, block):
             r = min(block, rows - r0)
             b = torch.arange(row_start + r0, row_start + r0 + r) // k - x_row0 - b_lo
             states = [x_u8[b]]
             for l in range(L):
-                a = a1_points[b] if l == 0 else layer_logits(m.q_layers[l], states[-1])
+                a = a1_points[b] if l == 0 else layer_logits_into(m.q_layers[l], states[-1], scratch)
                 cpu.sample(a, seed, draw_offset(offset, l, row_start + r0, m.sizes[l + 1]), out=bufs[l][:r],
                            lp_out=lp[:r])
                 states.append(bufs[l][:r])
@@ -148,7 +160,8 @@ class CpuEngine(LayerEngine):
             # log p(x, h) in log_p_joint's order: the prior, then p(h_l | h_{l+1}) for l = 0 … L − 1
             log_p[r0:r0 + r] = cpu.score(prior.expand(r, m.sizes[-1]).contiguous(), states[-1])[0]
             for l in range(L):
-                log_p[r0:r0 + r] += cpu.score(layer_logits(m.p_layers[l], states[l + 1]), states[l])[0]
+                h_in = states[l + 1] if states[l + 1].dtype == torch.float32 else states[l + 1].float()
+                log_p[r0:r0 + r] += cpu.score(layer_logits_into(m.p_layers[l], h_in, scratch), states[l])[0]
         return log_p.to(m.dtype), log_q.to(m.dtype)
 
     def gibbs_hidden(self, states, l, k, paper, stream):

@@ -208,15 +208,33 @@ SCORE_VARIANTS(u8, uint8_t)
 typedef void (*row_fn)(const float *, const float *, const void *, void *, float *, float *, int);
 
 /* Draw rows [4·g0, min(R, 4·g1)) of an (R, M) layer: x (R, M) float32 or uint8 (flags & X_U8), lp (R,)
- * (flags & WANT_LP), d (R, M) (flags & WANT_D); a, x, d contiguous. */
+ * (flags & WANT_LP), d (R, M) (flags & WANT_D); a, x, d contiguous.
+ * Wide layers (M >= BLK) go group by group in column blocks. Narrow layers take several row groups at once:
+ * their counters are contiguous (group g, column j reads counter offset + g·M + j), so one Philox block covers
+ * them, its four outputs are laid out row by row, and the elementwise pass runs over the rows as one long,
+ * vectorized range (a 10-unit layer would otherwise run its loops 10 elements at a time). Same bits either way. */
 void bihm_sample(const float *a, void *x, float *lp, float *d, int64_t R, int64_t M, uint64_t seed, uint64_t offset,
                  int flags, int64_t g0, int64_t g1) {
     static const row_fn fns[2][4] = {{draw_f32, draw_lp_f32, draw_d_f32, draw_lp_d_f32},
                                      {draw_u8, draw_lp_u8, draw_d_u8, draw_lp_d_u8}};
     row_fn fn = fns[(flags & X_U8) ? 1 : 0][flags & (WANT_LP | WANT_D)];
     size_t xsize = (flags & X_U8) ? 1 : 4;
-    float u[4][BLK], buf[BLK];
+    float u[4][BLK], buf[4 * BLK], rows_u[4 * BLK];
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    if (M < BLK) {
+        int64_t per = BLK / M; /* row groups per Philox block */
+        for (int64_t g = g0; g < g1; g += per) {
+            int64_t G = (g1 - g) < per ? (g1 - g) : per;
+            int64_t rows = (R - 4 * g) < 4 * G ? (R - 4 * g) : 4 * G;
+            philox_block(offset + (uint64_t)(g * M), (int)(G * M), k0, k1, u[0], u[1], u[2], u[3]);
+            for (int64_t i = 0; i < rows; i++) memcpy(rows_u + i * M, u[i % 4] + (i / 4) * M, (size_t)M * 4);
+            int64_t o = 4 * g * M;
+            fn(a + o, rows_u, NULL, (char *)x + o * xsize, buf, d ? d + o : NULL, (int)(rows * M));
+            if (flags & WANT_LP)
+                for (int64_t i = 0; i < rows; i++) lp[4 * g + i] = sum_f32(buf + i * M, (int)M);
+        }
+        return;
+    }
     for (int64_t g = g0; g < g1; g++) {
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int64_t j0 = 0; j0 < M; j0 += BLK) {
@@ -235,14 +253,25 @@ void bihm_sample(const float *a, void *x, float *lp, float *d, int64_t R, int64_
     }
 }
 
-/* Score rows [r0, r1) given targets x (float32, or uint8/bool with flags & X_U8): lp (R,), d (flags & WANT_D). */
+/* Score rows [r0, r1) given targets x (float32, or uint8/bool with flags & X_U8): lp (R,), d (flags & WANT_D).
+ * Narrow layers run several rows as one elementwise range (as in bihm_sample). */
 void bihm_score(const float *a, const void *x, float *lp, float *d, int64_t R, int64_t M, int flags, int64_t r0,
                 int64_t r1) {
     static const row_fn fns[2][2] = {{score_lp_f32, score_lp_d_f32}, {score_lp_u8, score_lp_d_u8}};
     row_fn fn = fns[(flags & X_U8) ? 1 : 0][(flags & WANT_D) ? 1 : 0];
     size_t xsize = (flags & X_U8) ? 1 : 4;
-    float buf[BLK];
+    float buf[4 * BLK];
     (void)R;
+    if (M < BLK) {
+        int64_t per = 4 * BLK / M;
+        for (int64_t r = r0; r < r1; r += per) {
+            int64_t rows = (r1 - r) < per ? (r1 - r) : per;
+            int64_t o = r * M;
+            fn(a + o, NULL, (const char *)x + o * xsize, NULL, buf, d ? d + o : NULL, (int)(rows * M));
+            for (int64_t i = 0; i < rows; i++) lp[r + i] = sum_f32(buf + i * M, (int)M);
+        }
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         float acc = 0.0f;
         for (int64_t j0 = 0; j0 < M; j0 += BLK) {
