@@ -70,12 +70,13 @@ class CpuEngine(LayerEngine):
         widths = m.sizes[::-1]  # the prior h_L first, x last
         layers = [m.p_top, *list(m.p_layers._modules.values())[::-1]]
         native = out_dtype in (torch.float32, torch.uint8, torch.bool)
-        x = torch.empty((n_al, m.sizes[0]), dtype=out_dtype)
-        hidden = [torch.empty((n_al, d), dtype=out_dtype) for d in m.sizes[1:]] if return_hidden else None
+        x = cpu.advise_huge_pages(torch.empty((n_al, m.sizes[0]), dtype=out_dtype))
+        hidden = [cpu.advise_huge_pages(torch.empty((n_al, d), dtype=out_dtype)) for d in m.sizes[1:]] \
+            if return_hidden else None
         log_p = torch.zeros(n_al, dtype=torch.float32) if want_lp else None
         block = min(self.SAMPLE_BLOCK, n_al)
-        bufs = [torch.empty((block, d), dtype=torch.float32) for d in widths[:-1]]
-        scratch = torch.empty(block * max(widths), dtype=torch.float32)  # every layer's logits, in turn
+        bufs = [cpu.advise_huge_pages(torch.empty((block, d), dtype=torch.float32)) for d in widths[:-1]]
+        scratch = cpu.advise_huge_pages(torch.empty(block * max(widths), dtype=torch.float32))  # each layer's logits
         lp_buf = torch.empty(block, dtype=torch.float32)
         prior = m.p_top.logits.detach().to(torch.float32)
         for r0 in range(0, n_al, block):
@@ -141,8 +142,8 @@ class CpuEngine(LayerEngine):
         prior = m.p_top.logits.detach().to(torch.float32)
         log_p, log_q = torch.empty(rows, dtype=torch.float32), torch.empty(rows, dtype=torch.float32)
         block = min(self.SAMPLE_BLOCK, rows)
-        bufs = [torch.empty((block, d), dtype=torch.float32) for d in m.sizes[1:]]
-        scratch = torch.empty(block * max(m.sizes), dtype=torch.float32)  # every layer's logits, in turn
+        bufs = [cpu.advise_huge_pages(torch.empty((block, d), dtype=torch.float32)) for d in m.sizes[1:]]
+        scratch = cpu.advise_huge_pages(torch.empty(block * max(m.sizes), dtype=torch.float32))  # each layer's logits
         lp = torch.empty(block, dtype=torch.float32)
         for r0 in range(0, rows, block):
             r = min(block, rows - r0)

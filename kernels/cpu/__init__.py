@@ -252,6 +252,33 @@ def _run_groups(fn, n_groups: int, elements: int, *args, mt=None) -> None:
         f.result()
 
 
+_MADV_HUGEPAGE = 14
+_HUGE = 1 << 21
+
+
+def advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
+    """Ask Linux to back the 2 MiB-aligned part of a large, new tensor's memory with huge pages
+    (``madvise(MADV_HUGEPAGE)``), before anything writes it: a fresh 63 MB output then costs 32 page faults
+    instead of 15 000 (a third of the time of writing it; the kernel's ``transparent_hugepage`` setting is
+    usually ``madvise``, which waits for exactly this request). Only this tensor's memory is affected, not the
+    process's other allocations; elsewhere (not Linux, small tensors) it does nothing. Returns ``t``."""
+    if t.numel() * t.element_size() < 4 * _HUGE or not sys.platform.startswith("linux"):
+        return t
+    libc = _state.get("libc")
+    if libc is None:
+        try:
+            libc = _state["libc"] = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        except (OSError, AttributeError):
+            libc = _state["libc"] = False
+    if libc:
+        start = -(-t.data_ptr() // _HUGE) * _HUGE
+        end = (t.data_ptr() + t.numel() * t.element_size()) // _HUGE * _HUGE
+        if end > start:
+            libc.madvise(start, end - start, _MADV_HUGEPAGE)  # advice: a failure changes nothing
+    return t
+
+
 def _check_logits(a: torch.Tensor) -> None:
     if a.dtype != torch.float32 or a.device.type != "cpu" or a.dim() != 2 or not a.is_contiguous():
         raise ValueError(f"the CPU kernels take contiguous (R, M) float32 CPU logits, got {a.dtype} "
