@@ -53,6 +53,8 @@ import time
 
 import torch
 
+from bihm_triton.evaluate import derived_seed
+
 DEPTH_SPECS = {2: "0.5x-2l-10", 4: "0.45x-4l-10", 6: "0.4x-6l-10", 12: "0.33x-12l-10"}
 HEADLINE_SIZES = "300,200,100,75,50,35,30,25,20,15,10,10"
 UCI_SETS = ("adult", "connect4", "dna", "mushrooms", "nips")
@@ -294,18 +296,15 @@ def best_model(args, run: str, device):
 
 
 def evaluate(model, test_x, args, *, k: int, seed: int) -> dict:
-    """Test log p̃*, log p (IS), log Ẑ² ± se, log p* ± se (nats), once."""
-    x = test_x.to(model.device)
-    z = model.estimate_log_z2(args.z_samples, n_inner=args.n_inner, seed=seed + 1)
-    ll = model.log_likelihood(x, k, log_z2=z.value, seed=seed + 2)
-    lpt = ll.log_p_tilde_star.double()
-    n = x.shape[0]
-    se = float(lpt.std() / math.sqrt(n))
-    return {"test_points": n, "k": k, "z_samples": args.z_samples, "n_inner": args.n_inner,
-            "log_p_tilde_star": float(lpt.mean()), "log_p_tilde_star_se": se, "log_p": float(ll.log_p.double().mean()),
-            "log_p_se": float(ll.log_p.double().std() / math.sqrt(n)),
-            "log_z2": z.value, "log_z2_se": z.se, "log_p_star": float(lpt.mean()) - z.value,
-            "log_p_star_se": math.hypot(se, z.se)}
+    """Test log p̃*, log p (IS), log Ẑ² ± se, log p* ± se (nats), once: :func:`bihm_triton.evaluate.evaluate` (the
+    command line's recipe and seeds), without the ESS."""
+    from bihm_triton.evaluate import evaluate as recipe
+
+    r = recipe(model, test_x.to(model.device), k=k, z_samples=args.z_samples, n_inner=args.n_inner, seed=seed,
+               ess=False, verbose=False)
+    keys = ("test_points", "k", "z_samples", "n_inner", "log_p_tilde_star", "log_p_tilde_star_se", "log_p", "log_p_se",
+            "log_z2", "log_z2_se", "log_p_star", "log_p_star_se")
+    return {key: r[key] for key in keys}
 
 
 @functools.cache
@@ -373,12 +372,13 @@ def run_ess(args) -> dict:
         _, facts = train(f"ess-{objective}", sizes, train_x, valid_x, args, objective=objective, resume=args.resume)
         model = best_model(args, facts["run"], torch.device(args.device))
         x = test_x.to(model.device)
-        z = model.estimate_log_z2(args.z_samples, n_inner=args.n_inner, seed=args.seed + 1) if objective == "bihm" \
+        z = model.estimate_log_z2(args.z_samples, n_inner=args.n_inner, seed=derived_seed(args.seed, "log_z2")) \
+            if objective == "bihm" \
             else None
         rows = []
         for i, k in enumerate(args.k_grid):
-            ll = model.log_likelihood(x, k, seed=args.seed + 100 + i)
-            ess = model.effective_sample_size(x, k, seed=args.seed + 100 + i)
+            ll = model.log_likelihood(x, k, seed=derived_seed(args.seed, "ess_grid", i))
+            ess = model.effective_sample_size(x, k, seed=derived_seed(args.seed, "ess_grid", i))
             est = ll.log_p_tilde_star.double() - z.value if objective == "bihm" else ll.log_p.double()
             w_ess = ess.p_star if objective == "bihm" else ess.p
             rows.append({"k": k, "estimate": float(est.mean()), "se": float(est.std() / math.sqrt(est.numel())),
@@ -431,7 +431,7 @@ def bernoulli_baseline(train_x: torch.Tensor, test_x: torch.Tensor) -> dict:
 def evaluate_rws(model, test_x, args, *, k: int, seed: int) -> dict:
     """Test log p(x) (the IS estimate RWS reports, K samples) ± standard error (nats), once."""
     x = test_x.to(model.device)
-    lp = model.log_likelihood(x, k, seed=seed + 2).log_p.double()
+    lp = model.log_likelihood(x, k, seed=derived_seed(seed, "log_likelihood")).log_p.double()
     return {"test_points": len(x), "k": k, "log_p": float(lp.mean()), "log_p_se": float(lp.std() / math.sqrt(len(x)))}
 
 
