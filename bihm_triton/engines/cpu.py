@@ -83,7 +83,6 @@ class CpuEngine(LayerEngine):
             r = min(block, n_al - r0)
             h = None
             for i, (layer, d) in enumerate(zip(layers, widths)):
-                a = prior.expand(r, d).contiguous() if i == 0 else layer_logits_into(layer, h, scratch)
                 last = i == len(widths) - 1
                 if last and native:
                     dst = x[r0:r0 + r]
@@ -91,6 +90,7 @@ class CpuEngine(LayerEngine):
                     dst = hidden[-1 - i][r0:r0 + r]
                 else:
                     dst = bufs[i][:r] if not last else torch.empty((r, d), dtype=torch.float32)
+                a = prior.expand(r, d).contiguous() if i == 0 else layer_logits_into(layer, h, scratch)
                 cpu.sample(a, seed, draw_offset(offset, i, a0 + r0, d), want_lp=want_lp, out=dst,
                            lp_out=lp_buf[:r] if want_lp else None)
                 if want_lp:
