@@ -172,3 +172,13 @@ def test_warm_start_continues_the_shipped_model(tmp_path):
     assert head["warm_start"]["from"] == "pretrained:bmnist-12l" and "reset" in head["warm_start"]["adam_moments"]
     _run(tmp_path, "pack", "--state", str(tmp_path / "state"))
     assert os.listdir(tmp_path / "state") == ["headline.safetensors"]
+
+
+def test_no_result_file_holds_a_machine_path():
+    """The committed results name runs and files relative to the repository: a clean clone resumes them."""
+    import glob
+    import re
+
+    for path in glob.glob(os.path.join(ROOT, "docs", "reproduction", "*.json")):
+        text = open(path).read()
+        assert not re.search(r'"(/(work|root|home|tmp|mnt)/[^"]*)"|--(runs|out) /', text), path
