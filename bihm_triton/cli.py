@@ -27,13 +27,12 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 
+from .data.sources import SPLITS, load_split, open_data  # noqa: F401  (also what tests import from here)
 from .evaluate import _masked, evaluate, make_mask, overview_figure, print_evaluation, random_rows  # noqa: F401
 
-SPLITS = ("train", "valid", "test")
 DATA_HELP = ("digits (bundled 8x8 digits, default) | idx:<folder or file of MNIST IDX images> | "
              "a registered set: binarized_mnist, mnist, adult, connect4, dna, mushrooms, nips, ...")
 DESCRIPTION = """\
@@ -62,92 +61,6 @@ TRAIN_DEFAULTS = dict(sizes="200,100,50", weight_norm=False, deterministic_layer
 DEMO_DEFAULTS = dict(TRAIN_DEFAULTS, sizes="48,32,24,16", epochs=150, lr=3e-3)
 #: Seconds between the progress lines of a long epoch where no progress bar is shown (log files, --no-progress).
 HEARTBEAT_S = 30.0
-
-
-# ----------------------------------------------------------------------------------- data
-
-
-@dataclass
-class Data:
-    """A ``--data`` source: its splits and the shape of one image (``order="F"``: column-major pixels)."""
-
-    source: str
-    shape: tuple
-    order: str = "C"
-    data_dir: str | None = None
-
-    def split(self, name: str) -> torch.Tensor:
-        return load_split(self.source, name, data_dir=self.data_dir)
-
-
-def open_data(source: str, data_dir: str | None = None) -> Data:
-    """The :class:`Data` of a ``--data`` string; checks the name and reads image shapes from the files."""
-    from . import data
-
-    if data_dir is not None:
-        data_dir = os.path.expanduser(data_dir)
-        if not os.path.isdir(data_dir):
-            raise FileNotFoundError(f"--data-dir {data_dir}: no such folder")
-    if source == "digits":
-        return Data(source, (8, 8))
-    if source.startswith("idx:"):
-        path = os.path.expanduser(source[4:])
-        split = "test" if os.path.isdir(path) else None
-        if split and not any(os.path.exists(os.path.join(path, f"{p}-images-idx3-ubyte{z}"))
-                             for p in ("train", "t10k") for z in ("", ".gz")):
-            raise FileNotFoundError(f"--data {source}: no MNIST IDX image files (train-images-idx3-ubyte[.gz], "
-                                    f"t10k-images-idx3-ubyte[.gz]) in {path}")
-        if split and not any(os.path.exists(os.path.join(path, f"t10k-images-idx3-ubyte{z}")) for z in ("", ".gz")):
-            split = "train"
-        return Data("idx:" + path, data.idx_image_shape(path, split=split))
-    if source not in data.list_datasets():
-        raise ValueError(f"--data {source!r}: expected 'digits', 'idx:<path to MNIST IDX files>' or one of "
-                         f"{data.list_datasets()}")
-    info = data.dataset_info(source)
-    return Data(source, info.image_shape or (1, info.dim), info.pixel_order, data_dir)
-
-
-def _idx_splits(path: str) -> dict:
-    """train/valid/test of MNIST IDX images at ``path`` (see DESCRIPTION), each with at least one row."""
-    from . import data
-
-    has = {s: os.path.isdir(path) and any(os.path.exists(os.path.join(path, f"{p}-images-idx3-ubyte{z}"))
-                                          for z in ("", ".gz"))
-           for s, p in (("train", "train"), ("test", "t10k"))}
-    if has["train"] and has["test"]:
-        train = data.load_mnist_idx(path, split="train")
-        n_valid = 10000 if train.shape[0] >= 20000 else train.shape[0] // 6
-        out = {"train": train[:train.shape[0] - n_valid], "valid": train[train.shape[0] - n_valid:],
-               "test": data.load_mnist_idx(path, split="test")}
-        rule = "the training file's last images are validation, the t10k file is test"
-    else:
-        x = data.load_mnist_idx(path, split=("test" if has["test"] else "train") if os.path.isdir(path) else None)
-        n = x.shape[0]
-        test0, valid0 = n - n // 5, n - n // 5 - n // 10
-        out = {"train": x[:valid0], "valid": x[valid0:test0], "test": x[test0:]}
-        rule = "the last 20 % are test and the 10 % before them validation"
-    for split, x in out.items():
-        if x.shape[0] < 1:
-            raise ValueError(f"--data idx:{path}: too few images for a {split} split ({rule}; "
-                             f"{sum(v.shape[0] for v in out.values())} images in all, at least 10 needed)")
-    return out
-
-
-def load_split(source: str, split: str, *, data_dir: str | None = None) -> torch.Tensor:
-    """(n, d) float32 binary data of one split of a ``--data`` source (``data_dir``: local copies of the
-    registered sets, see :func:`bihm_triton.data.load_dataset`)."""
-    from . import data
-
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if source == "digits":
-        return data.load_digits(split)
-    if source.startswith("idx:"):
-        return _idx_splits(os.path.expanduser(source[4:]))[split]
-    if source not in data.list_datasets():
-        raise ValueError(f"--data {source!r}: expected 'digits', 'idx:<path to MNIST IDX files>' or one of "
-                         f"{data.list_datasets()}")
-    return data.load_dataset(source, split, data_dir=data_dir)
 
 
 # ------------------------------------------------------------------------------ destinations

@@ -150,19 +150,19 @@ def test_real_mnist_test_set():
 def test_amat_reader_drops_extra_columns(tmp_path):
     path = tmp_path / "x.amat"
     path.write_text("0 1 1 7\n1 0 0 3\n")
-    np.testing.assert_array_equal(data._read_amat(str(path), extra_columns=1), [[0, 1, 1], [1, 0, 0]])
-    np.testing.assert_array_equal(data._read_amat(str(path))[:, 3], [7, 3])
+    np.testing.assert_array_equal(data.readers._read_amat(str(path), extra_columns=1), [[0, 1, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(data.readers._read_amat(str(path))[:, 3], [7, 3])
     path.write_text("0 1 1\n1 0\n")
     with pytest.raises(ValueError, match=re.escape(str(path)) + ": not a whitespace-separated numeric matrix"):
-        data._read_amat(str(path))
+        data.readers._read_amat(str(path))
 
 
 def test_libsvm_reader(tmp_path):
     path = tmp_path / "x.libsvm"
     path.write_text("+1 1:1 3:1\n-1 2:1\n")
-    np.testing.assert_array_equal(data._read_libsvm(str(path), dim=4), [[1, 0, 1, 0], [0, 1, 0, 0]])
+    np.testing.assert_array_equal(data.readers._read_libsvm(str(path), dim=4), [[1, 0, 1, 0], [0, 1, 0, 0]])
     with pytest.raises(ValueError, match=re.escape(str(path)) + ": not a LIBSVM file with 2 features"):
-        data._read_libsvm(str(path), dim=2)
+        data.readers._read_libsvm(str(path), dim=2)
 
 
 def test_caltech_mat_reader(tmp_path):
@@ -175,16 +175,16 @@ def test_caltech_mat_reader(tmp_path):
     for split, key in (("train", "train_data"), ("valid", "val_data"), ("test", "test_data")):
         np.testing.assert_array_equal(info.splits[split].read(path), arrays[key])
     with pytest.raises(ValueError, match="no variable 'nope'"):
-        data._read_mat_array(path, key="nope")
+        data.readers._read_mat_array(path, key="nope")
     (tmp_path / "junk.mat").write_bytes(b"junk" * 64)
     with pytest.raises(ValueError, match="junk.mat: not a readable MATLAB .mat file"):
-        data._read_mat_array(str(tmp_path / "junk.mat"), key="train_data")
+        data.readers._read_mat_array(str(tmp_path / "junk.mat"), key="train_data")
 
 
 def test_python2_shuffle_is_pinned():
     # Regression pin: this permutation defines the ocr_letters splits and must never change.
-    assert data._python2_shuffled_range(10, data.OCR_LETTERS_SEED) == [1, 3, 9, 5, 8, 7, 2, 6, 0, 4]
-    order = data._python2_shuffled_range(1000, 7)
+    assert data.readers._python2_shuffled_range(10, data.OCR_LETTERS_SEED) == [1, 3, 9, 5, 8, 7, 2, 6, 0, 4]
+    order = data.readers._python2_shuffled_range(1000, 7)
     assert sorted(order) == list(range(1000)) and order != list(range(1000))
 
 
@@ -196,13 +196,13 @@ def test_ocr_letters_reader(tmp_path):
     path = tmp_path / "letter.data.gz"
     with gzip.open(path, "wt") as f:
         f.writelines(lines)
-    train = data._read_ocr_letters(str(path), split="train")  # all 6 rows fall in the first 32152
-    np.testing.assert_array_equal(train, pixels[data._python2_shuffled_range(6, data.OCR_LETTERS_SEED)])
-    assert data._read_ocr_letters(str(path), split="test").shape == (0, 128)
+    train = data.readers._read_ocr_letters(str(path), split="train")  # all 6 rows fall in the first 32152
+    np.testing.assert_array_equal(train, pixels[data.readers._python2_shuffled_range(6, data.OCR_LETTERS_SEED)])
+    assert data.readers._read_ocr_letters(str(path), split="test").shape == (0, 128)
     with gzip.open(path, "wt") as f:
         f.writelines(lines[:2] + ["1\ta\t2\t1\t1\t0\t0\t1\n"])
     with pytest.raises(ValueError, match="letter.data.gz: not a gzipped tab-separated letter.data file"):
-        data._read_ocr_letters(str(path), split="train")
+        data.readers._read_ocr_letters(str(path), split="train")
 
 
 # ------------------------------------------------------------------------------------ registry, download
@@ -221,9 +221,9 @@ def _toy(monkeypatch, tmp_path, content=TOY_CONTENT, *, sha256="auto", urls=None
         (remote.as_uri(),) if urls is None else urls,
         hashlib.sha256(content).hexdigest() if sha256 == "auto" else sha256,
     )
-    info = data.DatasetInfo("toy", dim, {"train": data.SplitSource(file, data._read_amat, rows)},
+    info = data.DatasetInfo("toy", dim, {"train": data.SplitSource(file, data.readers._read_amat, rows)},
                             "a toy set", "test licence", False)
-    monkeypatch.setitem(data._DATASETS, "toy", info)
+    monkeypatch.setitem(data.registry._DATASETS, "toy", info)
     return tmp_path / "cache"
 
 
@@ -268,8 +268,8 @@ def test_offline_names_url_and_manual_path(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    real_urlopen = data.urllib.request.urlopen
-    monkeypatch.setattr(data.urllib.request, "urlopen",
+    real_urlopen = data.fetch.urllib.request.urlopen
+    monkeypatch.setattr(data.fetch.urllib.request, "urlopen",
                         lambda u, **kw: offline() if u.startswith("http:") else real_urlopen(u, **kw))
     target = str(cache / "toy" / "toy_train.amat")
     with pytest.raises(data.DatasetUnavailableError) as info:

@@ -436,7 +436,7 @@ def test_figures_show_a_seeded_random_subset(tmp_path, monkeypatch):
 def test_a_data_dir_without_the_set_says_so_and_never_downloads(tmp_path, capsys, monkeypatch):
     from bihm_triton import data
 
-    monkeypatch.setattr(data, "_download", lambda *a, **k: pytest.fail("downloaded although a folder was given"))
+    monkeypatch.setattr(data.fetch, "_download", lambda *a, **k: pytest.fail("downloaded although a folder was given"))
     wrong = tmp_path / "data"
     (wrong / "mnist").mkdir(parents=True)
     (wrong / "README.md").write_text("x")

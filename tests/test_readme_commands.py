@@ -139,7 +139,7 @@ def test_the_readme_cli_commands(tmp_path, monkeypatch, capsys):
     _write_idx(mnist / "train-images-idx3-ubyte", rng.integers(0, 256, (60, 28, 28)))
     _write_idx(mnist / "t10k-images-idx3-ubyte", rng.integers(0, 256, (10, 28, 28)))
     real_load = data.load_dataset
-    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: real_load(*a, **k)[:120])  # binarized MNIST: 120 rows
+    monkeypatch.setattr(data.sources, "load_dataset", lambda *a, **k: real_load(*a, **k)[:120])  # binarized MNIST: 120 rows
     monkeypatch.chdir(tmp_path)
     cli = [c for c in README if HOW[c] == "cli"]
     assert cli[0] == "bihm-triton demo"
