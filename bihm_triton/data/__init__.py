@@ -44,7 +44,8 @@ names, formats and row counts used here.
 from . import fetch, loaders, readers, registry, sources  # noqa: F401
 from .fetch import ChecksumError, DatasetUnavailableError, default_cache_dir, default_data_dir  # noqa: F401
 from .loaders import batches, load_dataset  # noqa: F401
-from .readers import (DIGITS_SEED, DIGITS_SPLIT_SIZES, OCR_LETTERS_SEED, idx_image_shape, load_digits,  # noqa: F401
+from .readers import (DIGITS_SEED, DIGITS_SPLIT_SIZES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, OCR_LETTERS_SEED,  # noqa: F401
+                      idx_image_shape, load_digits,
                       load_mnist_idx, load_mnist_labels)
 from .registry import DatasetInfo, LocalCopy, RemoteFile, SplitSource, dataset_info, list_datasets  # noqa: F401
 from .sources import Data, load_split, open_data  # noqa: F401
