@@ -186,7 +186,7 @@ def run_config(path: str | os.PathLike) -> dict:
 
 
 def _write_text_atomic(path: str, text: str) -> None:
-    from .checkpoint import _atomic_write
+    from ..checkpoint import _atomic_write
 
     def write(tmp):
         with open(tmp, "w") as f:
