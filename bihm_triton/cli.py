@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shlex
 import sys
@@ -32,6 +31,7 @@ import torch
 
 from .data.sources import SPLITS, load_split, open_data  # noqa: F401  (also what tests import from here)
 from .evaluate import _masked, evaluate, make_mask, overview_figure, print_evaluation, random_rows  # noqa: F401
+from .train.config import TrainConfig, option_fields
 
 DATA_HELP = ("digits (bundled 8x8 digits, default) | idx:<folder or file of MNIST IDX images> | "
              "a registered set: binarized_mnist, mnist, adult, connect4, dna, mushrooms, nips, ...")
@@ -54,10 +54,12 @@ A run remembers its --data/--data-dir: --resume, eval and inpaint use them unles
 
 # Training settings: None on the command line means "not given" (the defaults below apply to a new
 # run; a resumed run keeps its own and refuses conflicting ones).
-TRAIN_KEYS = ("sizes", "weight_norm", "deterministic_layers", "objective", "k", "batch_size", "lr", "epochs",
-              "patience", "valid_k", "seed", "l1reg", "l2reg")
-TRAIN_DEFAULTS = dict(sizes="200,100,50", weight_norm=False, deterministic_layers=0, objective="bihm", k=10,
-                      batch_size=100, lr=1e-3, epochs=1000, patience=10, valid_k=100, seed=0, l1reg=0.0, l2reg=0.0)
+#: The training options that are fields of TrainConfig: (field name, option dest, flag, field); their defaults,
+#: help and checks come from the field (bihm_triton.train.config), so the command line and the library agree.
+TRAIN_FIELDS = [(f.name, flag[2:].replace("-", "_"), flag, f) for f, flag in option_fields()]
+TRAIN_KEYS = ("sizes", "weight_norm", "deterministic_layers", "seed", *(dest for _, dest, _, _ in TRAIN_FIELDS))
+TRAIN_DEFAULTS = dict(sizes="200,100,50", weight_norm=False, deterministic_layers=0, seed=TrainConfig().seed,
+                      **{dest: f.default for _, dest, _, f in TRAIN_FIELDS})
 DEMO_DEFAULTS = dict(TRAIN_DEFAULTS, sizes="48,32,24,16", epochs=150, lr=3e-3)
 #: Seconds between the progress lines of a long epoch where no progress bar is shown (log files, --no-progress).
 HEARTBEAT_S = 30.0
@@ -252,10 +254,7 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
             _note_full_size_list(given["sizes"], sizes, args.command)
         model = BiHM(sizes, weight_norm=settings["weight_norm"], deterministic_layers=settings["deterministic_layers"],
                      backend=args.backend, device=device)
-        cfg = TrainConfig(k=settings["k"], batch_size=settings["batch_size"], lr=settings["lr"],
-                          objective=settings["objective"], max_epochs=settings["epochs"],
-                          patience=settings["patience"], valid_k=settings["valid_k"], seed=settings["seed"],
-                          l1reg=settings["l1reg"], l2reg=settings["l2reg"])
+        cfg = TrainConfig(seed=settings["seed"], **{name: settings[dest] for name, dest, _, _ in TRAIN_FIELDS})
         trainer = Trainer(model, train_x, valid_x, cfg, out_dir=out, overwrite=getattr(args, "overwrite", False),
                           data_source={"data": source,
                                        "data_dir": os.path.abspath(data_dir) if data_dir else None})
@@ -402,34 +401,23 @@ def _seed(text: str) -> int:
     return v
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
+def _config_value(name: str):
+    """An argparse type for TrainConfig's field ``name``: the field's type, then TrainConfig's own check."""
+    cast = {"int": int, "float": float}[str(TrainConfig.__dataclass_fields__[name].type).split()[0]]
 
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if cast is int else 'a number'}, got "
+                                             f"{text!r}") from None
+        try:
+            TrainConfig(**{name: value})
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
 
-def _learning_rate(text: str) -> float:
-    from .train import MAX_LR
-
-    v = _positive_float(text)
-    if v > MAX_LR:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_LR:g} (Adam's first step, 10 · lr, must fit in "
-                                         f"float32), got {text}")
-    return v
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return v
+    return parse
 
 
 def _common(p: argparse.ArgumentParser, *, seed_default=0) -> None:
@@ -457,24 +445,10 @@ def _train_options(p: argparse.ArgumentParser, defaults: dict, out: str, *, resu
     p.add_argument("--weight-norm", action="store_true", default=None, help="weight-normalized layers")
     p.add_argument("--deterministic-layers", type=_int_at_least(0), default=None,
                    help="the authors' option: tanh hidden layers inside every conditional (default 0)")
-    p.add_argument("--l1reg", type=_nonnegative_float, default=None,
-                   help="the authors' L1 penalty l1 * sum |W| per step (default 0)")
-    p.add_argument("--l2reg", type=_nonnegative_float, default=None,
-                   help="the authors' L2 penalty l2 * sum W^2 per step (default 0)")
-    p.add_argument("--objective", default=None, choices=("bihm", "rws"),
-                   help="bihm: the BiHM bound of the paper; rws: reweighted wake-sleep (default bihm)")
-    p.add_argument("--k", type=_int_at_least(1), default=None,
-                   help=f"importance samples per data point (default {d['k']})")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=None, help=f"(default {d['batch_size']})")
-    p.add_argument("--lr", type=_learning_rate, default=None,
-                   help=f"Adam learning rate (default {d['lr']}; the authors' is 1e-3)")
-    p.add_argument("--epochs", type=_int_at_least(1), default=None,
-                   help=f"maximum epochs (default {d['epochs']}" + ("; with --resume: a new limit for the run)"
-                                                                    if resume else ")"))
-    p.add_argument("--patience", type=_int_at_least(1), default=None,
-                   help=f"early stopping patience in epochs (default {d['patience']})")
-    p.add_argument("--valid-k", type=_int_at_least(1), default=None,
-                   help=f"importance samples per validation point (default {d['valid_k']})")
+    for name, dest, flag, f in TRAIN_FIELDS:  # TrainConfig's fields: their defaults, help and checks
+        more = "; with --resume: a new limit for the run" if name == "max_epochs" and resume else ""
+        kind = {"choices": f.metadata["choices"]} if f.metadata.get("choices") else {"type": _config_value(name)}
+        p.add_argument(flag, dest=dest, default=None, help=f"{f.metadata['help']} (default {d[dest]}{more})", **kind)
     p.add_argument("--out", default=out, help=f"run folder (default {out})")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 

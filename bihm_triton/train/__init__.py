@@ -39,7 +39,7 @@ are the run's (a fingerprint of each split is stored with the run), and rewrites
 checkpoint, so an interruption between a log line and its checkpoint leaves no duplicate epochs.
 """
 
-from .config import MAX_LR, TrainConfig, _step_seed, check_lr, data_fingerprint  # noqa: F401
+from .config import MAX_LR, TrainConfig, _step_seed, check_lr, data_fingerprint, option_fields  # noqa: F401
 from .rundir import RUN_FILES, _claim_run_dir, _write_text_atomic, run_config  # noqa: F401
 from .trainer import Trainer, TrainingInterrupted  # noqa: F401
 

@@ -14,20 +14,34 @@ _GOLDEN = 0x9E3779B97F4A7C15
 MAX_LR = 3.4e37
 
 
+def _opt(default, help: str, *, flag: str | None = None, cli: bool = True, choices=None):
+    """A :class:`TrainConfig` field with its command-line option in the metadata."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "choices": choices})
+
+
+def option_fields() -> list:
+    """``[(field, flag)]`` of the :class:`TrainConfig` fields that are command-line options, in order."""
+    return [(f, f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+            for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Training settings; defaults are the authors' (SPEC §3)."""
 
-    k: int = 10  #: importance samples per data point
-    batch_size: int = 100
-    lr: float = 1e-3  #: Adam learning rate; costs are summed over the batch
-    objective: str = "bihm"  #: "bihm" or "rws" (reweighted wake-sleep)
-    max_epochs: int = 1000
-    patience: int = 10  #: stop after this many epochs without a better validation bound
-    valid_k: int = 100  #: importance samples per validation point
-    seed: int | None = 0  #: of every random choice; None: drawn when a Trainer starts (then recorded)
-    l1reg: float = 0.0  #: the authors' --l1reg: l1 · Σ|W| over every weight matrix, added once per step
-    l2reg: float = 0.0  #: the authors' --l2reg: l2 · Σ W² over every weight matrix, added once per step
+    # ``metadata``: the command line's option for the field (``flag``, default ``--<name>``; ``cli=False``: none or
+    # its own) and its help; ``bihm-triton train`` builds its options, defaults and checks from these fields
+    k: int = _opt(10, "importance samples per data point")
+    batch_size: int = _opt(100, "data points per step (the loss is summed over them)")
+    lr: float = _opt(1e-3, "Adam learning rate (the authors' is 1e-3); costs are summed over the batch")
+    objective: str = _opt("bihm", "bihm: the BiHM bound of the paper; rws: reweighted wake-sleep",
+                          choices=("bihm", "rws"))
+    max_epochs: int = _opt(1000, "maximum epochs", flag="--epochs")
+    patience: int = _opt(10, "early stopping: epochs without a better validation bound")
+    valid_k: int = _opt(100, "importance samples per validation point")
+    seed: int | None = _opt(0, "of every random choice; None: drawn when a Trainer starts (then recorded)", cli=False)
+    l1reg: float = _opt(0.0, "the authors' L1 penalty l1 * sum |W| over every weight matrix, per step")
+    l2reg: float = _opt(0.0, "the authors' L2 penalty l2 * sum W^2 over every weight matrix, per step")
 
     def __post_init__(self):
         if self.objective not in ("bihm", "rws"):
