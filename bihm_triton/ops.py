@@ -151,11 +151,45 @@ def _seed_tensor(seed) -> torch.Tensor:
     return torch.tensor(int(seed), dtype=torch.int64)
 
 
+# ============================================================================ one definition per op
+
+
+def _dual_op(name: str, impl, fake, setup, backward):
+    """An op defined once, with two paths: the ``torch.library`` custom op ``bihm_triton::<name>`` (what
+    ``torch.compile`` traces: fake tensors from ``fake``) and an ``autograd.Function`` that calls ``impl`` directly
+    (eager: a custom op's dispatch costs hundreds of µs of host time per call; this costs the kernel). Both save
+    with ``setup(ctx, inputs, output)`` and differentiate with ``backward(ctx, *grads, eager=...)`` (``eager``: call
+    the launchers directly rather than the backward's own custom ops; the same kernels). Returns ``call(*inputs)``,
+    which takes the op under ``torch.compile`` and the Function otherwise; ``call.op`` and ``call.eager`` are the
+    two."""
+    op = torch.library.custom_op(f"bihm_triton::{name}", mutates_args=())(impl)
+    op.register_fake(fake)
+    op.register_autograd(lambda ctx, *grads: backward(ctx, *grads, eager=False), setup_context=setup)
+
+    class Eager(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = impl(*inputs)
+            setup(ctx, inputs, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads, eager=True)
+
+    Eager.__name__ = Eager.__qualname__ = f"_{name}_eager"
+
+    def call(*inputs):
+        return op(*inputs) if torch.compiler.is_compiling() else Eager.apply(*inputs)
+
+    call.op, call.eager = op, Eager
+    return call
+
+
 # ============================================================================ torch.library ops
 
 
-@torch.library.custom_op("bihm_triton::sbn_sample", mutates_args=())
-def _sbn_sample_op(
+def _sbn_sample_impl(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_g: Optional[torch.Tensor],
     seed: torch.Tensor, offset: int, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,14 +198,12 @@ def _sbn_sample_op(
     return x, lp.to(compute_dtype(h, weight, bias, weight_g))
 
 
-@_sbn_sample_op.register_fake
-def _(h, weight, bias, weight_g, seed, offset, out_dtype):
+def _sbn_sample_fake(h, weight, bias, weight_g, seed, offset, out_dtype):
     R, M = h.shape[0], weight.shape[0]
     return h.new_empty((R, M), dtype=out_dtype), h.new_empty((R,), dtype=compute_dtype(h, weight, bias, weight_g))
 
 
-@torch.library.custom_op("bihm_triton::sbn_log_prob", mutates_args=())
-def _sbn_log_prob_op(
+def _sbn_log_prob_impl(
     h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_g: Optional[torch.Tensor],
 ) -> torch.Tensor:
     sbn, _ = _kernels()
@@ -179,8 +211,7 @@ def _sbn_log_prob_op(
     return lp.to(compute_dtype(h, weight, bias, weight_g))
 
 
-@_sbn_log_prob_op.register_fake
-def _(h, x, weight, bias, weight_g):
+def _sbn_log_prob_fake(h, x, weight, bias, weight_g):
     return h.new_empty((h.shape[0],), dtype=compute_dtype(h, weight, bias, weight_g))
 
 
@@ -269,14 +300,11 @@ def _sample_setup(ctx, inputs, output):
     ctx.save_for_backward(h, x, weight, bias, weight_g)
 
 
-def _sample_backward(ctx, grad_x, grad_lp):
+def _sample_backward(ctx, grad_x, grad_lp, *, eager: bool):
     h, x, weight, bias, weight_g = ctx.saved_tensors
     need_h = ctx.needs_input_grad[0] and h.is_floating_point()
-    gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h)
+    gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h, eager=eager)
     return gh, gw, gb, gg, None, None, None
-
-
-_sbn_sample_op.register_autograd(_sample_backward, setup_context=_sample_setup)
 
 
 def _log_prob_setup(ctx, inputs, output):
@@ -284,14 +312,17 @@ def _log_prob_setup(ctx, inputs, output):
     ctx.save_for_backward(h, x, weight, bias, weight_g)
 
 
-def _log_prob_backward(ctx, grad_lp):
+def _log_prob_backward(ctx, grad_lp, *, eager: bool):
     h, x, weight, bias, weight_g = ctx.saved_tensors
     need_h = ctx.needs_input_grad[0] and h.is_floating_point()
-    gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h)
+    gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h, eager=eager)
     return gh, None, gw, gb, gg
 
 
-_sbn_log_prob_op.register_autograd(_log_prob_backward, setup_context=_log_prob_setup)
+#: one stochastic layer, Triton kernels: sample + log-prob, and log-prob of given targets
+_sample = _dual_op("sbn_sample", _sbn_sample_impl, _sbn_sample_fake, _sample_setup, _sample_backward)
+_log_prob = _dual_op("sbn_log_prob", _sbn_log_prob_impl, _sbn_log_prob_fake, _log_prob_setup, _log_prob_backward)
+_sbn_sample_op, _sbn_log_prob_op = _sample.op, _log_prob.op  # the custom ops (tests call them directly)
 
 
 def _wn_setup(ctx, inputs, output):
@@ -307,60 +338,6 @@ def _wn_backward(ctx, grad_w):
 _weight_norm_op.register_autograd(_wn_backward, setup_context=_wn_setup)
 
 
-# ------------------------------------------------------------------- eager fast path (no dispatcher)
-
-
-class _SbnSampleFn(torch.autograd.Function):
-    """Eager path of :func:`sbn_sample`: the launcher called directly (a custom op's dispatch costs
-    hundreds of µs of host time per call; this costs the kernel launch). Same kernels and gradients
-    as the ``torch.library`` op, which ``torch.compile`` traces instead."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, weight_g, seed, offset, out_dtype):
-        sbn, _ = _kernels()
-        x, lp = sbn.sbn_forward(h, weight, bias, weight_g=weight_g, seed=seed, offset=offset, out_dtype=out_dtype)
-        ctx.mark_non_differentiable(x)
-        ctx.save_for_backward(h, x, weight, bias, weight_g)
-        return x, lp.to(compute_dtype(h, weight, bias, weight_g))
-
-    @staticmethod
-    def backward(ctx, grad_x, grad_lp):
-        h, x, weight, bias, weight_g = ctx.saved_tensors
-        need_h = ctx.needs_input_grad[0] and h.is_floating_point()
-        gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h, eager=True)
-        return gh, gw, gb, gg, None, None, None
-
-
-class _SbnLogProbFn(torch.autograd.Function):
-    """Eager path of :func:`sbn_log_prob` (see :class:`_SbnSampleFn`)."""
-
-    @staticmethod
-    def forward(ctx, h, x, weight, bias, weight_g):
-        sbn, _ = _kernels()
-        _, lp = sbn.sbn_forward(h, weight, bias, weight_g=weight_g, x=x)
-        ctx.save_for_backward(h, x, weight, bias, weight_g)
-        return lp.to(compute_dtype(h, weight, bias, weight_g))
-
-    @staticmethod
-    def backward(ctx, grad_lp):
-        h, x, weight, bias, weight_g = ctx.saved_tensors
-        need_h = ctx.needs_input_grad[0] and h.is_floating_point()
-        gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h, eager=True)
-        return gh, None, gw, gb, gg
-
-
-def _sample(h, weight, bias, weight_g, seed, offset, out_dtype):
-    if torch.compiler.is_compiling():
-        return _sbn_sample_op(h, weight, bias, weight_g, seed, offset, out_dtype)
-    return _SbnSampleFn.apply(h, weight, bias, weight_g, seed, offset, out_dtype)
-
-
-def _log_prob(h, x, weight, bias, weight_g):
-    if torch.compiler.is_compiling():
-        return _sbn_log_prob_op(h, x, weight, bias, weight_g)
-    return _SbnLogProbFn.apply(h, x, weight, bias, weight_g)
-
-
 # ======================================================================= the CPU backend's ops
 #
 # The layer is F.linear (BLAS, differentiated by torch's autograd) followed by one fused C pass over
@@ -368,28 +345,24 @@ def _log_prob(h, x, weight, bias, weight_g):
 # (∂ log_prob / ∂a = d). Only the pass is a custom op: torch.compile traces F.linear as usual.
 
 
-@torch.library.custom_op("bihm_triton::cpu_bernoulli_sample", mutates_args=())
-def _cpu_sample_op(logits: torch.Tensor, seed: torch.Tensor, offset: int, out_dtype: torch.dtype,
-                   want_d: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cpu_sample_impl(logits: torch.Tensor, seed: torch.Tensor, offset: int, out_dtype: torch.dtype,
+                     want_d: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, lp, d = _cpu().sample(logits.contiguous(), seed, offset, out_dtype=out_dtype, want_d=want_d)
     return x, lp, (d if want_d else logits.new_empty(0))
 
 
-@_cpu_sample_op.register_fake
-def _(logits, seed, offset, out_dtype, want_d):
+def _cpu_sample_fake(logits, seed, offset, out_dtype, want_d):
     R, M = logits.shape
     return (logits.new_empty((R, M), dtype=out_dtype), logits.new_empty((R,)),
             logits.new_empty((R, M) if want_d else (0,)))
 
 
-@torch.library.custom_op("bihm_triton::cpu_bernoulli_log_prob", mutates_args=())
-def _cpu_log_prob_op(logits: torch.Tensor, x: torch.Tensor, want_d: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _cpu_log_prob_impl(logits: torch.Tensor, x: torch.Tensor, want_d: bool) -> tuple[torch.Tensor, torch.Tensor]:
     lp, d = _cpu().score(logits.contiguous(), x, want_d=want_d)
     return lp, (d if want_d else logits.new_empty(0))
 
 
-@_cpu_log_prob_op.register_fake
-def _(logits, x, want_d):
+def _cpu_log_prob_fake(logits, x, want_d):
     R, M = logits.shape
     return logits.new_empty((R,)), logits.new_empty((R, M) if want_d else (0,))
 
@@ -400,12 +373,9 @@ def _cpu_sample_setup(ctx, inputs, output):
     ctx.save_for_backward(d)
 
 
-def _cpu_sample_backward(ctx, grad_x, grad_lp, grad_d):
+def _cpu_sample_backward(ctx, grad_x, grad_lp, grad_d, *, eager: bool):
     (d,) = ctx.saved_tensors
     return grad_lp.unsqueeze(1) * d, None, None, None, None
-
-
-_cpu_sample_op.register_autograd(_cpu_sample_backward, setup_context=_cpu_sample_setup)
 
 
 def _cpu_log_prob_setup(ctx, inputs, output):
@@ -414,41 +384,16 @@ def _cpu_log_prob_setup(ctx, inputs, output):
     ctx.save_for_backward(d)
 
 
-def _cpu_log_prob_backward(ctx, grad_lp, grad_d):
+def _cpu_log_prob_backward(ctx, grad_lp, grad_d, *, eager: bool):
     (d,) = ctx.saved_tensors
     return grad_lp.unsqueeze(1) * d, None, None
 
 
-_cpu_log_prob_op.register_autograd(_cpu_log_prob_backward, setup_context=_cpu_log_prob_setup)
-
-
-class _CpuSampleFn(torch.autograd.Function):
-    """Eager path of the CPU sample pass: the launcher called directly (no dispatcher), same kernels."""
-
-    @staticmethod
-    def forward(ctx, logits, seed, offset, out_dtype, want_d):
-        x, lp, d = _cpu().sample(logits.contiguous(), seed, offset, out_dtype=out_dtype, want_d=want_d)
-        ctx.mark_non_differentiable(x)
-        ctx.d = d
-        return x, lp
-
-    @staticmethod
-    def backward(ctx, grad_x, grad_lp):
-        return grad_lp.unsqueeze(1) * ctx.d, None, None, None, None
-
-
-class _CpuLogProbFn(torch.autograd.Function):
-    """Eager path of the CPU score pass (see :class:`_CpuSampleFn`)."""
-
-    @staticmethod
-    def forward(ctx, logits, x, want_d):
-        lp, d = _cpu().score(logits.contiguous(), x, want_d=want_d)
-        ctx.d = d
-        return lp
-
-    @staticmethod
-    def backward(ctx, grad_lp):
-        return grad_lp.unsqueeze(1) * ctx.d, None, None
+#: the CPU backend's pass on given logits: draw + log-prob (+ d = x − σ(a) for the backward), or score targets
+_cpu_sample_pass = _dual_op("cpu_bernoulli_sample", _cpu_sample_impl, _cpu_sample_fake, _cpu_sample_setup,
+                            _cpu_sample_backward)
+_cpu_log_prob_pass = _dual_op("cpu_bernoulli_log_prob", _cpu_log_prob_impl, _cpu_log_prob_fake, _cpu_log_prob_setup,
+                              _cpu_log_prob_backward)
 
 
 def _cpu_logits(h, weight, bias, weight_g):
@@ -468,10 +413,9 @@ def cpu_sample_logits(logits: torch.Tensor, seed, offset: int, out_dtype: torch.
         RuntimeError: the CPU kernels are unavailable.
     """
     want_d = logits.requires_grad
-    if torch.compiler.is_compiling():
-        x, lp, _ = _cpu_sample_op(logits, _seed_tensor(seed), offset, out_dtype, want_d)
-        return x, lp
-    return _CpuSampleFn.apply(logits, _reference_seed(seed), offset, out_dtype, want_d)
+    seed = _seed_tensor(seed) if torch.compiler.is_compiling() else _reference_seed(seed)
+    x, lp, _ = _cpu_sample_pass(logits, seed, offset, out_dtype, want_d)
+    return x, lp
 
 
 def _cpu_sample(h, weight, bias, weight_g, seed, offset, out_dtype):
@@ -480,10 +424,7 @@ def _cpu_sample(h, weight, bias, weight_g, seed, offset, out_dtype):
 
 def _cpu_log_prob(h, x, weight, bias, weight_g):
     a = _cpu_logits(h, weight, bias, weight_g)
-    want_d = a.requires_grad
-    if torch.compiler.is_compiling():
-        return _cpu_log_prob_op(a, x, want_d)[0]
-    return _CpuLogProbFn.apply(a, x, want_d)
+    return _cpu_log_prob_pass(a, x, a.requires_grad)[0]
 
 
 # ================================================================================ public API

@@ -52,9 +52,10 @@ def test_a_perturbed_log_prob_fails_exactly_its_row(monkeypatch):
 
 
 def test_a_wrong_gradient_fails_exactly_the_gradient_rows(monkeypatch):
-    real = ops._CpuLogProbFn.backward
-    monkeypatch.setattr(ops._CpuLogProbFn, "backward",
-                        staticmethod(lambda ctx, g: tuple(t * 1.01 if t is not None else None for t in real(ctx, g))))
+    eager = ops._cpu_log_prob_pass.eager  # the eager path of the CPU score op
+    real = eager.backward
+    monkeypatch.setattr(eager, "backward",
+                        staticmethod(lambda ctx, *g: tuple(t * 1.01 if t is not None else None for t in real(ctx, *g))))
     rows = bt.validate("cpu", backends=["cpu"], ops=["sbn_log_prob"], quick=True, progress=False)
     assert _failed(rows) == {("sbn_log_prob", "grad weight vs float64"), ("sbn_log_prob", "grad bias vs float64")}
 
