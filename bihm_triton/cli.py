@@ -392,12 +392,16 @@ def _int_at_least(lo: int):
 
 def _seed(text: str) -> int:
     """A seed: an integer in [0, 2**63), the same rule for every command (and for the library)."""
+    from .reference.philox import check_seed
+
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}") from None
-    if not 0 <= v < 2**63:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 2**63), got {v}")
+    try:
+        check_seed(v)  # the library's rule
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2**63), got {v}") from None
     return v
 
 

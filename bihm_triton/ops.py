@@ -34,7 +34,7 @@ from .reference._checks import (
     check_weight_norm_args,
     compute_dtype,
 )
-from .reference.philox import MAX_SEED, check_offset, check_seed
+from .reference.philox import MAX_SEED, check_offset, check_seed, resolve_seed
 
 __all__ = [
     "sbn_sample",
@@ -134,11 +134,9 @@ def _seed_arg(seed):
 def _reference_seed(seed):
     """The seed for the reference path: ints stay ints (under torch.compile the reference then keeps
     the constant-keyed Philox opaque instead of unrolling it), None draws one, tensors as given."""
-    if seed is None:
-        return _seed_tensor(None) if torch.compiler.is_compiling() else int(torch.randint(0, MAX_SEED - 1, (),
-                                                                                          dtype=torch.int64))
-    check_seed(seed)
-    return seed.reshape(()) if isinstance(seed, torch.Tensor) else int(seed)
+    if seed is None and torch.compiler.is_compiling():
+        return _seed_tensor(None)
+    return resolve_seed(seed)
 
 
 def _seed_tensor(seed) -> torch.Tensor:

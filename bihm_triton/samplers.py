@@ -45,7 +45,7 @@ from .progress import bar_disable
 from .reference import RandomStream
 from .reference._checks import check_binary, check_positive_int, check_tensor, nonfinite_parameters
 from .reference.estimators import effective_sample_size
-from .reference.philox import DRAW_STRIDE, check_offset, check_seed, draw_seed
+from .reference.philox import DRAW_STRIDE, check_offset, resolve_seed
 
 __all__ = ["GibbsResult", "SIRResult", "gibbs_sample", "inpaint", "sir_sample", "log_sqrt_p_tilde_star"]
 
@@ -109,9 +109,7 @@ def _check_common(model, steps, k, n_inner, seed, offset, min_k, what):
     check_positive_int(steps, "steps", 0)
     check_positive_int(k, "k", min_k)
     check_positive_int(n_inner, "n_inner")
-    if seed is None:
-        seed = draw_seed()
-    check_seed(seed)
+    seed = resolve_seed(seed)
     check_offset(offset)
     # the run's draws, up front (SPEC §5: at most 2**22 draws past the offset): per sweep 4 per hidden layer
     # and 1 + L + 1 for x, plus the start
@@ -121,7 +119,6 @@ def _check_common(model, steps, k, n_inner, seed, offset, min_k, what):
         fit = max(0, ((2**62 - offset) // DRAW_STRIDE - L - 2) // (5 * L + 2))
         raise ValueError(f"steps={steps} needs {draws} draws of the random stream, more than a seed holds past offset "
                          f"{offset} (at most {fit} steps fit): run the chains in several calls with other seeds")
-    seed = seed if isinstance(seed, torch.Tensor) else int(seed)
     return RandomStream(seed, offset, device=model.device, uniform_fn=getattr(model, "stream_uniform", None))
 
 
@@ -214,7 +211,6 @@ def inpaint(model, x: torch.Tensor, mask: torch.Tensor, steps: int, k: int = 10,
     check_binary(mask, "mask")
     mask = mask.to(device=model.device, dtype=torch.bool)
     stream = _check_common(model, steps, k, n_inner, seed, offset, 1 if paper_compatible else 2, "inpaint")
-    B = x.shape[0]
     # start: h ~ q(h | x) with the unobserved pixels zeroed, then x's free pixels from p(x | h_1)
     x0 = torch.where(mask, x, torch.zeros_like(x))
     states, _ = model.q_pass(x0, stream.seed, stream.take(model.n_layers))

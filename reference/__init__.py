@@ -53,6 +53,7 @@ from .philox import (
     counters_used,
     draw_offset,
     draw_seed,
+    resolve_seed,
     philox4x32,
     philox_uniform,
     uniform_from_uint32,
@@ -66,6 +67,6 @@ __all__ = [
     "log_p_estimate", "log_p_tilde_star_estimate",
     "bernoulli_log_prob", "bernoulli_sample", "sbn_log_prob", "sbn_log_prob_wn", "sbn_logits", "sbn_sample",
     "sbn_sample_wn", "weight_norm", "weight_norm_scale",
-    "MAX_SEED", "RandomStream", "counters_used", "draw_seed", "philox4x32", "philox_uniform", "uniform_from_uint32",
+    "MAX_SEED", "RandomStream", "counters_used", "draw_seed", "resolve_seed", "philox4x32", "philox_uniform", "uniform_from_uint32",
     "DRAW_STRIDE", "STREAM_VERSION", "aligned_start", "check_draw_fits", "draw_offset",
 ]

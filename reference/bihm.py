@@ -51,7 +51,7 @@ from torch import nn
 from . import estimators as est
 from ._checks import check_binary, check_positive_int, check_tensor, nonfinite_parameters
 from .layers import sbn_log_prob, sbn_log_prob_wn, sbn_sample, sbn_sample_wn
-from .philox import DRAW_STRIDE, aligned_start, check_draw_fits, check_offset, check_seed, draw_offset, draw_seed
+from .philox import DRAW_STRIDE, aligned_start, check_draw_fits, check_offset, draw_offset, resolve_seed
 
 __all__ = [
     "StochasticLayer",
@@ -466,12 +466,10 @@ class BiHM(nn.Module):
 
     @staticmethod
     def _seed(seed, offset, row_start: int = 0):
-        if seed is None:
-            seed = draw_seed()
-        check_seed(seed)
+        seed = resolve_seed(seed)
         check_offset(offset)
         aligned_start(row_start)  # validates it
-        return seed if isinstance(seed, torch.Tensor) else int(seed)
+        return seed
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()

@@ -32,7 +32,7 @@ from ._checks import (
     check_weight_norm_args,
     compute_dtype,
 )
-from .philox import check_offset, check_seed, draw_seed, philox_uniform
+from .philox import check_offset, philox_uniform, resolve_seed
 
 __all__ = [
     "bernoulli_log_prob",
@@ -133,11 +133,7 @@ def sbn_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, sca
     return a + bias.to(dt)
 
 
-def _resolve_seed(seed):
-    if seed is None:
-        return draw_seed()
-    check_seed(seed)
-    return seed
+_resolve_seed = resolve_seed  # the package's one seed rule (philox.resolve_seed)
 
 
 def sbn_sample(

@@ -64,6 +64,7 @@ __all__ = [
     "uniform_from_uint32",
     "philox_uniform",
     "draw_seed",
+    "resolve_seed",
     "check_seed",
     "check_offset",
     "RandomStream",
@@ -226,6 +227,20 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
     ``torch.manual_seed(s)`` therefore makes every ``seed=None`` call of the package reproducible.
     """
     return int(torch.randint(0, MAX_SEED - 1, (), generator=generator, dtype=torch.int64))
+
+
+def resolve_seed(seed):
+    """The seed as every entry point takes it (SPEC §5), the one rule of the package: ``None`` draws one with
+    :func:`draw_seed` (so ``torch.manual_seed`` reproduces the call), anything else must pass :func:`check_seed`;
+    returns a Python int, or a one-element int64 tensor as a 0-dim view (a CUDA seed stays on its device).
+
+    Raises:
+        TypeError / ValueError: see :func:`check_seed`.
+    """
+    if seed is None:
+        return draw_seed()
+    check_seed(seed)
+    return seed.reshape(()) if isinstance(seed, torch.Tensor) else int(seed)
 
 
 def _seed_words(seed, device) -> tuple[torch.Tensor, torch.Tensor]:
