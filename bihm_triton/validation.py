@@ -52,8 +52,9 @@ class _Tol:
 
 
 def _tolerances(backend: str, device: str) -> _Tol:
-    if device == "cuda":  # approximate exp/division, tf32 or split-bf16 dot products (kernels/chain.py)
-        return _Tol(samples=1e-3, value=1e-4, grad=2e-3)
+    if device == "cuda":  # approximate exp/division, tf32 or split-bf16 dot products (kernels/chain.py): the
+        # benchmarks' guards on a GPU (bench/README.md), not yet checked on one (bench/gpu.sh runs this first)
+        return _Tol(samples=1e-3, value=1e-3, grad=5e-2)
     return _Tol(samples=0.0, value=2e-6, grad=2e-5)  # float32 arithmetic against the float64 reference
 
 
