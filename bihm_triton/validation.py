@@ -19,8 +19,9 @@ small shapes) and compared with the plain-PyTorch reference (:mod:`bihm_triton.r
 
 Each check is a row ``{op, backend, shape, dtype, check, value, tolerance, passed, device}``. On a GPU the
 kernels' ``exp`` and division are approximate and ``tl.dot`` uses tf32 or split bf16: a sample flips only when
-``u`` falls within a few ulps of σ(a), so there the sample checks allow a fraction of 10⁻³ (chains: 1 %) and
-the value checks a looser tolerance (both stated in the row).
+``u`` falls within a few ulps of σ(a), so there the sample checks allow a fraction of 10⁻³ (chains: 1 %), values
+10⁻³ and gradients 5 % relative RMS: the benchmarks' guards (every row states its tolerance). These GPU
+tolerances have not yet met a GPU.
 """
 
 from __future__ import annotations
