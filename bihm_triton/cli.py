@@ -206,7 +206,7 @@ def _note_full_size_list(spec: str, sizes: list, command: str) -> None:
 
 def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
     from .model import BiHM, parse_sizes
-    from .train import RUN_FILES, TrainConfig, Trainer
+    from .train import Trainer, check_run_dir
 
     settings, given = _settings(args, defaults)
     out = os.path.expanduser(args.out)
@@ -214,13 +214,8 @@ def _train(args, defaults: dict = TRAIN_DEFAULTS) -> int:
     if resume and getattr(args, "overwrite", False):
         raise ValueError("--resume and --overwrite contradict each other")
     if not resume:  # the run folder first: nothing is computed for a destination that cannot be used
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise FileExistsError(f"--out {out} is an existing file; give a folder for the run")
-        present = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
-        if present and not getattr(args, "overwrite", False):
-            how = "continue it with --resume, " if args.command == "train" else ""
-            raise FileExistsError(f"--out {out} already holds a run ({', '.join(present)}): {how}replace it with "
-                                  f"--overwrite, or choose another --out")
+        check_run_dir(out, getattr(args, "overwrite", False), name="--out",
+                      resume_hint="continue it with --resume, " if args.command == "train" else "")
         _check_writable_parent(os.path.join(out, "config.json"), "--out")
     elif not os.path.isfile(os.path.join(out, "last.safetensors")) and "model" not in _run_config(out):
         raise FileNotFoundError(f"--resume: no run to continue in {out} (no last.safetensors, no config.json)")

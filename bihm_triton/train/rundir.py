@@ -195,15 +195,26 @@ def _write_text_atomic(path: str, text: str) -> None:
     _atomic_write(path, write)
 
 
-def _claim_run_dir(out_dir: str, overwrite: bool) -> None:
-    """Make ``out_dir`` a fresh run folder: refuse one that holds a run unless ``overwrite`` (then clear it)."""
+def check_run_dir(out_dir: str, overwrite: bool, *, name: str = "run folder",
+                  resume_hint: str = "continue it with --resume (Trainer.resume), ") -> list[str]:
+    """Refuse, without touching anything, a folder that cannot become a new run: an existing file, or a folder
+    holding a run unless ``overwrite``. Returns the run files present (what ``overwrite`` replaces). The
+    trainer's claim and the command line (before it computes anything) check with this.
+
+    Raises:
+        FileExistsError: the message names ``name`` (e.g. ``--out``) and the ways on."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise FileExistsError(f"run folder {out_dir} is an existing file; choose another --out")
+        raise FileExistsError(f"{name} {out_dir} is an existing file; give a folder for the run")
     present = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
     if present and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a run ({', '.join(present)}): continue it with --resume "
-                              f"(Trainer.resume), replace it with --overwrite (overwrite=True), or choose another "
-                              f"--out")
+        raise FileExistsError(f"{name} {out_dir} already holds a run ({', '.join(present)}): {resume_hint}replace it "
+                              f"with --overwrite (overwrite=True), or choose another --out")
+    return present
+
+
+def _claim_run_dir(out_dir: str, overwrite: bool) -> None:
+    """Make ``out_dir`` a fresh run folder: refuse one that holds a run unless ``overwrite`` (then clear it)."""
+    present = check_run_dir(out_dir, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"run folder {out_dir} is not writable")
