@@ -660,10 +660,10 @@ def report(args) -> str:
     ess = load("ess")
     if ess:
         out += ["### Sample efficiency (ESS) — binarized MNIST", "",
-                f"Architecture {ess['models']['bihm']['sizes']}, both objectives trained for the same wall time "
-                f"(about {minutes(ess['models']['bihm']):.0f} min, {ess['models']['bihm']['epochs']} and "
-                f"{ess['models']['rws']['epochs']} epochs); {points(ess)}; estimate ± standard error over the "
-                "images (nats).", "",
+                f"Architecture {ess['models']['bihm']['sizes']}, both objectives trained with the same recipe: "
+                + ", ".join(f"{o.upper()} {m['epochs']} epochs ({m.get('stopped_by', '')}, {minutes(m):.0f} min)"
+                            for o, m in ess["models"].items())
+                + f"; {points(ess)}; estimate ± standard error over the images (nats).", "",
                 "| K | BiHM log p*(x) | ESS (p*-weights) | RWS log p(x) | ESS (p-weights) |", "|---|---|---|---|---|"]
         for rb, rr in zip(ess["models"]["bihm"]["rows"], ess["models"]["rws"]["rows"]):
             out.append(f"| {rb['k']} | {_fmt(rb['estimate'], rb['se'])} | {rb['ess']:.1f} | "
