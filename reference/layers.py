@@ -133,9 +133,6 @@ def sbn_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, sca
     return a + bias.to(dt)
 
 
-_resolve_seed = resolve_seed  # the package's one seed rule (philox.resolve_seed)
-
-
 def sbn_sample(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -165,7 +162,7 @@ def sbn_sample(
         ValueError / TypeError: mismatched shapes, devices or dtypes, or a bad seed / offset.
     """
     check_layer_args(h, weight, bias)
-    seed = _resolve_seed(seed)
+    seed = resolve_seed(seed)
     check_offset(offset)
     a = sbn_logits(h, weight, bias)
     x = bernoulli_sample(a, seed=seed, offset=offset)
@@ -207,7 +204,7 @@ def sbn_sample_wn(
     """
     check_layer_args(h, weight_v, bias, weight_name="weight_v")
     scale = weight_norm_scale(weight_v, weight_g)
-    seed = _resolve_seed(seed)
+    seed = resolve_seed(seed)
     check_offset(offset)
     a = sbn_logits(h, weight_v, bias, scale=scale)
     x = bernoulli_sample(a, seed=seed, offset=offset)

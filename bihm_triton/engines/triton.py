@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import sys
 import warnings
 
@@ -20,7 +19,6 @@ __all__ = ["TritonEngine", "fused_path"]
 
 #: (path, backend) pairs already warned about in this process
 _WARNED: set = set()
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PASS_THROUGH = ("bihm_triton", "torch", "contextlib", "functools")
 
 
@@ -33,8 +31,7 @@ def _warn_at_caller(message: str) -> None:
     """Warn at the first frame outside the package (and torch's and the standard library's decorators around its
     methods): the user's line that reached the path."""
     frame, level = sys._getframe(0), 1
-    while frame is not None and (os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE + os.sep) or
-                                 str(frame.f_globals.get("__name__", "")).split(".")[0] in _PASS_THROUGH):
+    while frame is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] in _PASS_THROUGH:
         frame, level = frame.f_back, level + 1
     warnings.warn(message, RuntimeWarning, stacklevel=level)
 

@@ -40,7 +40,7 @@ checkpoint, so an interruption between a log line and its checkpoint leaves no d
 """
 
 from .config import MAX_LR, TrainConfig, _step_seed, check_lr, data_fingerprint, option_fields  # noqa: F401
-from .rundir import RUN_FILES, _claim_run_dir, _write_text_atomic, check_run_dir, run_config  # noqa: F401
+from .rundir import RUN_FILES, check_run_dir, run_config  # noqa: F401
 from .trainer import Trainer, TrainingInterrupted  # noqa: F401
 
 __all__ = ["TrainConfig", "Trainer", "TrainingInterrupted", "MAX_LR", "check_lr", "run_config", "data_fingerprint",
