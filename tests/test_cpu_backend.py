@@ -100,6 +100,57 @@ def test_nan_and_infinite_logits_follow_the_reference():
     assert lp3.item() == -float("inf")
 
 
+@pytest.mark.parametrize("M", [1, 10, 126, 127, 200, 255, 256, 300, 784, 1000])
+def test_log_likelihood_sums_vs_float64(M):
+    """The pass sums log(1 + e) as logs of lane products (rows up to 126 wide: one product a row): against a
+    float64 softplus sum, to float32's relative precision, for every width path (narrow, product, wide)."""
+    g = torch.Generator().manual_seed(M)
+    a = torch.randn(41, M, generator=g) * 6
+    x, lp, _ = cpu.sample(a, 9, 0)
+    a64 = a.double()
+    want = (x.double() * a64 - torch.nn.functional.softplus(a64)).sum(1)
+    torch.testing.assert_close(lp.double(), want, rtol=2e-6, atol=2e-6 * M)
+    assert torch.equal(cpu.score(a, x)[0], lp)  # the same sums in score mode
+
+
+@pytest.mark.parametrize("M", [7, 200, 300])
+def test_bias_and_running_sum_in_the_pass(M):
+    """``bias=`` gives the bits of ``mm + b`` and ``lp_add`` adds to ``lp_out`` (what the blocked passes use)."""
+    g = torch.Generator().manual_seed(M)
+    h, w, b = binary(33, 50, generator=g), torch.randn(M, 50, generator=g), torch.randn(M, generator=g)
+    mm = torch.mm(h, w.t())
+    x, lp, _ = cpu.sample(mm + b, 4, 8)
+    run = torch.full((33,), 1.5)
+    x2, lp2, _ = cpu.sample(mm, 4, 8, bias=b, lp_out=run, lp_add=True)
+    assert torch.equal(x2, x) and lp2 is run and torch.equal(run, lp + 1.5)
+    run = torch.full((33,), -2.0)
+    cpu.score(mm, x, bias=b, lp_out=run, lp_add=True)
+    assert torch.equal(run, cpu.score(mm + b, x)[0] - 2.0)
+    with pytest.raises(ValueError, match=r"bias must be a contiguous \(%d,\) float32" % M):
+        cpu.sample(mm, 4, 8, bias=b[:-1])
+    with pytest.raises(ValueError, match="lp_add needs"):
+        cpu.score(mm, x, lp_add=True)
+
+
+def test_bias_folds_only_where_blas_gives_addmms_bits():
+    """The probe behind the fold: a shape folds only if mm + b equals addmm there; and where it folds, the
+    blocked sampler's logits are addmm's (samples equal the unfolded path's)."""
+    from bihm_triton.engines import cpu as engine_cpu
+
+    for K in (10, 300, 784, 2000):
+        w, b = torch.randn(50, K), torch.randn(50)
+        h = binary(64, K, generator=torch.Generator().manual_seed(K))
+        same = torch.equal(torch.addmm(b, h, w.t()), torch.mm(h, w.t()) + b)
+        if engine_cpu.bias_folds(w, b):
+            assert same
+    layer = ref.bihm.StochasticLayer(40, 30)
+    h = binary(64, 40, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, bias = engine_cpu.layer_logits_into(layer, h, torch.empty(64 * 30))
+        full = a + bias if bias is not None else a
+        assert torch.equal(full, torch.addmm(layer.bias, h, layer.weight.t()))
+
+
 def test_threads_split_rows_without_changing_anything():
     a = torch.randn(4099, 333)
     old = torch.get_num_threads()

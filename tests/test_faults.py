@@ -215,7 +215,8 @@ def test_a_library_that_never_loads_names_the_file_and_gives_no_compiler_advice(
     reason = cpu.unavailable_reason()
     assert "invalid ELF header" in reason and str(folder) in reason and "delete that file" in reason
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Install a C compiler" not in err
+    lines = [l for l in err.splitlines() if "built the CPU kernels in" not in l]  # a slow build is announced
+    assert len(lines) == 1 and "Install a C compiler" not in err
 
 
 def test_a_cc_that_does_not_exist_is_named_once(fresh_cpu_cache, monkeypatch, capsys):

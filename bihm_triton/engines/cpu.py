@@ -11,7 +11,7 @@ from ..reference.philox import aligned_start, check_draw_fits, draw_offset
 from . import gibbs
 from .base import LayerEngine
 
-__all__ = ["CpuEngine", "layer_logits", "layer_logits_into"]
+__all__ = ["CpuEngine", "layer_logits", "layer_logits_into", "bias_folds"]
 
 
 def layer_logits(layer, h: torch.Tensor) -> torch.Tensor:
@@ -22,14 +22,40 @@ def layer_logits(layer, h: torch.Tensor) -> torch.Tensor:
     return ops._cpu_logits(layer_input(layer, h), layer.weight, layer.bias, None)
 
 
-def layer_logits_into(layer, h: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """:func:`layer_logits` without grad, written into ``scratch`` (a flat float32 buffer of at least R·M
-    elements) where the layer is a plain one: the sampler's blocks reuse one buffer instead of a new tensor per
-    layer (a fresh large tensor costs page faults). Weight-normalized and MLP layers return a new tensor."""
+def layer_logits_into(layer, h: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`layer_logits` without grad, as ``(a, bias)``: the logits are ``a + bias`` when bias is not None.
+
+    For a plain float32 layer the product is written into ``scratch`` (a flat float32 buffer of at least R·M
+    elements): the sampler's blocks reuse one buffer instead of a new tensor per layer (a fresh large tensor
+    costs page faults). Where this BLAS gives ``addmm``'s bits from ``mm`` + bias for the layer's shape
+    (:func:`bias_folds`), ``a`` is ``h·Wᵀ`` and the fused pass adds the bias (``addmm`` would first copy the
+    broadcast bias into the whole output). Weight-normalized and MLP layers return a new tensor and None."""
     if type(layer) is StochasticLayer and layer.weight.dtype == torch.float32 and h.dtype == torch.float32:
         out = scratch[:h.shape[0] * layer.weight.shape[0]].view(h.shape[0], layer.weight.shape[0])
-        return torch.addmm(layer.bias, h, layer.weight.t(), out=out)
-    return layer_logits(layer, h)
+        if bias_folds(layer.weight, layer.bias):
+            return torch.mm(h, layer.weight.t(), out=out), layer.bias.detach()
+        return torch.addmm(layer.bias, h, layer.weight.t(), out=out), None
+    return layer_logits(layer, h), None
+
+
+_FOLDS: dict = {}
+
+
+def bias_folds(weight: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether ``torch.mm(h, Wᵀ) + b`` equals ``torch.addmm(b, h, Wᵀ)`` bit for bit for W's shape (M, K) at the
+    current thread count. A BLAS that splits the K sum into panels accumulates them onto the bias (MKL on
+    AVX-512 does past K = 384), which rounds differently; such shapes keep ``addmm``. Found once per
+    (shape, threads) by a probe of 4 and 64 binary rows."""
+    key = (tuple(weight.shape), torch.get_num_threads())
+    ok = _FOLDS.get(key)
+    if ok is None:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(0)
+            w, b = weight.detach(), bias.detach()
+            ok = all(torch.equal(torch.addmm(b, h, w.t()), torch.mm(h, w.t()) + b)
+                     for h in ((torch.rand(rows, w.shape[1], generator=g) < 0.5).float() for rows in (4, 64)))
+        _FOLDS[key] = ok
+    return ok
 
 
 class CpuEngine(LayerEngine):
@@ -77,7 +103,6 @@ class CpuEngine(LayerEngine):
         block = min(self.SAMPLE_BLOCK, n_al)
         bufs = [cpu.advise_huge_pages(torch.empty((block, d), dtype=torch.float32)) for d in widths[:-1]]
         scratch = cpu.advise_huge_pages(torch.empty(block * max(widths), dtype=torch.float32))  # each layer's logits
-        lp_buf = torch.empty(block, dtype=torch.float32)
         prior = m.p_top.logits.detach().to(torch.float32)
         for r0 in range(0, n_al, block):
             r = min(block, n_al - r0)
@@ -90,11 +115,9 @@ class CpuEngine(LayerEngine):
                     dst = hidden[-1 - i][r0:r0 + r]
                 else:
                     dst = bufs[i][:r] if not last else torch.empty((r, d), dtype=torch.float32)
-                a = prior.expand(r, d).contiguous() if i == 0 else layer_logits_into(layer, h, scratch)
-                cpu.sample(a, seed, draw_offset(offset, i, a0 + r0, d), want_lp=want_lp, out=dst,
-                           lp_out=lp_buf[:r] if want_lp else None)
-                if want_lp:
-                    log_p[r0:r0 + r] += lp_buf[:r]
+                a, bias = (prior.expand(r, d).contiguous(), None) if i == 0 else layer_logits_into(layer, h, scratch)
+                cpu.sample(a, seed, draw_offset(offset, i, a0 + r0, d), want_lp=want_lp, out=dst, bias=bias,
+                           lp_out=log_p[r0:r0 + r] if want_lp else None, lp_add=want_lp)
                 if last and not native:
                     x[r0:r0 + r] = dst
                 elif not last and return_hidden and dst.data_ptr() != hidden[-1 - i][r0:r0 + r].data_ptr():
@@ -144,25 +167,21 @@ class CpuEngine(LayerEngine):
         block = min(self.SAMPLE_BLOCK, rows)
         bufs = [cpu.advise_huge_pages(torch.empty((block, d), dtype=torch.float32)) for d in m.sizes[1:]]
         scratch = cpu.advise_huge_pages(torch.empty(block * max(m.sizes), dtype=torch.float32))  # each layer's logits
-        lp = torch.empty(block, dtype=torch.float32)
         for r0 in range(0, rows, block):
             r = min(block, rows - r0)
             b = torch.arange(row_start + r0, row_start + r0 + r) // k - x_row0 - b_lo
             states = [x_u8[b]]
             for l in range(L):
-                a = a1_points[b] if l == 0 else layer_logits_into(m.q_layers[l], states[-1], scratch)
+                a, bias = (a1_points[b], None) if l == 0 else layer_logits_into(m.q_layers[l], states[-1], scratch)
                 cpu.sample(a, seed, draw_offset(offset, l, row_start + r0, m.sizes[l + 1]), out=bufs[l][:r],
-                           lp_out=lp[:r])
+                           bias=bias, lp_out=log_q[r0:r0 + r], lp_add=l > 0)
                 states.append(bufs[l][:r])
-                if l == 0:
-                    log_q[r0:r0 + r] = lp[:r]
-                else:
-                    log_q[r0:r0 + r] += lp[:r]
             # log p(x, h) in log_p_joint's order: the prior, then p(h_l | h_{l+1}) for l = 0 … L − 1
-            log_p[r0:r0 + r] = cpu.score(prior.expand(r, m.sizes[-1]).contiguous(), states[-1])[0]
+            cpu.score(prior.expand(r, m.sizes[-1]).contiguous(), states[-1], lp_out=log_p[r0:r0 + r])
             for l in range(L):
                 h_in = states[l + 1] if states[l + 1].dtype == torch.float32 else states[l + 1].float()
-                log_p[r0:r0 + r] += cpu.score(layer_logits_into(m.p_layers[l], h_in, scratch), states[l])[0]
+                a, bias = layer_logits_into(m.p_layers[l], h_in, scratch)
+                cpu.score(a, states[l], bias=bias, lp_out=log_p[r0:r0 + r], lp_add=True)
         return log_p.to(m.dtype), log_q.to(m.dtype)
 
     def gibbs_hidden(self, states, l, k, paper, stream):

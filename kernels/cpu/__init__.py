@@ -42,14 +42,14 @@ __all__ = ["available", "unavailable_reason", "library_path", "threading_mode", 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bihm_cpu.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-std=gnu99",
           "-Wall", "-Werror=incompatible-pointer-types"]
-_ABI = 2
+_ABI = 3
 #: Extra flags tried in order until one builds: OpenMP where the compiler has it (the launcher then runs the pass on
 #: torch's own threads), 512-bit vectors where the CPU has them (GCC keeps to 256 bits on AVX-512 CPUs by default;
 #: the passes gain 20-25 %, bench/RESULTS.md), -march=native where the compiler knows it. Every choice gives the
 #: same bits: no fused multiply-adds, no reassociation.
 _ATTEMPTS = (["-mprefer-vector-width=512", "-march=native", "-fopenmp"], ["-march=native", "-fopenmp"],
              ["-march=native"], ["-fopenmp"], [])
-_WANT_LP, _WANT_D, _X_U8 = 1, 2, 4
+_WANT_LP, _WANT_D, _X_U8, _LP_ADD = 1, 2, 4, 8
 #: Elements of a layer below which the pass runs on the calling thread only.
 PARALLEL_MIN = 1 << 15
 
@@ -167,11 +167,11 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     if lib.bihm_abi_version() != _ABI:
         return None, f"{path} has another ABI version"
     p, i64, u64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64, ctypes.c_int
-    lib.bihm_sample.argtypes = [p, p, p, p, i64, i64, u64, u64, i32, i64, i64]
-    lib.bihm_score.argtypes = [p, p, p, p, i64, i64, i32, i64, i64]
+    lib.bihm_sample.argtypes = [p, p, p, p, p, i64, i64, u64, u64, i32, i64, i64]
+    lib.bihm_score.argtypes = [p, p, p, p, p, i64, i64, i32, i64, i64]
     lib.bihm_uniform.argtypes = [p, i64, i64, u64, u64, i64, i64]
-    lib.bihm_sample_mt.argtypes = [p, p, p, p, i64, i64, u64, u64, i32, i32]
-    lib.bihm_score_mt.argtypes = [p, p, p, p, i64, i64, i32, i32]
+    lib.bihm_sample_mt.argtypes = [p, p, p, p, p, i64, i64, u64, u64, i32, i32]
+    lib.bihm_score_mt.argtypes = [p, p, p, p, p, i64, i64, i32, i32]
     lib.bihm_uniform_mt.argtypes = [p, i64, i64, u64, u64, i32]
     for fn in (lib.bihm_sample, lib.bihm_score, lib.bihm_uniform, lib.bihm_sample_mt, lib.bihm_score_mt,
                lib.bihm_uniform_mt):
@@ -285,23 +285,34 @@ def _check_logits(a: torch.Tensor) -> None:
                          f"{tuple(a.shape)} on {a.device}")
 
 
+def _check_bias(bias: torch.Tensor | None, M: int) -> None:
+    if bias is not None and (tuple(bias.shape) != (M,) or bias.dtype != torch.float32 or not bias.is_contiguous()
+                             or bias.device.type != "cpu"):
+        raise ValueError(f"bias must be a contiguous ({M},) float32 CPU tensor, got {bias.dtype} {tuple(bias.shape)} "
+                         f"on {bias.device}")
+
+
 def _seed_int(seed) -> int:
     return int(seed.reshape(())) if isinstance(seed, torch.Tensor) else int(seed)
 
 
 def sample(a: torch.Tensor, seed, offset: int, *, out_dtype: torch.dtype = torch.float32, want_lp: bool = True,
-           want_d: bool = False, out: torch.Tensor | None = None, lp_out: torch.Tensor | None = None):
+           want_d: bool = False, out: torch.Tensor | None = None, lp_out: torch.Tensor | None = None,
+           bias: torch.Tensor | None = None, lp_add: bool = False):
     """Draw a layer given its logits: ``(x (R, M) out_dtype, lp (R,) float32 or None, d (R, M) float32 or None)``.
 
     ``x[r, j] = 1[u[r, j] < σ(a[r, j])]`` with the ``(seed, offset)`` uniforms of SPEC §5 (row 0 of ``a``
     starts a Philox row group), ``lp[r] = Σ_j x·a − softplus(a)`` (nats), ``d = x − σ(a)``. ``out`` (R, M)
     float32, uint8 or bool and ``lp_out`` (R,) float32, contiguous, receive x and lp instead of new tensors
-    (the blocked sampler reuses its buffers: a fresh large tensor costs a page fault per 4 KiB).
+    (the blocked sampler reuses its buffers: a fresh large tensor costs a page fault per 4 KiB). ``bias`` (M,)
+    float32: the logits are ``a + bias`` (``torch.mm`` then the pass, instead of ``addmm``'s copy of the broadcast
+    bias; the same bits as ``torch.mm(h, Wᵀ) + b``). ``lp_add``: lp is added to ``lp_out`` (a pass's running
+    log-likelihood) instead of written.
 
     Raises:
         RuntimeError: the CPU kernels are unavailable (see :func:`unavailable_reason`).
-        ValueError: logits that are not contiguous (R, M) float32 on the CPU, or an ``out``/``lp_out`` that does
-            not fit.
+        ValueError: logits that are not contiguous (R, M) float32 on the CPU, or an ``out``/``lp_out``/``bias``
+            that does not fit.
     """
     lib = _lib()
     if lib is None:
@@ -316,22 +327,29 @@ def sample(a: torch.Tensor, seed, offset: int, *, out_dtype: torch.dtype = torch
         out_dtype = out.dtype
     if lp_out is not None and (tuple(lp_out.shape) != (R,) or lp_out.dtype != torch.float32 or not lp_out.is_contiguous()):
         raise ValueError(f"lp_out must be a contiguous ({R},) float32 tensor, got {lp_out.dtype} {tuple(lp_out.shape)}")
+    if lp_add and (lp_out is None or not want_lp):
+        raise ValueError("lp_add needs want_lp and the lp_out to add to")
+    _check_bias(bias, M)
     native = out_dtype in (torch.float32, torch.uint8, torch.bool)
     x = out if out is not None else torch.empty((R, M), dtype=out_dtype if native else torch.float32)
     lp = (lp_out if lp_out is not None else torch.empty(R, dtype=torch.float32)) if want_lp else None
     d = torch.empty((R, M), dtype=torch.float32) if want_d else None
-    flags = (_WANT_LP if want_lp else 0) | (_WANT_D if want_d else 0) | (_X_U8 if x.dtype != torch.float32 else 0)
+    flags = (_WANT_LP if want_lp else 0) | (_WANT_D if want_d else 0) | (_X_U8 if x.dtype != torch.float32 else 0) | \
+        (_LP_ADD if lp_add else 0)
     if R and M:
-        _run_groups(lib.bihm_sample, -(-R // 4), R * M, a.data_ptr(), x.data_ptr(), lp.data_ptr() if want_lp else None,
-                    d.data_ptr() if want_d else None, R, M, _seed_int(seed), offset, flags, mt=lib.bihm_sample_mt)
-    elif want_lp:
+        _run_groups(lib.bihm_sample, -(-R // 4), R * M, a.data_ptr(), None if bias is None else bias.data_ptr(),
+                    x.data_ptr(), lp.data_ptr() if want_lp else None, d.data_ptr() if want_d else None, R, M,
+                    _seed_int(seed), offset, flags, mt=lib.bihm_sample_mt)
+    elif want_lp and not lp_add:
         lp.zero_()
     return (x if native else x.to(out_dtype)), lp, d
 
 
-def score(a: torch.Tensor, x: torch.Tensor, *, want_d: bool = False):
+def score(a: torch.Tensor, x: torch.Tensor, *, want_d: bool = False, bias: torch.Tensor | None = None,
+          lp_out: torch.Tensor | None = None, lp_add: bool = False):
     """Score given targets: ``(lp (R,) float32, d (R, M) float32 or None)`` for logits a (R, M) and binary x (R, M)
-    (read as ``x != 0``; float32, uint8 and bool natively, other dtypes converted)."""
+    (read as ``x != 0``; float32, uint8 and bool natively, other dtypes converted); ``bias``, ``lp_out`` and
+    ``lp_add`` as in :func:`sample`."""
     lib = _lib()
     if lib is None:
         raise RuntimeError(f"the CPU kernels are unavailable: {_state['info']}")
@@ -344,12 +362,19 @@ def score(a: torch.Tensor, x: torch.Tensor, *, want_d: bool = False):
     elif x.dtype not in (torch.float32, torch.uint8):
         x = (x != 0).view(torch.uint8)
     x = x.contiguous()
-    lp = torch.zeros(R, dtype=torch.float32)
+    if lp_out is not None and (tuple(lp_out.shape) != (R,) or lp_out.dtype != torch.float32 or not lp_out.is_contiguous()):
+        raise ValueError(f"lp_out must be a contiguous ({R},) float32 tensor, got {lp_out.dtype} {tuple(lp_out.shape)}")
+    if lp_add and lp_out is None:
+        raise ValueError("lp_add needs the lp_out to add to")
+    _check_bias(bias, M)
+    lp = lp_out if lp_out is not None else torch.zeros(R, dtype=torch.float32)
     d = torch.empty((R, M), dtype=torch.float32) if want_d else None
-    flags = (_WANT_D if want_d else 0) | (_X_U8 if x.dtype == torch.uint8 else 0)
+    flags = (_WANT_D if want_d else 0) | (_X_U8 if x.dtype == torch.uint8 else 0) | (_LP_ADD if lp_add else 0)
     if R and M:
-        _run_groups(lib.bihm_score, R, R * M, a.data_ptr(), x.data_ptr(), lp.data_ptr(),
-                    d.data_ptr() if want_d else None, R, M, flags, mt=lib.bihm_score_mt)
+        _run_groups(lib.bihm_score, R, R * M, a.data_ptr(), None if bias is None else bias.data_ptr(), x.data_ptr(),
+                    lp.data_ptr(), d.data_ptr() if want_d else None, R, M, flags, mt=lib.bihm_score_mt)
+    elif not lp_add:
+        lp.zero_()
     return lp, d
 
 

@@ -19,7 +19,7 @@
 
 #define BLK 256
 
-enum { WANT_LP = 1, WANT_D = 2, X_U8 = 4 };
+enum { WANT_LP = 1, WANT_D = 2, X_U8 = 4, LP_ADD = 8 };
 
 static inline float abs_f(float v) { return v < 0.0f ? -v : v; }
 
@@ -48,20 +48,20 @@ static inline float exp_nonpos(float x) {
 }
 
 /* log1p(e) for e in [0, 1]: e · P(e), P the degree-9 Chebyshev fit of log1p(e)/e on [0, 1] (float32 Horner:
- * < 2e-7 relative everywhere, as accurate as the atanh series it replaced, without its division). */
-static inline float log1p_unit(float e) {
-    float p = -3.256378480e-03f;
-    p = p * e + 1.990716095e-02f;
-    p = p * e - 5.706420081e-02f;
-    p = p * e + 1.061426469e-01f;
-    p = p * e - 1.531186310e-01f;
-    p = p * e + 1.967811726e-01f;
-    p = p * e - 2.495455887e-01f;
-    p = p * e + 3.333000404e-01f;
-    p = p * e - 4.999990399e-01f;
-    p = p * e + 9.999999954e-01f;
-    return e * p;
-}
+ * < 2e-7 relative everywhere, without a division). One macro for a float and a vector of floats. */
+#define LOG1P_UNIT(T, e)                                                                                   \
+    ({                                                                                                     \
+        T p_ = (e) * -3.256378480e-03f + 1.990716095e-02f;                                                 \
+        p_ = p_ * (e) - 5.706420081e-02f;                                                                  \
+        p_ = p_ * (e) + 1.061426469e-01f;                                                                  \
+        p_ = p_ * (e) - 1.531186310e-01f;                                                                  \
+        p_ = p_ * (e) + 1.967811726e-01f;                                                                  \
+        p_ = p_ * (e) - 2.495455887e-01f;                                                                  \
+        p_ = p_ * (e) + 3.333000404e-01f;                                                                  \
+        p_ = p_ * (e) - 4.999990399e-01f;                                                                  \
+        p_ = p_ * (e) + 9.999999954e-01f;                                                                  \
+        (e) * p_;                                                                                          \
+    })
 
 static inline float uniform_of(uint32_t w) { /* Triton's uint_to_uniform_float */
     int32_t i = (int32_t)w;
@@ -154,6 +154,8 @@ static void philox_block(uint64_t base, int n, uint32_t k0, uint32_t k1, float *
 }
 
 typedef float v8f __attribute__((vector_size(32)));
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
 
 static float sum_f32(const float *v, int n) {
     v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -168,14 +170,59 @@ static float sum_f32(const float *v, int n) {
     return s;
 }
 
-/* One row segment: x from u (draw) or from xin (score), its log-likelihood terms into lpbuf, d = x − σ(a).
+/* log of 16 lanes in [1, 2^127) (exponent · ln 2 + log1p of the mantissa, < 2e-7 relative); NaN stays NaN. */
+static inline v16f log_v16(v16f acc) {
+    v16i bits;
+    memcpy(&bits, &acc, 64);
+    v16i ex = (bits >> 23) - 127;
+    v16i mb = (bits & 0x007FFFFF) | 0x3F800000;
+    v16f m;
+    memcpy(&m, &mb, 64);
+    m -= 1.0f;
+    v16f lg = __builtin_convertvector(ex, v16f) * 0.693147180559945309f + LOG1P_UNIT(v16f, m);
+    v16i keep = acc == acc; /* NaN factors: the lane keeps its NaN */
+    lg = (v16f)((keep & (v16i)lg) | (~keep & (v16i)acc));
+    return lg;
+}
+
+/* Σ_j log(v_j) for v_j in [1, 2] and n <= 2032 (at most 127 factors a lane: the products stay below 2^127):
+ * 16 lane-wise products, then one log per lane (exponent · ln 2 + log1p of the mantissa). Softplus sums this way
+ * cost a multiply per element instead of a log1p polynomial. NaN factors give NaN. */
+static float sum_log_f32(const float *v, int n) {
+    v16f acc = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        v16f t;
+        memcpy(&t, v + j, 64);
+        acc *= t;
+    }
+    if (j < n) {
+        float tail[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        memcpy(tail, v + j, (size_t)(n - j) * 4);
+        v16f t;
+        memcpy(&t, tail, 64);
+        acc *= t;
+    }
+    v16f lg = log_v16(acc);
+    v8f lo, hi;
+    memcpy(&lo, &lg, 32);
+    memcpy(&hi, (char *)&lg + 32, 32);
+    lo += hi;
+    float s = ((lo[0] + lo[4]) + (lo[1] + lo[5])) + ((lo[2] + lo[6]) + (lo[3] + lo[7]));
+    return s;
+}
+
+/* One row segment: x from u (draw) or from xin (score), its log-likelihood's terms into lpbuf and pbuf
+ * (log σ(±a) = −(max(∓a, 0) + log(1 + e)), e = exp(−|a|): max(∓a, 0) into lpbuf, 1 + e into pbuf, summed and
+ * log-summed per row by the caller), d = x − σ(a).
  * The variants are separate loops so that each vectorizes without a branch inside. */
 #define ROW_LOOP(NAME, XIN_T, XOUT_T, GET_X, PUT_X, DO_LP, DO_D)                                             \
     static void NAME(const float *restrict a, const float *restrict u, const void *restrict xin_,          \
-                     void *restrict xout_, float *restrict lpbuf, float *restrict d, int n) {              \
+                     void *restrict xout_, float *restrict lpbuf, float *restrict pbuf, float *restrict d,      \
+                     int n) {              \
         const XIN_T *restrict xin = (const XIN_T *)xin_;                                                   \
         XOUT_T *restrict xout = (XOUT_T *)xout_;                                                           \
-        (void)u; (void)xin; (void)xout; (void)lpbuf; (void)d;                                             \
+        (void)u; (void)xin; (void)xout; (void)lpbuf; (void)pbuf; (void)d;                                \
         for (int j = 0; j < n; j++) {                                                                      \
             float aj = a[j];                                                                               \
             float e = exp_nonpos(-abs_f(aj));                                                              \
@@ -184,7 +231,8 @@ static float sum_f32(const float *v, int n) {
             PUT_X;                                                                                         \
             if (DO_LP) {                                                                                   \
                 float z = xi ? -aj : aj;                                                                   \
-                lpbuf[j] = -((z > 0.0f ? z : 0.0f) + log1p_unit(e));                                       \
+                lpbuf[j] = z > 0.0f ? z : 0.0f;                                                             \
+                pbuf[j] = 1.0f + e;                                                                        \
             }                                                                                              \
             if (DO_D) d[j] = (xi ? 1.0f : 0.0f) - sig;                                                     \
         }                                                                                                  \
@@ -206,21 +254,85 @@ SAMPLE_VARIANTS(u8, uint8_t, 1, 0)
 SCORE_VARIANTS(f32, float)
 SCORE_VARIANTS(u8, uint8_t)
 
-typedef void (*row_fn)(const float *, const float *, const void *, void *, float *, float *, int);
+typedef void (*row_fn)(const float *, const float *, const void *, void *, float *, float *, float *, int);
+
+/* Π_j v_j for v_j in [1, 2] and n <= 126 (below 2^127): 16 lane products, then the lanes in a fixed tree. */
+static float prod_f32(const float *v, int n) {
+    v16f acc = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        v16f t;
+        memcpy(&t, v + j, 64);
+        acc *= t;
+    }
+    if (j < n) {
+        float tail[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        memcpy(tail, v + j, (size_t)(n - j) * 4);
+        v16f t;
+        memcpy(&t, tail, 64);
+        acc *= t;
+    }
+    v8f lo, hi;
+    memcpy(&lo, &acc, 32);
+    memcpy(&hi, (char *)&acc + 32, 32);
+    lo *= hi;
+    return ((lo[0] * lo[4]) * (lo[1] * lo[5])) * ((lo[2] * lo[6]) * (lo[3] * lo[7]));
+}
+
+/* The row log-likelihoods of `rows` rows of width M laid out one after another in zbuf (max(∓a, 0)) and pbuf
+ * (1 + e): lp[i] = −(Σ z + Σ log(1 + e)). Rows of up to 126 terms take one product a row and one log per row, 16
+ * rows at a time; wider rows a log per lane (sum_log_f32). With add, lp[i] += the value (a pass's running sum). */
+#define ROW_PROD_MAX 126
+static void rows_lp(const float *zbuf, const float *pbuf, int64_t rows, int64_t M, float *lp, int add) {
+    if (M > ROW_PROD_MAX) {
+        for (int64_t i = 0; i < rows; i++) {
+            float v = -(sum_f32(zbuf + i * M, (int)M) + sum_log_f32(pbuf + i * M, (int)M));
+            lp[i] = add ? lp[i] + v : v;
+        }
+        return;
+    }
+    for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+        float pr[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        int n = (int)((rows - i0) < 16 ? (rows - i0) : 16);
+        for (int i = 0; i < n; i++) pr[i] = prod_f32(pbuf + (i0 + i) * M, (int)M);
+        v16f p;
+        memcpy(&p, pr, 64);
+        v16f lg = log_v16(p);
+        for (int i = 0; i < n; i++) {
+            float v = -(sum_f32(zbuf + (i0 + i) * M, (int)M) + lg[i]);
+            lp[i0 + i] = add ? lp[i0 + i] + v : v;
+        }
+    }
+}
+
+static inline float row_lp(const float *zbuf, const float *pbuf, int n) { return -(sum_f32(zbuf, n) + sum_log_f32(pbuf, n)); }
+
+/* The logits a + bias of `rows` rows of n columns (row stride M, columns j0 … j0 + n − 1) into tmp (stride n), or a
+ * itself without a bias: the matmul's bias added here costs an add in L1 instead of BLAS's copy of the broadcast
+ * bias into the whole output before a beta = 1 product. fl(a + b), the bits of torch.mm(h, Wᵀ) + b. */
+static inline const float *biased(const float *a, const float *bias, float *tmp, int64_t rows, int64_t M, int64_t j0,
+                                  int n) {
+    if (!bias) return a;
+    for (int64_t i = 0; i < rows; i++)
+        for (int k = 0; k < n; k++) tmp[i * n + k] = a[i * M + k] + bias[j0 + k];
+    return tmp;
+}
 
 /* Draw rows [4·g0, min(R, 4·g1)) of an (R, M) layer: x (R, M) float32 or uint8 (flags & X_U8), lp (R,)
- * (flags & WANT_LP), d (R, M) (flags & WANT_D); a, x, d contiguous.
+ * (flags & WANT_LP; added to lp with flags & LP_ADD), d (R, M) (flags & WANT_D); a, x, d contiguous; bias (M,) or
+ * NULL is added to the logits.
  * Wide layers (M >= BLK) go group by group in column blocks. Narrow layers take several row groups at once:
  * their counters are contiguous (group g, column j reads counter offset + g·M + j), so one Philox block covers
  * them, its four outputs are laid out row by row, and the elementwise pass runs over the rows as one long,
  * vectorized range (a 10-unit layer would otherwise run its loops 10 elements at a time). Same bits either way. */
-void bihm_sample(const float *a, void *x, float *lp, float *d, int64_t R, int64_t M, uint64_t seed, uint64_t offset,
-                 int flags, int64_t g0, int64_t g1) {
+void bihm_sample(const float *a, const float *bias, void *x, float *lp, float *d, int64_t R, int64_t M, uint64_t seed,
+                 uint64_t offset, int flags, int64_t g0, int64_t g1) {
     static const row_fn fns[2][4] = {{draw_f32, draw_lp_f32, draw_d_f32, draw_lp_d_f32},
                                      {draw_u8, draw_lp_u8, draw_d_u8, draw_lp_d_u8}};
     row_fn fn = fns[(flags & X_U8) ? 1 : 0][flags & (WANT_LP | WANT_D)];
     size_t xsize = (flags & X_U8) ? 1 : 4;
-    float u[4][BLK], buf[4 * BLK], rows_u[4 * BLK];
+    float u[4][BLK], buf[4 * BLK], pbuf[4 * BLK], rows_u[4 * BLK], tmp[4 * BLK];
+    int add = (flags & LP_ADD) != 0;
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     if (M < BLK) {
         int64_t per = BLK / M; /* row groups per Philox block */
@@ -230,9 +342,10 @@ void bihm_sample(const float *a, void *x, float *lp, float *d, int64_t R, int64_
             philox_block(offset + (uint64_t)(g * M), (int)(G * M), k0, k1, u[0], u[1], u[2], u[3]);
             for (int64_t i = 0; i < rows; i++) memcpy(rows_u + i * M, u[i % 4] + (i / 4) * M, (size_t)M * 4);
             int64_t o = 4 * g * M;
-            fn(a + o, rows_u, NULL, (char *)x + o * xsize, buf, d ? d + o : NULL, (int)(rows * M));
+            fn(biased(a + o, bias, tmp, rows, M, 0, (int)M), rows_u, NULL, (char *)x + o * xsize, buf, pbuf,
+               d ? d + o : NULL, (int)(rows * M));
             if (flags & WANT_LP)
-                for (int64_t i = 0; i < rows; i++) lp[4 * g + i] = sum_f32(buf + i * M, (int)M);
+                rows_lp(buf, pbuf, rows, M, lp + 4 * g, add);
         }
         return;
     }
@@ -245,31 +358,34 @@ void bihm_sample(const float *a, void *x, float *lp, float *d, int64_t R, int64_
                 int64_t r = 4 * g + l;
                 if (r >= R) break;
                 int64_t o = r * M + j0;
-                fn(a + o, u[l], NULL, (char *)x + o * xsize, buf, d ? d + o : NULL, n);
-                if (flags & WANT_LP) acc[l] += sum_f32(buf, n);
+                fn(biased(a + o, bias, tmp, 1, M, j0, n), u[l], NULL, (char *)x + o * xsize, buf, pbuf, d ? d + o : NULL, n);
+                if (flags & WANT_LP) acc[l] += row_lp(buf, pbuf, n);
             }
         }
         if (flags & WANT_LP)
-            for (int l = 0; l < 4 && 4 * g + l < R; l++) lp[4 * g + l] = acc[l];
+            for (int l = 0; l < 4 && 4 * g + l < R; l++) lp[4 * g + l] = add ? lp[4 * g + l] + acc[l] : acc[l];
     }
 }
 
-/* Score rows [r0, r1) given targets x (float32, or uint8/bool with flags & X_U8): lp (R,), d (flags & WANT_D).
+/* Score rows [r0, r1) given targets x (float32, or uint8/bool with flags & X_U8): lp (R,) (added with flags & LP_ADD),
+ * d (flags & WANT_D); bias (M,) or NULL added to the logits.
  * Narrow layers run several rows as one elementwise range (as in bihm_sample). */
-void bihm_score(const float *a, const void *x, float *lp, float *d, int64_t R, int64_t M, int flags, int64_t r0,
-                int64_t r1) {
+void bihm_score(const float *a, const float *bias, const void *x, float *lp, float *d, int64_t R, int64_t M, int flags,
+                int64_t r0, int64_t r1) {
     static const row_fn fns[2][2] = {{score_lp_f32, score_lp_d_f32}, {score_lp_u8, score_lp_d_u8}};
     row_fn fn = fns[(flags & X_U8) ? 1 : 0][(flags & WANT_D) ? 1 : 0];
     size_t xsize = (flags & X_U8) ? 1 : 4;
-    float buf[4 * BLK];
+    float buf[4 * BLK], pbuf[4 * BLK], tmp[4 * BLK];
+    int add = (flags & LP_ADD) != 0;
     (void)R;
     if (M < BLK) {
         int64_t per = 4 * BLK / M;
         for (int64_t r = r0; r < r1; r += per) {
             int64_t rows = (r1 - r) < per ? (r1 - r) : per;
             int64_t o = r * M;
-            fn(a + o, NULL, (const char *)x + o * xsize, NULL, buf, d ? d + o : NULL, (int)(rows * M));
-            for (int64_t i = 0; i < rows; i++) lp[r + i] = sum_f32(buf + i * M, (int)M);
+            fn(biased(a + o, bias, tmp, rows, M, 0, (int)M), NULL, (const char *)x + o * xsize, NULL, buf, pbuf,
+               d ? d + o : NULL, (int)(rows * M));
+            rows_lp(buf, pbuf, rows, M, lp + r, add);
         }
         return;
     }
@@ -278,10 +394,10 @@ void bihm_score(const float *a, const void *x, float *lp, float *d, int64_t R, i
         for (int64_t j0 = 0; j0 < M; j0 += BLK) {
             int n = (int)((M - j0) < BLK ? (M - j0) : BLK);
             int64_t o = r * M + j0;
-            fn(a + o, NULL, (const char *)x + o * xsize, NULL, buf, d ? d + o : NULL, n);
-            acc += sum_f32(buf, n);
+            fn(biased(a + o, bias, tmp, 1, M, j0, n), NULL, (const char *)x + o * xsize, NULL, buf, pbuf, d ? d + o : NULL, n);
+            acc += row_lp(buf, pbuf, n);
         }
-        lp[r] = acc;
+        lp[r] = add ? lp[r] + acc : acc;
     }
 }
 
@@ -320,13 +436,14 @@ int bihm_openmp(void) { return 1; }
 int bihm_openmp(void) { return 0; }
 #endif
 
-void bihm_sample_mt(const float *a, void *x, float *lp, float *d, int64_t R, int64_t M, uint64_t seed,
+void bihm_sample_mt(const float *a, const float *bias, void *x, float *lp, float *d, int64_t R, int64_t M, uint64_t seed,
                     uint64_t offset, int flags, int nthreads) {
-    SPLIT((R + 3) / 4, bihm_sample(a, x, lp, d, R, M, seed, offset, flags, lo, hi))
+    SPLIT((R + 3) / 4, bihm_sample(a, bias, x, lp, d, R, M, seed, offset, flags, lo, hi))
 }
 
-void bihm_score_mt(const float *a, const void *x, float *lp, float *d, int64_t R, int64_t M, int flags, int nthreads) {
-    SPLIT(R, bihm_score(a, x, lp, d, R, M, flags, lo, hi))
+void bihm_score_mt(const float *a, const float *bias, const void *x, float *lp, float *d, int64_t R, int64_t M, int flags,
+                   int nthreads) {
+    SPLIT(R, bihm_score(a, bias, x, lp, d, R, M, flags, lo, hi))
 }
 
 void bihm_uniform_mt(float *out, int64_t R, int64_t M, uint64_t seed, uint64_t offset, int nthreads) {
@@ -334,4 +451,4 @@ void bihm_uniform_mt(float *out, int64_t R, int64_t M, uint64_t seed, uint64_t o
 }
 
 /* The build's own check: the library and the launcher agree on the ABI. */
-int bihm_abi_version(void) { return 2; }
+int bihm_abi_version(void) { return 3; }
