@@ -30,12 +30,26 @@ def layer_logits_into(layer, h: torch.Tensor, scratch: torch.Tensor) -> tuple[to
     costs page faults). Where this BLAS gives ``addmm``'s bits from ``mm`` + bias for the layer's shape
     (:func:`bias_folds`), ``a`` is ``h·Wᵀ`` and the fused pass adds the bias (``addmm`` would first copy the
     broadcast bias into the whole output). Weight-normalized and MLP layers return a new tensor and None."""
-    if type(layer) is StochasticLayer and layer.weight.dtype == torch.float32 and h.dtype == torch.float32:
-        out = scratch[:h.shape[0] * layer.weight.shape[0]].view(h.shape[0], layer.weight.shape[0])
-        if bias_folds(layer.weight, layer.bias):
-            return torch.mm(h, layer.weight.t(), out=out), layer.bias.detach()
-        return torch.addmm(layer.bias, h, layer.weight.t(), out=out), None
-    return layer_logits(layer, h), None
+    return _BlockLogits(layer)(h, scratch)
+
+
+class _BlockLogits:
+    """:func:`layer_logits_into` of one layer, its weights, bias and fold looked up once for all the blocks of a
+    call (the per-block Python cost is a third of a small block's time)."""
+
+    def __init__(self, layer):
+        self.layer, self.wt = layer, None
+        if type(layer) is StochasticLayer and layer.weight.dtype == torch.float32:
+            w, self.b = layer.weight.detach(), layer.bias.detach()
+            self.wt, self.fold, self.M = w.t(), bias_folds(w, self.b), w.shape[0]
+
+    def __call__(self, h: torch.Tensor, scratch: torch.Tensor):
+        if self.wt is None or h.dtype != torch.float32:
+            return layer_logits(self.layer, h), None
+        out = scratch[:h.shape[0] * self.M].view(h.shape[0], self.M)
+        if self.fold:
+            return torch.mm(h, self.wt, out=out), self.b
+        return torch.addmm(self.b, h, self.wt, out=out), None
 
 
 _FOLDS: dict = {}
@@ -94,7 +108,7 @@ class CpuEngine(LayerEngine):
         a0, s = aligned_start(row_start)
         n_al = n + s  # an unaligned start: the s rows before it in its Philox row group are drawn, then dropped
         widths = m.sizes[::-1]  # the prior h_L first, x last
-        layers = [m.p_top, *list(m.p_layers._modules.values())[::-1]]
+        logits = [None, *(_BlockLogits(layer) for layer in list(m.p_layers._modules.values())[::-1])]
         native = out_dtype in (torch.float32, torch.uint8, torch.bool)
         x = cpu.advise_huge_pages(torch.empty((n_al, m.sizes[0]), dtype=out_dtype))
         hidden = [cpu.advise_huge_pages(torch.empty((n_al, d), dtype=out_dtype)) for d in m.sizes[1:]] \
@@ -106,8 +120,8 @@ class CpuEngine(LayerEngine):
         prior = m.p_top.logits.detach().to(torch.float32)
         for r0 in range(0, n_al, block):
             r = min(block, n_al - r0)
-            h = None
-            for i, (layer, d) in enumerate(zip(layers, widths)):
+            h, lp_rows = None, log_p[r0:r0 + r] if want_lp else None
+            for i, d in enumerate(widths):
                 last = i == len(widths) - 1
                 if last and native:
                     dst = x[r0:r0 + r]
@@ -115,9 +129,9 @@ class CpuEngine(LayerEngine):
                     dst = hidden[-1 - i][r0:r0 + r]
                 else:
                     dst = bufs[i][:r] if not last else torch.empty((r, d), dtype=torch.float32)
-                a, bias = (prior.expand(r, d).contiguous(), None) if i == 0 else layer_logits_into(layer, h, scratch)
+                a, bias = (prior.expand(r, d).contiguous(), None) if i == 0 else logits[i](h, scratch)
                 cpu.sample(a, seed, draw_offset(offset, i, a0 + r0, d), want_lp=want_lp, out=dst, bias=bias,
-                           lp_out=log_p[r0:r0 + r] if want_lp else None, lp_add=want_lp)
+                           lp_out=lp_rows, lp_add=want_lp)
                 if last and not native:
                     x[r0:r0 + r] = dst
                 elif not last and return_hidden and dst.data_ptr() != hidden[-1 - i][r0:r0 + r].data_ptr():
@@ -167,21 +181,23 @@ class CpuEngine(LayerEngine):
         block = min(self.SAMPLE_BLOCK, rows)
         bufs = [cpu.advise_huge_pages(torch.empty((block, d), dtype=torch.float32)) for d in m.sizes[1:]]
         scratch = cpu.advise_huge_pages(torch.empty(block * max(m.sizes), dtype=torch.float32))  # each layer's logits
+        q_logits = [None, *(_BlockLogits(m.q_layers[l]) for l in range(1, L))]
+        p_logits = [_BlockLogits(m.p_layers[l]) for l in range(L)]
         for r0 in range(0, rows, block):
             r = min(block, rows - r0)
             b = torch.arange(row_start + r0, row_start + r0 + r) // k - x_row0 - b_lo
-            states = [x_u8[b]]
+            states, lq, lp = [x_u8[b]], log_q[r0:r0 + r], log_p[r0:r0 + r]
             for l in range(L):
-                a, bias = (a1_points[b], None) if l == 0 else layer_logits_into(m.q_layers[l], states[-1], scratch)
+                a, bias = (a1_points[b], None) if l == 0 else q_logits[l](states[-1], scratch)
                 cpu.sample(a, seed, draw_offset(offset, l, row_start + r0, m.sizes[l + 1]), out=bufs[l][:r],
-                           bias=bias, lp_out=log_q[r0:r0 + r], lp_add=l > 0)
+                           bias=bias, lp_out=lq, lp_add=l > 0)
                 states.append(bufs[l][:r])
             # log p(x, h) in log_p_joint's order: the prior, then p(h_l | h_{l+1}) for l = 0 … L − 1
-            cpu.score(prior.expand(r, m.sizes[-1]).contiguous(), states[-1], lp_out=log_p[r0:r0 + r])
+            cpu.score(prior.expand(r, m.sizes[-1]).contiguous(), states[-1], lp_out=lp)
             for l in range(L):
                 h_in = states[l + 1] if states[l + 1].dtype == torch.float32 else states[l + 1].float()
-                a, bias = layer_logits_into(m.p_layers[l], h_in, scratch)
-                cpu.score(a, states[l], bias=bias, lp_out=log_p[r0:r0 + r], lp_add=True)
+                a, bias = p_logits[l](h_in, scratch)
+                cpu.score(a, states[l], bias=bias, lp_out=lp, lp_add=True)
         return log_p.to(m.dtype), log_q.to(m.dtype)
 
     def gibbs_hidden(self, states, l, k, paper, stream):

@@ -157,19 +157,6 @@ typedef float v8f __attribute__((vector_size(32)));
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 
-static float sum_f32(const float *v, int n) {
-    v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
-    int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        v8f t;
-        memcpy(&t, v + j, 32);
-        acc += t;
-    }
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; j < n; j++) s += v[j];
-    return s;
-}
-
 /* log of 16 lanes in [1, 2^127) (exponent · ln 2 + log1p of the mantissa, < 2e-7 relative); NaN stays NaN. */
 static inline v16f log_v16(v16f acc) {
     v16i bits;
@@ -185,31 +172,44 @@ static inline v16f log_v16(v16f acc) {
     return lg;
 }
 
-/* Σ_j log(v_j) for v_j in [1, 2] and n <= 2032 (at most 127 factors a lane: the products stay below 2^127):
- * 16 lane-wise products, then one log per lane (exponent · ln 2 + log1p of the mantissa). Softplus sums this way
- * cost a multiply per element instead of a log1p polynomial. NaN factors give NaN. */
-static float sum_log_f32(const float *v, int n) {
-    v16f acc = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+static inline float hsum16(v16f v) {
+    v8f lo, hi;
+    memcpy(&lo, &v, 32);
+    memcpy(&hi, (char *)&v + 32, 32);
+    lo += hi;
+    return ((lo[0] + lo[4]) + (lo[1] + lo[5])) + ((lo[2] + lo[6]) + (lo[3] + lo[7]));
+}
+
+static inline float hprod16(v16f v) {
+    v8f lo, hi;
+    memcpy(&lo, &v, 32);
+    memcpy(&hi, (char *)&v + 32, 32);
+    lo *= hi;
+    return ((lo[0] * lo[4]) * (lo[1] * lo[5])) * ((lo[2] * lo[6]) * (lo[3] * lo[7]));
+}
+
+/* Over one row's n terms: Σ z (returned) and the 16 lane products of p (*prod). A row's last partial vector is read
+ * whole (the buffers carry 16 floats of padding past their end) and its lanes past n replaced by 0 and 1. */
+static inline float row_sums(const float *z, const float *p, int n, v16f *prod) {
+    const v16f zero = {0}, one = zero + 1.0f;
+    const v16i iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    v16f zs = zero, pr = one, t, u;
     int j = 0;
     for (; j + 16 <= n; j += 16) {
-        v16f t;
-        memcpy(&t, v + j, 64);
-        acc *= t;
+        memcpy(&t, z + j, 64);
+        memcpy(&u, p + j, 64);
+        zs += t;
+        pr *= u;
     }
     if (j < n) {
-        float tail[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-        memcpy(tail, v + j, (size_t)(n - j) * 4);
-        v16f t;
-        memcpy(&t, tail, 64);
-        acc *= t;
+        memcpy(&t, z + j, 64);
+        memcpy(&u, p + j, 64);
+        v16i in = iota < (n - j);
+        zs += (v16f)(in & (v16i)t);
+        pr *= (v16f)((in & (v16i)u) | (~in & (v16i)one));
     }
-    v16f lg = log_v16(acc);
-    v8f lo, hi;
-    memcpy(&lo, &lg, 32);
-    memcpy(&hi, (char *)&lg + 32, 32);
-    lo += hi;
-    float s = ((lo[0] + lo[4]) + (lo[1] + lo[5])) + ((lo[2] + lo[6]) + (lo[3] + lo[7]));
-    return s;
+    *prod = pr;
+    return hsum16(zs);
 }
 
 /* One row segment: x from u (draw) or from xin (score), its log-likelihood's terms into lpbuf and pbuf
@@ -256,56 +256,37 @@ SCORE_VARIANTS(u8, uint8_t)
 
 typedef void (*row_fn)(const float *, const float *, const void *, void *, float *, float *, float *, int);
 
-/* Π_j v_j for v_j in [1, 2] and n <= 126 (below 2^127): 16 lane products, then the lanes in a fixed tree. */
-static float prod_f32(const float *v, int n) {
-    v16f acc = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-    int j = 0;
-    for (; j + 16 <= n; j += 16) {
-        v16f t;
-        memcpy(&t, v + j, 64);
-        acc *= t;
-    }
-    if (j < n) {
-        float tail[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-        memcpy(tail, v + j, (size_t)(n - j) * 4);
-        v16f t;
-        memcpy(&t, tail, 64);
-        acc *= t;
-    }
-    v8f lo, hi;
-    memcpy(&lo, &acc, 32);
-    memcpy(&hi, (char *)&acc + 32, 32);
-    lo *= hi;
-    return ((lo[0] * lo[4]) * (lo[1] * lo[5])) * ((lo[2] * lo[6]) * (lo[3] * lo[7]));
-}
-
 /* The row log-likelihoods of `rows` rows of width M laid out one after another in zbuf (max(∓a, 0)) and pbuf
- * (1 + e): lp[i] = −(Σ z + Σ log(1 + e)). Rows of up to 126 terms take one product a row and one log per row, 16
- * rows at a time; wider rows a log per lane (sum_log_f32). With add, lp[i] += the value (a pass's running sum). */
+ * (1 + e, in [1, 2]): lp[i] = −(Σ z + Σ log(1 + e)), the second as logs of products (a multiply per element instead of
+ * a log1p polynomial; float32-accurate). Rows of up to 126 terms: one product a row (below 2^127), one log per row,
+ * 16 rows at a time; wider rows (at most 2032): a log per lane. With add, lp[i] += the value (a running sum). */
 #define ROW_PROD_MAX 126
 static void rows_lp(const float *zbuf, const float *pbuf, int64_t rows, int64_t M, float *lp, int add) {
+    v16f pr;
     if (M > ROW_PROD_MAX) {
         for (int64_t i = 0; i < rows; i++) {
-            float v = -(sum_f32(zbuf + i * M, (int)M) + sum_log_f32(pbuf + i * M, (int)M));
+            float zs = row_sums(zbuf + i * M, pbuf + i * M, (int)M, &pr);
+            float v = -(zs + hsum16(log_v16(pr)));
             lp[i] = add ? lp[i] + v : v;
         }
         return;
     }
     for (int64_t i0 = 0; i0 < rows; i0 += 16) {
-        float pr[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        float zs[16], pp[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
         int n = (int)((rows - i0) < 16 ? (rows - i0) : 16);
-        for (int i = 0; i < n; i++) pr[i] = prod_f32(pbuf + (i0 + i) * M, (int)M);
-        v16f p;
-        memcpy(&p, pr, 64);
-        v16f lg = log_v16(p);
         for (int i = 0; i < n; i++) {
-            float v = -(sum_f32(zbuf + (i0 + i) * M, (int)M) + lg[i]);
+            zs[i] = row_sums(zbuf + (i0 + i) * M, pbuf + (i0 + i) * M, (int)M, &pr);
+            pp[i] = hprod16(pr);
+        }
+        v16f pv;
+        memcpy(&pv, pp, 64);
+        v16f lg = log_v16(pv);
+        for (int i = 0; i < n; i++) {
+            float v = -(zs[i] + lg[i]);
             lp[i0 + i] = add ? lp[i0 + i] + v : v;
         }
     }
 }
-
-static inline float row_lp(const float *zbuf, const float *pbuf, int n) { return -(sum_f32(zbuf, n) + sum_log_f32(pbuf, n)); }
 
 /* The logits a + bias of `rows` rows of n columns (row stride M, columns j0 … j0 + n − 1) into tmp (stride n), or a
  * itself without a bias: the matmul's bias added here costs an add in L1 instead of BLAS's copy of the broadcast
@@ -331,7 +312,7 @@ void bihm_sample(const float *a, const float *bias, void *x, float *lp, float *d
                                      {draw_u8, draw_lp_u8, draw_d_u8, draw_lp_d_u8}};
     row_fn fn = fns[(flags & X_U8) ? 1 : 0][flags & (WANT_LP | WANT_D)];
     size_t xsize = (flags & X_U8) ? 1 : 4;
-    float u[4][BLK], buf[4 * BLK], pbuf[4 * BLK], rows_u[4 * BLK], tmp[4 * BLK];
+    float u[4][BLK], buf[4 * BLK + 16] = {0}, pbuf[4 * BLK + 16] = {0}, rows_u[4 * BLK], tmp[4 * BLK];
     int add = (flags & LP_ADD) != 0;
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     if (M < BLK) {
@@ -359,7 +340,7 @@ void bihm_sample(const float *a, const float *bias, void *x, float *lp, float *d
                 if (r >= R) break;
                 int64_t o = r * M + j0;
                 fn(biased(a + o, bias, tmp, 1, M, j0, n), u[l], NULL, (char *)x + o * xsize, buf, pbuf, d ? d + o : NULL, n);
-                if (flags & WANT_LP) acc[l] += row_lp(buf, pbuf, n);
+                if (flags & WANT_LP) rows_lp(buf, pbuf, 1, n, &acc[l], 1);
             }
         }
         if (flags & WANT_LP)
@@ -375,7 +356,7 @@ void bihm_score(const float *a, const float *bias, const void *x, float *lp, flo
     static const row_fn fns[2][2] = {{score_lp_f32, score_lp_d_f32}, {score_lp_u8, score_lp_d_u8}};
     row_fn fn = fns[(flags & X_U8) ? 1 : 0][(flags & WANT_D) ? 1 : 0];
     size_t xsize = (flags & X_U8) ? 1 : 4;
-    float buf[4 * BLK], pbuf[4 * BLK], tmp[4 * BLK];
+    float buf[4 * BLK + 16] = {0}, pbuf[4 * BLK + 16] = {0}, tmp[4 * BLK];
     int add = (flags & LP_ADD) != 0;
     (void)R;
     if (M < BLK) {
@@ -395,7 +376,7 @@ void bihm_score(const float *a, const float *bias, const void *x, float *lp, flo
             int n = (int)((M - j0) < BLK ? (M - j0) : BLK);
             int64_t o = r * M + j0;
             fn(biased(a + o, bias, tmp, 1, M, j0, n), NULL, (const char *)x + o * xsize, NULL, buf, pbuf, d ? d + o : NULL, n);
-            acc += row_lp(buf, pbuf, n);
+            rows_lp(buf, pbuf, 1, n, &acc, 1);
         }
         lp[r] = add ? lp[r] + acc : acc;
     }
