@@ -188,7 +188,8 @@ def pack_run(run_dir: str, path: str) -> None:
 def unpack_run(path: str, run_dir: str) -> None:
     """Write the run folder that :func:`pack_run` packed into ``path`` (config.json, last.safetensors,
     best.safetensors, log.jsonl, and warm_start.json where the run has one)."""
-    from bihm_triton.checkpoint import read_safetensors, save_safetensors_atomic, write_json_atomic
+    from bihm_triton.checkpoint import read_safetensors, save_safetensors_atomic
+    from bihm_triton.files import write_json_atomic
 
     tensors, metadata = read_safetensors(path)
     metadata.pop("sha256", None)
@@ -263,7 +264,7 @@ def warm_start(trainer, args) -> None:
     note = {"from": src, "epochs": epochs, "steps": trainer.step, "best_valid_bound": trainer.best,
             "adam_moments": "reset to zero (the shipped file holds weights only)",
             "curve_from": "the headline JSON's curve" if curve else None}
-    from bihm_triton.checkpoint import write_json_atomic
+    from bihm_triton.files import write_json_atomic
 
     write_json_atomic(note, os.path.join(trainer.out_dir, WARM_START_FILE))
     trainer.model.save(os.path.join(trainer.out_dir, "best.safetensors"))
@@ -325,11 +326,10 @@ def _commit() -> str | None:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    """Write through a temporary file and ``os.replace``: a reader never sees half a file."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    """The results' JSON (one-space indent, keys in the order written), atomically."""
+    from bihm_triton.files import write_json_atomic
+
+    write_json_atomic(obj, path, indent=1, sort_keys=False)
 
 
 def _save(args, name: str, result: dict) -> None:

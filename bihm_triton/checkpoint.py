@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 
 import torch
 
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .files import atomic_write, write_json_atomic
+
 __all__ = ["save_safetensors_atomic", "read_safetensors", "write_json_atomic"]
-
-
-def _atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)``, fsync, then ``os.replace`` onto ``path`` (same directory, so the rename is atomic)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # after writing: mkstemp (and some writers) create 0600 files
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def tensors_digest(tensors: dict) -> str:
@@ -51,7 +30,7 @@ def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: di
     with the SHA-256 of the tensors (:func:`tensors_digest`) in the metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     metadata = dict(metadata or {}, sha256=tensors_digest(tensors))
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -76,14 +55,3 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
         if t.is_floating_point() and bool(torch.isnan(t).any()):
             raise ValueError(f"{path} is corrupt: tensor {name!r} holds NaN values")
     return tensors, metadata
-
-
-def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    _atomic_write(path, write)
-

@@ -543,7 +543,7 @@ def run(args, prog: str = "bihm-triton validate") -> int:
     print(format_table(rows))
     print(verdict(rows))
     if args.json:
-        from .checkpoint import write_json_atomic
+        from .files import write_json_atomic
 
         write_json_atomic(rows, args.json)
     return 0 if all(r["passed"] for r in rows) else 1

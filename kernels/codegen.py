@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import os
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 
@@ -169,18 +168,10 @@ _LOCK = threading.Lock()
 
 
 def _cache_dir() -> str:
-    for d in (os.environ.get("BIHM_TRITON_CACHE_DIR"),
-              os.path.join(os.path.expanduser("~"), ".cache", "bihm_triton", "kernels"),
-              os.path.join(tempfile.gettempdir(), f"bihm_triton_kernels_{os.getuid() if hasattr(os, 'getuid') else 0}")):
-        if not d:
-            continue
-        try:
-            os.makedirs(d, exist_ok=True)
-            if os.access(d, os.W_OK):
-                return d
-        except OSError:
-            continue
-    raise OSError("no writable folder for the generated kernels; set BIHM_TRITON_CACHE_DIR")
+    """``$BIHM_TRITON_CACHE_DIR``, else ``~/.cache/bihm_triton/kernels`` (the library's cache rule)."""
+    from ..files import cache_folder
+
+    return cache_folder("kernels", env="BIHM_TRITON_CACHE_DIR", env_subfolder=False)
 
 
 def load_generated(src: str, prefix: str):
@@ -196,10 +187,9 @@ def load_generated(src: str, prefix: str):
         except OSError:
             current = None
         if current != src:
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                f.write(src)
-            os.replace(tmp, path)
+            from ..files import write_text_atomic
+
+            write_text_atomic(path, src)
         name = f"bihm_triton_{prefix}_{digest}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)

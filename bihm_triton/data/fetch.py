@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import secrets
 import urllib.error
 import urllib.request
 import zlib
@@ -14,6 +13,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from ..files import atomic_write, cache_folder
 from .registry import DatasetInfo, LocalCopy, RemoteFile
 
 
@@ -27,8 +27,9 @@ class ChecksumError(ValueError):
 
 
 def default_cache_dir() -> str:
-    """``$BIHM_TRITON_DATA`` if set, else ``~/.cache/bihm_triton``."""
-    return os.environ.get("BIHM_TRITON_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "bihm_triton")
+    """``$BIHM_TRITON_DATA`` if set, else ``~/.cache/bihm_triton`` (the library's cache rule,
+    :func:`bihm_triton.files.cache_folder`; nothing is created here)."""
+    return cache_folder("", env="BIHM_TRITON_DATA", env_subfolder=False, create=False)
 
 
 def default_data_dir() -> Optional[str]:
@@ -144,11 +145,12 @@ def _fetch(remote: RemoteFile, folder: str, download: bool, info: DatasetInfo) -
 
 
 def _download(url: str, path: str, sha256: Optional[str]) -> None:
-    """Download ``url`` to ``path`` through a temporary file in the same folder, checked before ``os.replace``."""
-    folder, filename = os.path.split(path)
-    partial = os.path.join(folder, f".{filename}.{secrets.token_hex(4)}.part")
-    try:
-        with open(partial, "xb") as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+    """Download ``url`` to ``path`` atomically (:func:`bihm_triton.files.atomic_write`), checked before it takes
+    the final name: a failed or corrupt download is never under it."""
+    filename = os.path.basename(path)
+
+    def write(partial):
+        with open(partial, "wb") as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
             length = response.headers.get("Content-Length")
             with tqdm(total=int(length) if length else None, unit="B", unit_scale=True, unit_divisor=1024,
                       desc=filename, disable=None) as progress:
@@ -156,10 +158,8 @@ def _download(url: str, path: str, sha256: Optional[str]) -> None:
                     out.write(chunk)
                     progress.update(len(chunk))
         _check_sha256(partial, sha256, origin=f"{filename} downloaded from {url} (not kept)")
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+
+    atomic_write(path, write)
 
 
 def _check_sha256(path: str, expected: Optional[str], *, origin: str) -> None:

@@ -8,7 +8,8 @@ import os
 
 import torch
 
-from ..checkpoint import read_safetensors, save_safetensors_atomic, write_json_atomic
+from ..checkpoint import read_safetensors, save_safetensors_atomic
+from ..files import write_json_atomic, write_text_atomic
 from ..model import BiHM
 from ..reference._checks import nonfinite_parameters
 from ..reference.philox import STREAM_VERSION
@@ -143,7 +144,7 @@ class _RunFolder:
         trainer.history = state["history"]
         trainer.position = dict(trainer.position, **state.get("position", {}))  # an epoch stopped by Ctrl-C
         # the log as of the checkpoint: no duplicate epochs after an interruption between the two writes
-        trainer.comm.on_main(_write_text_atomic, os.path.join(out_dir, "log.jsonl"),
+        trainer.comm.on_main(write_text_atomic, os.path.join(out_dir, "log.jsonl"),
                              "".join(json.dumps(r) + "\n" for r in trainer.history))
         if max_epochs is not None:
             trainer._write_config()
@@ -167,7 +168,7 @@ class _RunFolder:
                 raise ValueError(f"the {split} data differ from the run's in {out_dir} (fingerprint "
                                  f"{trainer.fingerprints.get(split)} vs {fp}): resume with the data the run was "
                                  f"set up with, or start a new run")
-        trainer.comm.on_main(_write_text_atomic, os.path.join(out_dir, "log.jsonl"), "")
+        trainer.comm.on_main(write_text_atomic, os.path.join(out_dir, "log.jsonl"), "")
         return trainer
 
 
@@ -183,16 +184,6 @@ def run_config(path: str | os.PathLike) -> dict:
             return json.load(f)
     except (OSError, ValueError):
         return {}
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    from ..checkpoint import _atomic_write
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    _atomic_write(path, write)
 
 
 def check_run_dir(out_dir: str, overwrite: bool, *, name: str = "run folder",

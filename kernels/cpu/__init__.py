@@ -28,7 +28,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -58,15 +57,10 @@ _lock = threading.Lock()
 
 
 def _cache_dir() -> str:
-    base = os.environ.get("BIHM_TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "bihm_triton")
-    for d in (os.path.join(base, "cpu"), os.path.join(tempfile.gettempdir(), f"bihm_triton_cpu_{os.getuid()}")):
-        try:
-            os.makedirs(d, exist_ok=True)
-            if os.access(d, os.W_OK):
-                return d
-        except OSError:
-            continue
-    raise OSError("no writable folder for the CPU kernels; set BIHM_TRITON_CACHE_DIR")
+    """``$BIHM_TRITON_CACHE_DIR/cpu``, else ``~/.cache/bihm_triton/cpu`` (the library's cache rule)."""
+    from ...files import cache_folder
+
+    return cache_folder("cpu", env="BIHM_TRITON_CACHE_DIR", env_subfolder=True)
 
 
 def _compiler() -> str | None:
@@ -96,24 +90,31 @@ def _intact(path: str) -> bool:
         return False
 
 
+class _BuildError(Exception):
+    """Every attempt of the compiler failed (the message: its last error line)."""
+
+
 def _compile(cc: str, path: str) -> str | None:
     """Build the source into ``path`` (through a temporary file, then ``os.replace``: a reader never sees half a
     library) with its SHA-256 beside it; the compiler's last error line on failure, else None."""
+    from ...files import atomic_write, write_text_atomic
+
     t0 = time.perf_counter()
-    tmp = f"{path}.{os.getpid()}.tmp"
-    err = ""
-    for arch in _ATTEMPTS:
-        out = subprocess.run([*cc.split(), *_FLAGS, *arch, SOURCE, "-o", tmp], capture_output=True, text=True)
-        if out.returncode == 0:
-            break
-        err = ((out.stderr or out.stdout).strip().splitlines()[-1:] or [""])[0]
-    else:
-        return f"the C compiler {cc!r} failed on {os.path.basename(SOURCE)}: {err}"
-    sha = f"{path}.sha256.{os.getpid()}.tmp"
-    with open(sha, "w") as f:
-        f.write(_digest(tmp))
-    os.replace(sha, path + ".sha256")
-    os.replace(tmp, path)
+
+    def build(tmp):
+        err = ""
+        for arch in _ATTEMPTS:
+            out = subprocess.run([*cc.split(), *_FLAGS, *arch, SOURCE, "-o", tmp], capture_output=True, text=True)
+            if out.returncode == 0:
+                write_text_atomic(path + ".sha256", _digest(tmp))  # before the library takes its name
+                return
+            err = ((out.stderr or out.stdout).strip().splitlines()[-1:] or [""])[0]
+        raise _BuildError(f"the C compiler {cc!r} failed on {os.path.basename(SOURCE)}: {err}")
+
+    try:
+        atomic_write(path, build)
+    except _BuildError as e:
+        return str(e)
     took = time.perf_counter() - t0
     if took > 1.0:
         print(f"bihm_triton: built the CPU kernels in {took:.1f} s (once per machine; cached in "
