@@ -295,10 +295,13 @@ def _sample_setup(ctx, inputs, output):
     h, weight, bias, weight_g, seed, offset, out_dtype = inputs
     x, _ = output
     ctx.mark_non_differentiable(x)  # the sample is a constant: no gradient flows through it
+    ctx.set_materialize_grads(False)  # no (R, M) zero gradient for x is made, only to be ignored
     ctx.save_for_backward(h, x, weight, bias, weight_g)
 
 
 def _sample_backward(ctx, grad_x, grad_lp, *, eager: bool):
+    if grad_lp is None:
+        return None, None, None, None, None, None, None
     h, x, weight, bias, weight_g = ctx.saved_tensors
     need_h = ctx.needs_input_grad[0] and h.is_floating_point()
     gh, gw, gb, gg = _layer_backward(grad_lp, h, x, weight, bias, weight_g, need_h, eager=eager)
@@ -368,23 +371,25 @@ def _cpu_log_prob_fake(logits, x, want_d):
 def _cpu_sample_setup(ctx, inputs, output):
     x, _, d = output
     ctx.mark_non_differentiable(x, d)
-    ctx.save_for_backward(d)
+    ctx.set_materialize_grads(False)  # x and d get no gradient: no (R, M) zeros made for them (a third of the
+    ctx.save_for_backward(d)          # non-matmul time of a training step's 784-wide layer at two threads)
 
 
 def _cpu_sample_backward(ctx, grad_x, grad_lp, grad_d, *, eager: bool):
     (d,) = ctx.saved_tensors
-    return grad_lp.unsqueeze(1) * d, None, None, None, None
+    return None if grad_lp is None else grad_lp.unsqueeze(1) * d, None, None, None, None
 
 
 def _cpu_log_prob_setup(ctx, inputs, output):
     _, d = output
     ctx.mark_non_differentiable(d)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(d)
 
 
 def _cpu_log_prob_backward(ctx, grad_lp, grad_d, *, eager: bool):
     (d,) = ctx.saved_tensors
-    return grad_lp.unsqueeze(1) * d, None, None
+    return None if grad_lp is None else grad_lp.unsqueeze(1) * d, None, None
 
 
 #: the CPU backend's pass on given logits: draw + log-prob (+ d = x − σ(a) for the backward), or score targets
