@@ -113,6 +113,17 @@ def test_log_likelihood_sums_vs_float64(M):
     assert torch.equal(cpu.score(a, x)[0], lp)  # the same sums in score mode
 
 
+@pytest.mark.parametrize("M", [10, 300])
+def test_log_likelihood_of_confident_rows_keeps_its_relative_accuracy(M):
+    """Where 1 + e^−|a| rounds to 1 (|a| > 17), a row of certain outcomes still gets log p = −Σ log1p(e) to float
+    accuracy (the part that 1 + e loses is summed apart), not 0."""
+    a = torch.linspace(12.0, 40.0, M).repeat(4, 1) * torch.tensor([[1.0], [-1.0], [1.0], [-1.0]])
+    x = (a > 0).float()
+    lp, _ = cpu.score(a, x)
+    want = -torch.log1p(torch.exp(-a.double().abs())).sum(1)
+    torch.testing.assert_close(lp.double(), want, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("M", [7, 200, 300])
 def test_bias_and_running_sum_in_the_pass(M):
     """``bias=`` gives the bits of ``mm + b`` and ``lp_add`` adds to ``lp_out`` (what the blocked passes use)."""

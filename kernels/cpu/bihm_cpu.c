@@ -9,7 +9,8 @@
  * Plain C99 + GCC vector extensions, no Python or torch headers: built once per machine by the
  * launcher (cc -O3 -march=native) and loaded with ctypes. The loops are written so that the
  * compiler vectorizes them: Philox over a block of columns, then per row an elementwise pass with
- * a branch-free exp (Cephes expf polynomial, ≤ 2 ulp) and log1p (a polynomial, < 2e-7 relative). Compile with
+ * a branch-free exp (Cephes expf polynomial, ≤ 2 ulp); a row's softplus terms are summed as logs of products
+ * (a multiply per element; the part of e that 1 + e rounds away summed apart). Compile with
  * -fno-trapping-math (if-conversion of the selects) and -ffp-contract=off (no fused multiply-adds:
  * the same bits from every build of this file), never -ffast-math: NaN and ±inf logits follow the
  * reference (NaN: x = 0 and log_prob NaN; ±inf: certain outcomes cost 0 nats).
@@ -213,8 +214,9 @@ static inline float row_sums(const float *z, const float *p, int n, v16f *prod) 
 }
 
 /* One row segment: x from u (draw) or from xin (score), its log-likelihood's terms into lpbuf and pbuf
- * (log σ(±a) = −(max(∓a, 0) + log(1 + e)), e = exp(−|a|): max(∓a, 0) into lpbuf, 1 + e into pbuf, summed and
- * log-summed per row by the caller), d = x − σ(a).
+ * (log σ(±a) = −(max(∓a, 0) + log1p(e)), e = exp(−|a|): u1 = fl(1 + e) into pbuf, whose logs the caller sums as
+ * logs of products, and max(∓a, 0) + (e − (u1 − 1)) into lpbuf, the part of e that 1 + e rounded away: log1p(e) =
+ * log(u1) + (e − (u1 − 1)) within 1.5 ulp of log1p(e), also where 1 + e rounds to 1), d = x − σ(a).
  * The variants are separate loops so that each vectorizes without a branch inside. */
 #define ROW_LOOP(NAME, XIN_T, XOUT_T, GET_X, PUT_X, DO_LP, DO_D)                                             \
     static void NAME(const float *restrict a, const float *restrict u, const void *restrict xin_,          \
@@ -231,8 +233,10 @@ static inline float row_sums(const float *z, const float *p, int n, v16f *prod) 
             PUT_X;                                                                                         \
             if (DO_LP) {                                                                                   \
                 float z = xi ? -aj : aj;                                                                   \
-                lpbuf[j] = z > 0.0f ? z : 0.0f;                                                             \
-                pbuf[j] = 1.0f + e;                                                                        \
+                float u1 = 1.0f + e; /* log1p(e) = log(u1) + (e − (u1 − 1)) to float accuracy (u1 − 1 is   \
+                                        exact): the product keeps log(u1), the sum the part 1 + e lost */  \
+                lpbuf[j] = (z > 0.0f ? z : 0.0f) + (e - (u1 - 1.0f));                                      \
+                pbuf[j] = u1;                                                                              \
             }                                                                                              \
             if (DO_D) d[j] = (xi ? 1.0f : 0.0f) - sig;                                                     \
         }                                                                                                  \
