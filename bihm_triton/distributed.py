@@ -490,9 +490,13 @@ def launch_from_env(device: str | None = None):
         created = True
     try:
         yield Comm()
-    finally:
+    except BaseException:
         if created and dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    if created and dist.is_initialized():
+        dist.barrier()  # every rank done with its collectives before any tears the group down: a rank that
+        dist.destroy_process_group()  # left first made gloo's threads of the other abort it (SIGABRT) at exit
 
 
 def local_device(dev: torch.device) -> torch.device:
