@@ -18,8 +18,13 @@ __all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "cache_fold
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp)`` on a new temporary file beside ``path``, fsync it, then ``os.replace`` it onto ``path``
     (same folder, so the rename is atomic). The folder is created if needed; the file gets the mode a plain
-    ``open`` would give (umask applied). If ``write`` raises, the temporary file is removed and the error
-    propagates: ``path`` keeps whatever it held."""
+    ``open`` would give (umask applied).
+
+    Raises:
+        OSError: the folder cannot be created or written.
+        Whatever ``write`` raises (also KeyboardInterrupt): the temporary file is removed and ``path`` keeps what
+        it held.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)

@@ -56,10 +56,11 @@ _FOLDS: dict = {}
 
 
 def bias_folds(weight: torch.Tensor, bias: torch.Tensor) -> bool:
-    """Whether ``torch.mm(h, Wᵀ) + b`` equals ``torch.addmm(b, h, Wᵀ)`` bit for bit for W's shape (M, K) at the
-    current thread count. A BLAS that splits the K sum into panels accumulates them onto the bias (MKL on
-    AVX-512 does past K = 384), which rounds differently; such shapes keep ``addmm``. Found once per
-    (shape, threads) by a probe of 4 and 64 binary rows."""
+    """Whether ``torch.mm(h, Wᵀ) + b`` equals ``torch.addmm(b, h, Wᵀ)`` bit for bit, for a weight (M, K) and bias
+    (M,) of one floating dtype on the CPU, at the current thread count. A BLAS that splits the K sum into panels
+    accumulates them onto the bias (MKL on AVX-512 does past K = 384), which rounds differently; such shapes keep
+    ``addmm`` (the reference's ``F.linear``). Found once per (shape, threads) by a probe of 4 and 64 binary rows
+    and cached; raises what ``torch.addmm`` raises for mismatched shapes."""
     key = (tuple(weight.shape), torch.get_num_threads())
     ok = _FOLDS.get(key)
     if ok is None:

@@ -349,8 +349,14 @@ def sample(a: torch.Tensor, seed, offset: int, *, out_dtype: torch.dtype = torch
 def score(a: torch.Tensor, x: torch.Tensor, *, want_d: bool = False, bias: torch.Tensor | None = None,
           lp_out: torch.Tensor | None = None, lp_add: bool = False):
     """Score given targets: ``(lp (R,) float32, d (R, M) float32 or None)`` for logits a (R, M) and binary x (R, M)
-    (read as ``x != 0``; float32, uint8 and bool natively, other dtypes converted); ``bias``, ``lp_out`` and
-    ``lp_add`` as in :func:`sample`."""
+    (read as ``x != 0``; float32, uint8 and bool natively, other dtypes converted); ``lp[r] = Σ_j x·a − softplus(a)``
+    in nats, ``d = x − σ(a)``; ``bias`` (M,), ``lp_out`` (R,) and ``lp_add`` as in :func:`sample`.
+
+    Raises:
+        RuntimeError: the CPU kernels are unavailable.
+        ValueError: logits that are not contiguous (R, M) float32 on the CPU, x of another shape or device, a
+            ``bias``/``lp_out`` that does not fit, or ``lp_add`` without ``lp_out``.
+    """
     lib = _lib()
     if lib is None:
         raise RuntimeError(f"the CPU kernels are unavailable: {_state['info']}")
